@@ -1,0 +1,67 @@
+"""Actions: what the shell must do after an event. Imperative names, immutable values.
+
+Every action that publishes carries a deterministic `msg_id`, so doing it again after a crash
+is absorbed by JetStream's de-duplication instead of repeating the effect.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from .events import Event, ParentRef
+
+
+class _Action(msgspec.Struct, frozen=True, tag_field="action", omit_defaults=True, kw_only=True):
+    pass
+
+
+class AppendEvent(_Action, tag="append_event"):
+    event: Event
+
+
+class DispatchTask(_Action, tag="dispatch_task"):
+    run_id: str
+    step_id: str
+    attempt: int
+    task: str
+    msg_id: str
+    input: Any = None
+    config: dict[str, Any] = {}
+    timeout: float | None = None
+
+
+class StartTimer(_Action, tag="start_timer"):
+    run_id: str
+    kind: str
+    fire_at: float
+    msg_id: str
+    step_id: str = ""
+    attempt: int = 0
+
+
+class StartChildRun(_Action, tag="start_child_run"):
+    child_run_id: str
+    workflow: str
+    parent: ParentRef
+    depth: int
+    root_run_id: str
+    version: int | None = None
+    input: Any = None
+
+
+class CancelChildRun(_Action, tag="cancel_child_run"):
+    child_run_id: str
+    reason: str
+
+
+class NotifyParent(_Action, tag="notify_parent"):
+    parent: ParentRef
+    child_run_id: str
+    status: str
+    output: Any = None
+    error: str | None = None
+
+
+Action = AppendEvent | DispatchTask | StartTimer | StartChildRun | CancelChildRun | NotifyParent

@@ -1,0 +1,615 @@
+"""decide() and replay(): the one place where workflow semantics live.
+
+Rules:
+- `decide(definition, state, event)` returns the state after `event` and the actions it calls
+  for. It never reads a clock, an id generator or the network: time comes in on events.
+- Actions come in two kinds. Effects (dispatch a task, start a timer, start or cancel a child
+  run, notify a parent) belong to the event that caused them. `AppendEvent` actions are
+  derived from the resulting state alone (`next_events`), so after folding several events the
+  shell only needs those of the last one.
+- An event that does not fit the run (a late result of a superseded attempt, a duplicate, a
+  result after the run ended) changes nothing: that is how at-least-once delivery and crash
+  redo stay harmless. An event that can never be valid (no `run.started`, an unknown step)
+  raises `IllegalEvent` and leaves the state as it was.
+- `replay(definition, events)` is a fold over the same transitions, so the engine, the
+  client and the tests cannot disagree about a run's state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from typing import Any, assert_never
+
+import msgspec
+
+from . import template
+from .actions import (
+    Action,
+    AppendEvent,
+    CancelChildRun,
+    DispatchTask,
+    NotifyParent,
+    StartChildRun,
+    StartTimer,
+)
+from .definition import (
+    Compare,
+    Condition,
+    MapConfig,
+    RetryPolicy,
+    SleepConfig,
+    StepDef,
+    SubWorkflowConfig,
+    WaitConfig,
+    WorkflowDef,
+    step_config,
+)
+from .durations import format_duration, parse_duration
+from .events import (
+    ChildRunFinished,
+    ChildRunStarted,
+    Event,
+    MapExpanded,
+    ParentRef,
+    RunCancelRequested,
+    RunCompleted,
+    RunFailed,
+    RunStarted,
+    SignalReceived,
+    StepCompleted,
+    StepFailed,
+    StepLog,
+    StepQueued,
+    StepSkipped,
+    StepStarted,
+    StepWaiting,
+    TimerFired,
+)
+from .state import (
+    STEP_ACTIVE,
+    STEP_SATISFIED,
+    STEP_TERMINAL,
+    RunState,
+    Signal,
+    StepState,
+    item_id,
+    item_ids,
+    parent_of,
+)
+
+MAX_DEPTH = 5  # root run is depth 0; sub_workflow nesting stops at this depth
+replace = msgspec.structs.replace
+
+
+class IllegalEvent(Exception):
+    """An event that can never apply to this run; the state is left unchanged."""
+
+
+def decide(
+    definition: WorkflowDef | None, state: RunState | None, event: Event
+) -> tuple[RunState, list[Action]]:
+    """Fold one event into the run state and say what must happen next."""
+    new = transition(state, event)
+    wf = definition or new.definition
+    actions: list[Action] = list(_effects(wf, state, new, event))
+    actions += [AppendEvent(event=e) for e in next_events(wf, new)]
+    return new, actions
+
+
+def replay(definition: WorkflowDef | None, events: Iterable[Event]) -> RunState | None:
+    """The state of a run after `events`, skipping any illegal ones as the engine does."""
+    state: RunState | None = None
+    for event in events:
+        state = fold(definition, state, event)
+    return state
+
+
+def fold(definition: WorkflowDef | None, state: RunState | None, event: Event) -> RunState | None:
+    """decide() without the actions; illegal events leave the state unchanged."""
+    try:
+        return transition(state, event)
+    except IllegalEvent:
+        return state
+
+
+def transition(state: RunState | None, event: Event) -> RunState:
+    """The state after `event`; raises IllegalEvent for an event that can never apply."""
+    if state is None:
+        if not isinstance(event, RunStarted):
+            raise IllegalEvent(f"{type(event).__name__} before run.started")
+        return _start(event)
+    if isinstance(event, RunStarted):
+        raise IllegalEvent("run.started twice")
+    step_id = getattr(event, "step_id", "")
+    if step_id and step_id not in state.steps:
+        raise IllegalEvent(f"unknown step {step_id!r}")
+    new = _apply(state, event)
+    return new if new is state else _settle(new, event.at)
+
+
+# --- transitions -------------------------------------------------------------------------
+
+
+def _start(ev: RunStarted) -> RunState:
+    steps = {s.id: StepState() for s in ev.definition.steps}
+    return RunState(
+        run_id=ev.run_id,
+        workflow=ev.workflow,
+        version=ev.version,
+        definition=ev.definition,
+        input=ev.input,
+        created_at=ev.at,
+        updated_at=ev.at,
+        parent=ev.parent,
+        depth=ev.depth,
+        root_run_id=ev.root_run_id or ev.run_id,
+        steps=steps,
+        events=1,
+    )
+
+
+def _apply(state: RunState, event: Event) -> RunState:
+    """The pure transition table. Returns `state` itself when the event changes nothing."""
+    if state.terminal and not isinstance(event, StepLog):
+        return state
+    match event:
+        case RunStarted():
+            raise IllegalEvent("run.started twice")
+        case RunCancelRequested(reason=reason):
+            return _end(state, event.at, "cancelled", error=f"cancelled: {reason}" if reason else "cancelled")
+        case RunCompleted(output=output):
+            return _end(state, event.at, "completed", output=output)
+        case RunFailed(error=error):
+            return _end(state, event.at, "failed", error=error)
+        case SignalReceived(name=name, data=data):
+            return replace(state, signals=[*state.signals, Signal(name=name, data=data)])
+        case StepQueued():
+            return _on_queued(state, event)
+        case StepStarted(step_id=sid, attempt=attempt):
+            step = state.steps[sid]
+            if step.status != "queued" or step.attempts != attempt:
+                return state
+            return _put(state, sid, replace(step, status="running", started_at=event.at))
+        case StepWaiting(step_id=sid, attempt=attempt, until=until, signal=signal):
+            step = state.steps[sid]
+            if step.status != "pending":
+                return state
+            return _put(
+                state, sid,
+                replace(step, status="waiting", attempts=attempt, started_at=event.at,
+                        waiting_until=until, waiting_signal=signal),
+            )
+        case StepCompleted():
+            return _on_completed(state, event)
+        case StepFailed(step_id=sid, attempt=attempt, error=error, retryable=retryable):
+            return _on_failed(state, sid, attempt, error, retryable, event.at)
+        case StepSkipped(step_id=sid):
+            step = state.steps[sid]
+            if step.status != "pending":
+                return state
+            return _put(state, sid, replace(step, status="skipped", finished_at=event.at))
+        case StepLog():
+            return state
+        case MapExpanded(step_id=sid, items=items):
+            return _on_map_expanded(state, sid, items, event.at)
+        case TimerFired():
+            return _on_timer(state, event)
+        case ChildRunStarted(step_id=sid, attempt=attempt, child_run_id=child):
+            step = state.steps[sid]
+            if step.status != "queued" or step.attempts != attempt:
+                return state
+            return _put(state, sid, replace(step, status="running", started_at=event.at, child_run_id=child))
+        case ChildRunFinished():
+            return _on_child_finished(state, event)
+        case _:
+            assert_never(event)
+
+
+def _on_queued(state: RunState, ev: StepQueued) -> RunState:
+    step = state.steps[ev.step_id]
+    if step.status != "pending" or ev.attempt != step.attempts + 1:
+        return state
+    return _put(
+        state, ev.step_id,
+        replace(step, status="queued", attempts=ev.attempt, input=ev.input, queued_at=ev.at,
+                started_at=None, retry_at=None, error=None),
+    )
+
+
+def _on_completed(state: RunState, ev: StepCompleted) -> RunState:
+    step = state.steps[ev.step_id]
+    if step.status not in STEP_ACTIVE or step.attempts != ev.attempt or step.retry_at is not None:
+        return state
+    new = _put(
+        state, ev.step_id,
+        replace(step, status="completed", output=ev.output, error=None, finished_at=ev.at,
+                waiting_until=None),
+    )
+    if step.waiting_signal is not None:
+        new = _consume_signal(new, step.waiting_signal, ev.step_id)
+    return new
+
+
+def _on_failed(state: RunState, sid: str, attempt: int, error: str, retryable: bool, at: float) -> RunState:
+    step = state.steps[sid]
+    engine_failure = step.status == "pending" and attempt == step.attempts + 1
+    if not engine_failure and (step.status not in STEP_ACTIVE or step.attempts != attempt or step.retry_at is not None):
+        return state
+    policy = _retry_policy(state, sid)
+    if retryable and attempt < policy.max_attempts:
+        return _put(
+            state, sid,
+            replace(step, status="waiting", attempts=attempt, error=error,
+                    retry_at=at + policy.delay(attempt)),
+        )
+    return _put(state, sid, replace(step, status="failed", attempts=attempt, error=error, finished_at=at))
+
+
+def _on_map_expanded(state: RunState, sid: str, items: list[Any], at: float) -> RunState:
+    step = state.steps[sid]
+    if step.status != "pending":
+        return state
+    steps = dict(state.steps)
+    steps[sid] = replace(step, status="running", attempts=1, started_at=at, items=len(items))
+    for i, item in enumerate(items):
+        steps[item_id(sid, i)] = StepState(input=item)
+    return replace(state, steps=steps)
+
+
+def _on_timer(state: RunState, ev: TimerFired) -> RunState:
+    if ev.kind == "run_timeout":
+        limit = state.definition.timeout_seconds or 0.0
+        return _end(state, ev.at, "failed", error=f"run exceeded its timeout of {format_duration(limit)}")
+    step = state.steps.get(ev.step_id)
+    if step is None or step.attempts != ev.attempt:
+        return state
+    if ev.kind == "retry":
+        if step.status != "waiting" or step.retry_at is None:
+            return state
+        return _put(state, ev.step_id, replace(step, status="pending", retry_at=None))
+    if ev.kind == "step_timeout":
+        if step.status not in ("queued", "running"):
+            return state
+        limit = _step_def(state, ev.step_id).timeout_seconds or 0.0
+        return _on_failed(state, ev.step_id, ev.attempt, f"timed out after {format_duration(limit)}", True, ev.at)
+    if ev.kind == "wake":
+        if step.status != "waiting" or step.waiting_until is None:
+            return state
+        if step.waiting_signal is not None:
+            return _put(
+                state, ev.step_id,
+                replace(step, status="failed", error=f"no signal {step.waiting_signal!r} before the timeout",
+                        finished_at=ev.at, waiting_until=None),
+            )
+        return _put(
+            state, ev.step_id,
+            replace(step, status="completed", output={"slept": ev.at - (step.started_at or ev.at)},
+                    finished_at=ev.at, waiting_until=None),
+        )
+    raise IllegalEvent(f"unknown timer kind {ev.kind!r}")
+
+
+def _on_child_finished(state: RunState, ev: ChildRunFinished) -> RunState:
+    step = state.steps[ev.step_id]
+    if step.status != "running" or step.attempts != ev.attempt or step.child_run_id != ev.child_run_id:
+        return state
+    if ev.status == "completed":
+        return _put(state, ev.step_id, replace(step, status="completed", output=ev.output, finished_at=ev.at))
+    error = f"child run {ev.child_run_id} {ev.status}: {ev.error or ''}".rstrip(": ")
+    return _on_failed(state, ev.step_id, ev.attempt, error, ev.status == "failed", ev.at)
+
+
+def _end(state: RunState, at: float, status: str, output: Any = None, error: str | None = None) -> RunState:
+    steps = {
+        sid: (replace(s, status="cancelled", finished_at=at, retry_at=None, waiting_until=None)
+              if s.status not in STEP_TERMINAL else s)
+        for sid, s in state.steps.items()
+    }
+    return replace(state, status=status, output=output, error=error, finished_at=at, steps=steps)
+
+
+def _settle(state: RunState, at: float) -> RunState:
+    """Bookkeeping after every change: event count, last time, running vs waiting."""
+    status = state.status
+    if not state.terminal:
+        busy = any(s.status in ("queued", "running") for s in state.steps.values())
+        waiting = any(s.status == "waiting" for s in state.steps.values())
+        status = "waiting" if waiting and not busy else "running"
+    return replace(state, status=status, updated_at=at, events=state.events + 1)
+
+
+def _put(state: RunState, sid: str, step: StepState) -> RunState:
+    steps = dict(state.steps)
+    steps[sid] = step
+    return replace(state, steps=steps)
+
+
+def _consume_signal(state: RunState, name: str, by: str) -> RunState:
+    signals = list(state.signals)
+    for i, sig in enumerate(signals):
+        if sig.name == name and sig.consumed_by is None:
+            signals[i] = replace(sig, consumed_by=by)
+            break
+    return replace(state, signals=signals)
+
+
+# --- effects -----------------------------------------------------------------------------
+
+
+def _effects(wf: WorkflowDef, old: RunState | None, new: RunState, event: Event) -> Iterable[Action]:
+    if old is not None and new is old:
+        return
+    run_id = new.run_id
+    match event:
+        case RunStarted():
+            if (limit := wf.timeout_seconds) is not None:
+                yield _timer(run_id, "run_timeout", "", 0, event.at + limit)
+        case StepQueued(step_id=sid, attempt=attempt):
+            yield from _dispatch(new, sid, attempt)
+        case StepStarted(step_id=sid, attempt=attempt):
+            if (limit := _step_def(new, sid).timeout_seconds) is not None:
+                yield _timer(run_id, "step_timeout", sid, attempt, event.at + limit)
+        case StepWaiting(step_id=sid, attempt=attempt, until=until) if until is not None:
+            yield _timer(run_id, "wake", sid, attempt, until)
+        case _:
+            pass
+    for sid, step in new.steps.items():
+        before = old.steps.get(sid) if old is not None else None
+        if step.retry_at is not None and (before is None or before.retry_at != step.retry_at):
+            yield _timer(run_id, "retry", sid, step.attempts, step.retry_at)
+    if new.terminal and (old is None or not old.terminal):
+        yield from _on_run_end(new)
+
+
+def _dispatch(state: RunState, sid: str, attempt: int) -> Iterable[Action]:
+    step = _step_def(state, sid)
+    queued = state.steps[sid]
+    if step.type == "sub_workflow":
+        cfg = step_config(step)
+        assert isinstance(cfg, SubWorkflowConfig)
+        yield StartChildRun(
+            child_run_id=child_run_id(state.run_id, sid, attempt),
+            workflow=cfg.workflow,
+            version=cfg.version,
+            input=queued.input,
+            parent=ParentRef(run_id=state.run_id, step_id=sid, attempt=attempt),
+            depth=state.depth + 1,
+            root_run_id=state.root_run_id,
+        )
+        return
+    assert step.task is not None
+    try:
+        config = template.render(step.config, _context(state))
+    except template.TemplateError:
+        config = step.config
+    yield DispatchTask(
+        run_id=state.run_id,
+        step_id=sid,
+        attempt=attempt,
+        task=step.task,
+        input=queued.input,
+        config=config,
+        timeout=step.timeout_seconds,
+        msg_id=f"{state.run_id}:task:{sid}:{attempt}",
+    )
+
+
+def _on_run_end(state: RunState) -> Iterable[Action]:
+    for sid in _static_ids(state):
+        step = state.steps[sid]
+        if step.child_run_id and step.status == "cancelled":
+            yield CancelChildRun(child_run_id=step.child_run_id, reason=f"parent run {state.status}")
+    if state.parent is not None:
+        yield NotifyParent(
+            parent=state.parent,
+            child_run_id=state.run_id,
+            status=state.status,
+            output=state.output,
+            error=state.error,
+        )
+
+
+def _timer(run_id: str, kind: str, sid: str, attempt: int, fire_at: float) -> StartTimer:
+    return StartTimer(
+        run_id=run_id, kind=kind, step_id=sid, attempt=attempt, fire_at=fire_at,
+        msg_id=f"{run_id}:timer:{kind}:{sid}:{attempt}",
+    )
+
+
+def child_run_id(run_id: str, step_id: str, attempt: int) -> str:
+    """Deterministic id of the child run a sub_workflow step's attempt starts."""
+    digest = hashlib.sha256(f"{run_id}/{step_id}/{attempt}".encode()).hexdigest()
+    return f"r{digest[:15]}"
+
+
+# --- what the engine records next --------------------------------------------------------
+
+
+def next_events(wf: WorkflowDef, state: RunState) -> list[Event]:
+    """Events the engine must record next, derived from the state alone (level-triggered)."""
+    if state.terminal:
+        return []
+    now = state.updated_at
+    static = _static_ids(state)
+    for sid in static:
+        if state.steps[sid].status == "failed":
+            return [RunFailed(at=now, error=f"step {sid} failed: {state.steps[sid].error}")]
+    out: list[Event] = []
+    for sid in static:
+        step = state.steps[sid]
+        if step.status == "pending" and _deps_satisfied(state, sid):
+            out.append(_start_step(state, sid, now))
+        elif step.status == "running" and step.items is not None:
+            out.extend(_advance_map(state, sid, now))
+        elif step.status == "waiting" and step.waiting_signal is not None:
+            sig = _buffered_signal(state, step.waiting_signal)
+            if sig is not None:
+                out.append(StepCompleted(at=now, step_id=sid, attempt=step.attempts, output=sig.data))
+    if not out and all(state.steps[sid].status in STEP_SATISFIED for sid in static):
+        out.append(RunCompleted(at=now, output=_run_output(state)))
+    return out
+
+
+def _start_step(state: RunState, sid: str, now: float) -> Event:
+    step = _step_def(state, sid)
+    attempt = state.steps[sid].attempts + 1
+    ctx = _context(state)
+    if attempt == 1:
+        try:
+            if step.when is not None and not _condition(step.when, ctx):
+                return StepSkipped(at=now, step_id=sid, reason="when condition is false")
+            if step.skip_if is not None and _condition(step.skip_if, ctx):
+                return StepSkipped(at=now, step_id=sid, reason="skip_if condition is true")
+        except template.TemplateError as exc:
+            return StepFailed(at=now, step_id=sid, attempt=attempt, error=f"condition: {exc}", retryable=False)
+    try:
+        step_input = _step_input(state, step, ctx)
+        template.render(step.config, ctx)
+    except template.TemplateError as exc:
+        return StepFailed(at=now, step_id=sid, attempt=attempt, error=f"input: {exc}", retryable=False)
+    match step.type:
+        case "task":
+            return StepQueued(at=now, step_id=sid, attempt=attempt, input=step_input)
+        case "sub_workflow":
+            if state.depth + 1 > MAX_DEPTH:
+                return StepFailed(at=now, step_id=sid, attempt=attempt, retryable=False,
+                                  error=f"sub_workflow nesting is bounded at depth {MAX_DEPTH}")
+            return StepQueued(at=now, step_id=sid, attempt=attempt, input=step_input)
+        case "sleep":
+            cfg = step_config(step)
+            assert isinstance(cfg, SleepConfig)
+            return StepWaiting(at=now, step_id=sid, attempt=attempt, until=now + parse_duration(cfg.duration))
+        case "wait_for_event":
+            cfg = step_config(step)
+            assert isinstance(cfg, WaitConfig)
+            until = None if cfg.timeout is None else now + parse_duration(cfg.timeout)
+            return StepWaiting(at=now, step_id=sid, attempt=attempt, until=until, signal=cfg.name)
+        case "map":
+            return _expand_map(step, sid, attempt, step_input, now)
+    raise IllegalEvent(f"step {sid!r} has unsupported type {step.type!r}")
+
+
+def _expand_map(step: StepDef, sid: str, attempt: int, items: Any, now: float) -> Event:
+    cfg = step_config(step)
+    assert isinstance(cfg, MapConfig)
+    if not isinstance(items, list):
+        return StepFailed(at=now, step_id=sid, attempt=attempt, retryable=False,
+                          error=f"map input must be an array, got {type(items).__name__}")
+    if len(items) > cfg.max_items:
+        return StepFailed(at=now, step_id=sid, attempt=attempt, retryable=False,
+                          error=f"map over {len(items)} items exceeds max_items {cfg.max_items}")
+    return MapExpanded(at=now, step_id=sid, items=items)
+
+
+def _advance_map(state: RunState, sid: str, now: float) -> list[Event]:
+    ids = item_ids(state, sid)
+    items = [state.steps[i] for i in ids]
+    for iid, item in zip(ids, items):
+        if item.status == "failed":
+            return [StepFailed(at=now, step_id=sid, attempt=1, retryable=False,
+                               error=f"item {iid} failed: {item.error}")]
+    if all(item.status == "completed" for item in items):
+        return [StepCompleted(at=now, step_id=sid, attempt=1, output=[item.output for item in items])]
+    cfg = step_config(_step_def(state, sid))
+    assert isinstance(cfg, MapConfig)
+    active = sum(1 for item in items if item.status in STEP_ACTIVE and item.retry_at is None)
+    room = (cfg.concurrency or len(items)) - active
+    out: list[Event] = []
+    for iid, item in zip(ids, items):
+        if room <= 0:
+            break
+        if item.status == "pending":
+            out.append(StepQueued(at=now, step_id=iid, attempt=item.attempts + 1, input=item.input))
+            room -= 1
+    return out
+
+
+def _deps_satisfied(state: RunState, sid: str) -> bool:
+    return all(state.steps[d].status in STEP_SATISFIED for d in _step_def(state, sid).depends_on)
+
+
+def _buffered_signal(state: RunState, name: str) -> Signal | None:
+    return next((s for s in state.signals if s.name == name and s.consumed_by is None), None)
+
+
+def _step_input(state: RunState, step: StepDef, ctx: dict[str, Any]) -> Any:
+    if step.input is not msgspec.UNSET:
+        return template.render(step.input, ctx)
+    deps = step.depends_on
+    if not deps:
+        return state.input
+    if len(deps) == 1:
+        return state.steps[deps[0]].output
+    return {d: state.steps[d].output for d in deps}
+
+
+def _context(state: RunState) -> dict[str, Any]:
+    steps = {
+        sid: {"output": state.steps[sid].output}
+        for sid in _static_ids(state)
+        if state.steps[sid].status in STEP_SATISFIED
+    }
+    return {"input": state.input, "steps": steps, "run": {"id": state.run_id}}
+
+
+def _condition(cond: Condition, ctx: dict[str, Any]) -> bool:
+    if isinstance(cond, str):
+        try:
+            return bool(template.render(cond, ctx))
+        except template.TemplateError:
+            return False  # a missing value reads as false
+    assert isinstance(cond, Compare)
+    try:
+        left = template.lookup(ctx, cond.ref)
+    except template.TemplateError:
+        if cond.op in ("exists", "truthy", "!=", "not_in"):
+            return cond.op in ("!=", "not_in")
+        raise
+    return _compare(left, cond.op, cond.value)
+
+
+def _compare(left: Any, op: str, right: Any) -> bool:
+    if op == "exists":
+        return True
+    if op == "truthy":
+        return bool(left)
+    if op == "==":
+        return bool(left == right)
+    if op == "!=":
+        return bool(left != right)
+    if op in ("in", "not_in"):
+        found = isinstance(right, (list, str, dict)) and left in right
+        return found if op == "in" else not found
+    try:
+        return {"<": left < right, "<=": left <= right, ">": left > right, ">=": left >= right}[op]
+    except TypeError:
+        return False
+
+
+def _run_output(state: RunState) -> Any:
+    wf = state.definition
+    used = {d for s in wf.steps for d in s.depends_on}
+    leaves = [s.id for s in wf.steps if s.id not in used]
+    if len(leaves) == 1:
+        return state.steps[leaves[0]].output
+    return {sid: state.steps[sid].output for sid in leaves}
+
+
+def _static_ids(state: RunState) -> list[str]:
+    return [s.id for s in state.definition.steps]
+
+
+def _step_def(state: RunState, sid: str) -> StepDef:
+    """The definition of a static step, or the synthesized one of a map item."""
+    owner = parent_of(sid)
+    if owner is None:
+        return state.definition.step(sid)
+    map_step = state.definition.step(owner)
+    cfg = step_config(map_step)
+    assert isinstance(cfg, MapConfig)
+    return StepDef(id=sid, task=cfg.task, config=cfg.config, retry=map_step.retry, timeout=map_step.timeout)
+
+
+def _retry_policy(state: RunState, sid: str) -> RetryPolicy:
+    return _step_def(state, sid).retry or RetryPolicy()

@@ -1,0 +1,343 @@
+"""Workflow definitions: the schema, strict parsing, and validation with exact error paths.
+
+Rules:
+- Unknown fields, unknown step types, bad durations, missing dependencies, cycles and
+  references to steps that are not upstream are all rejected, naming the exact path.
+- A parsed `WorkflowDef` is immutable; a run carries a copy of the version it started with.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+import msgspec
+
+from . import schema as input_schema
+from . import template
+from .durations import parse_duration
+
+Duration = str | int | float
+NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+MAX_STEPS = 1000
+MAX_ATTEMPTS = 100_000
+MAX_MAP_ITEMS = 10_000
+MAX_SLEEP = 365 * 86400.0
+
+StepType = Literal["task", "sleep", "wait_for_event", "sub_workflow", "map"]
+# Step types named in the design whose runtime is delivered separately; a definition using
+# one is refused with a clear message instead of being accepted and never running.
+PLANNED_TYPES = ("agent_loop", "planner", "approval", "continue_as_new")
+CompareOp = Literal["==", "!=", "<", "<=", ">", ">=", "in", "not_in", "exists", "truthy"]
+
+
+class DefinitionError(ValueError):
+    """A definition problem, phrased as "<path>: <what is wrong>"."""
+
+
+class Compare(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    ref: str
+    op: CompareOp = "truthy"
+    value: Any = None
+
+
+Condition = str | Compare
+
+
+class RetryPolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    max_attempts: int = 1
+    backoff: Literal["fixed", "exponential"] = "fixed"
+    initial: Duration = 1.0
+    max: Duration | None = None
+    multiplier: float = 2.0
+
+    def delay(self, failed_attempt: int) -> float:
+        """Seconds to wait after attempt `failed_attempt` (1-based) failed."""
+        base = parse_duration(self.initial)
+        if self.backoff == "exponential":
+            base *= self.multiplier ** (failed_attempt - 1)
+        cap = parse_duration(self.max) if self.max is not None else 3600.0
+        return min(base, cap)
+
+
+class StepDef(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    id: str
+    type: str = "task"
+    task: str | None = None
+    description: str = ""
+    depends_on: list[str] = []
+    config: dict[str, Any] = {}
+    input: Any = msgspec.UNSET
+    when: Condition | None = None
+    skip_if: Condition | None = None
+    retry: RetryPolicy | None = None
+    timeout: Duration | None = None
+
+    @property
+    def timeout_seconds(self) -> float | None:
+        return None if self.timeout is None else parse_duration(self.timeout)
+
+
+class WorkflowDef(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    name: str
+    steps: list[StepDef]
+    description: str = ""
+    input_schema: dict[str, Any] | None = None
+    timeout: Duration | None = None
+
+    def step(self, step_id: str) -> StepDef:
+        for step in self.steps:
+            if step.id == step_id:
+                return step
+        raise KeyError(step_id)
+
+    @property
+    def timeout_seconds(self) -> float | None:
+        return None if self.timeout is None else parse_duration(self.timeout)
+
+
+# Per-type config schemas: checked at validation, read by the engine and built-in tasks.
+class SleepConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    duration: Duration
+
+
+class WaitConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    name: str
+    timeout: Duration | None = None
+
+
+class SubWorkflowConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    workflow: str
+    version: int | None = None
+
+
+class MapConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    task: str
+    config: dict[str, Any] = {}
+    max_items: int = 1000
+    concurrency: int = 0
+
+
+class ShellConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    command: str | list[str]
+    cwd: str | None = None
+    env: dict[str, str] = {}
+    timeout: Duration | None = None
+
+
+class TaskSleepConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    duration: Duration = 1.0
+
+
+class EmptyConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    pass
+
+
+STEP_CONFIGS: dict[str, type[msgspec.Struct]] = {
+    "sleep": SleepConfig,
+    "wait_for_event": WaitConfig,
+    "sub_workflow": SubWorkflowConfig,
+    "map": MapConfig,
+}
+BUILTIN_TASK_CONFIGS: dict[str, type[msgspec.Struct]] = {
+    "echo": EmptyConfig,
+    "shell": ShellConfig,
+    "sleep": TaskSleepConfig,
+}
+
+
+def parse_definition(data: Any) -> WorkflowDef:
+    """Decode and validate a definition document; raise DefinitionError naming the path."""
+    if not isinstance(data, dict):
+        raise DefinitionError(f"definition: expected an object, got {type(data).__name__}")
+    try:
+        wf = msgspec.convert(data, WorkflowDef)
+    except msgspec.ValidationError as exc:
+        raise DefinitionError(_msgspec_message(exc, "")) from None
+    validate(wf)
+    return wf
+
+
+def step_config(step: StepDef) -> Any:
+    """The typed config of an engine-run step type (validated already)."""
+    return msgspec.convert(step.config, STEP_CONFIGS[step.type])
+
+
+def validate(wf: WorkflowDef) -> None:
+    if not NAME_RE.match(wf.name):
+        raise DefinitionError(f"name: {wf.name!r} must be 1-64 letters, digits, '-' or '_'")
+    if not wf.steps:
+        raise DefinitionError("steps: a workflow needs at least one step")
+    if len(wf.steps) > MAX_STEPS:
+        raise DefinitionError(f"steps: at most {MAX_STEPS} steps, got {len(wf.steps)}")
+    _check_duration(wf.timeout, "timeout")
+    if wf.input_schema is not None and (problem := input_schema.check_schema(wf.input_schema)):
+        raise DefinitionError(problem)
+    index: dict[str, int] = {}
+    for i, step in enumerate(wf.steps):
+        if not NAME_RE.match(step.id):
+            raise DefinitionError(f"steps[{i}].id: {step.id!r} must be 1-64 letters, digits, '-' or '_'")
+        if step.id in index:
+            raise DefinitionError(f"steps[{i}].id: duplicate id {step.id!r} (also steps[{index[step.id]}])")
+        index[step.id] = i
+    for i, step in enumerate(wf.steps):
+        _validate_step(step, f"steps[{i}]", index)
+    order = _topological_order(wf, index)
+    ancestors = _ancestors(wf, order)
+    for i, step in enumerate(wf.steps):
+        _validate_references(step, f"steps[{i}]", ancestors[step.id])
+
+
+def _validate_step(step: StepDef, path: str, index: dict[str, int]) -> None:
+    if step.type in PLANNED_TYPES:
+        raise DefinitionError(f"{path}.type: step type {step.type!r} is not available in this version")
+    if step.type not in ("task", *STEP_CONFIGS):
+        choices = ", ".join(("task", *STEP_CONFIGS))
+        raise DefinitionError(f"{path}.type: unknown step type {step.type!r} (expected one of {choices})")
+    if step.type == "task":
+        if not step.task:
+            raise DefinitionError(f"{path}.task: a task step needs the name of its task")
+        if step.task in BUILTIN_TASK_CONFIGS:
+            _check_config(step.config, BUILTIN_TASK_CONFIGS[step.task], f"{path}.config")
+            if step.task == "shell":
+                cfg = msgspec.convert(step.config, ShellConfig)
+                _check_duration(cfg.timeout, f"{path}.config.timeout")
+    else:
+        if step.task is not None:
+            raise DefinitionError(f"{path}.task: only task steps name a task (this is {step.type!r})")
+        _check_config(step.config, STEP_CONFIGS[step.type], f"{path}.config")
+        _validate_engine_step(step, path)
+    for j, dep in enumerate(step.depends_on):
+        if dep == step.id:
+            raise DefinitionError(f"{path}.depends_on[{j}]: a step cannot depend on itself")
+        if dep not in index:
+            raise DefinitionError(f"{path}.depends_on[{j}]: unknown step {dep!r}")
+    if len(set(step.depends_on)) != len(step.depends_on):
+        raise DefinitionError(f"{path}.depends_on: lists a step twice")
+    _check_duration(step.timeout, f"{path}.timeout")
+    if step.retry is not None:
+        _validate_retry(step.retry, f"{path}.retry")
+
+
+def _validate_engine_step(step: StepDef, path: str) -> None:
+    cfg = step_config(step)
+    if isinstance(cfg, SleepConfig):
+        seconds = _check_duration(cfg.duration, f"{path}.config.duration")
+        if seconds is not None and seconds > MAX_SLEEP:
+            raise DefinitionError(f"{path}.config.duration: at most 365d")
+    elif isinstance(cfg, WaitConfig):
+        _check_duration(cfg.timeout, f"{path}.config.timeout")
+    elif isinstance(cfg, SubWorkflowConfig):
+        if not NAME_RE.match(cfg.workflow):
+            raise DefinitionError(f"{path}.config.workflow: {cfg.workflow!r} is not a workflow name")
+    elif isinstance(cfg, MapConfig):
+        if not 1 <= cfg.max_items <= MAX_MAP_ITEMS:
+            raise DefinitionError(f"{path}.config.max_items: must be 1..{MAX_MAP_ITEMS}")
+        if cfg.concurrency < 0:
+            raise DefinitionError(f"{path}.config.concurrency: must be >= 0 (0 = no limit)")
+        if cfg.task in BUILTIN_TASK_CONFIGS:
+            _check_config(cfg.config, BUILTIN_TASK_CONFIGS[cfg.task], f"{path}.config.config")
+        if step.input is msgspec.UNSET and len(step.depends_on) != 1:
+            raise DefinitionError(
+                f"{path}: a map step needs exactly one dependency or an input template giving its array"
+            )
+
+
+def _validate_retry(retry: RetryPolicy, path: str) -> None:
+    if not 1 <= retry.max_attempts <= MAX_ATTEMPTS:
+        raise DefinitionError(f"{path}.max_attempts: must be 1..{MAX_ATTEMPTS}")
+    _check_duration(retry.initial, f"{path}.initial")
+    _check_duration(retry.max, f"{path}.max")
+    if retry.multiplier < 1:
+        raise DefinitionError(f"{path}.multiplier: must be >= 1")
+
+
+def _validate_references(step: StepDef, path: str, upstream: set[str]) -> None:
+    for field, value in (("input", step.input), ("config", step.config), ("when", step.when), ("skip_if", step.skip_if)):
+        if value is msgspec.UNSET or value is None:
+            continue
+        refs = [value.ref] if isinstance(value, Compare) else template.references(value)
+        for ref in refs:
+            if problem := template.check_reference(ref):
+                raise DefinitionError(f"{path}.{field}: {problem}")
+            needed = template.step_of(ref)
+            if needed is not None and needed not in upstream:
+                raise DefinitionError(
+                    f"{path}.{field}: ${{{ref}}} reads step {needed!r}, which is not upstream of "
+                    f"{step.id!r} (add it to depends_on)"
+                )
+
+
+def _topological_order(wf: WorkflowDef, index: dict[str, int]) -> list[str]:
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    order: list[str] = []
+    for root in wf.steps:
+        if root.id in state:
+            continue
+        stack: list[tuple[str, int]] = [(root.id, 0)]
+        path: list[str] = []
+        while stack:
+            sid, pos = stack.pop()
+            if pos == 0:
+                state[sid] = 1
+                path.append(sid)
+            deps = wf.steps[index[sid]].depends_on
+            if pos < len(deps):
+                stack.append((sid, pos + 1))
+                dep = deps[pos]
+                if state.get(dep) == 1:
+                    cycle = path[path.index(dep):] + [dep]
+                    raise DefinitionError(f"steps[{index[dep]}]: dependency cycle {' -> '.join(cycle)}")
+                if dep not in state:
+                    stack.append((dep, 0))
+            else:
+                state[sid] = 2
+                path.pop()
+                order.append(sid)
+    return order
+
+
+def _ancestors(wf: WorkflowDef, order: list[str]) -> dict[str, set[str]]:
+    by_id = {s.id: s for s in wf.steps}
+    result: dict[str, set[str]] = {}
+    for sid in order:
+        acc: set[str] = set()
+        for dep in by_id[sid].depends_on:
+            acc.add(dep)
+            acc |= result[dep]
+        result[sid] = acc
+    return result
+
+
+def _check_config(config: dict[str, Any], kind: type[msgspec.Struct], path: str) -> None:
+    try:
+        msgspec.convert(config, kind)
+    except msgspec.ValidationError as exc:
+        raise DefinitionError(_msgspec_message(exc, path)) from None
+
+
+def _check_duration(value: Any, path: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise DefinitionError(f"{path}: {exc}") from None
+
+
+def _msgspec_message(exc: msgspec.ValidationError, prefix: str) -> str:
+    """Turn "Expected `str`, got `int` - at `$.steps[0].id`" into "steps[0].id: expected str, got int"."""
+    text = str(exc)
+    where = prefix
+    if " - at `$" in text:
+        text, _, tail = text.partition(" - at `$")
+        where = prefix + tail.rstrip("`")
+        where = where.lstrip(".")
+    text = text.replace("`", "")
+    text = text[:1].lower() + text[1:]
+    if text.startswith("object contains unknown field"):
+        text = "unknown field " + text.removeprefix("object contains unknown field ").strip()
+        text = f"{text!s}"
+    elif text.startswith("object missing required field"):
+        text = "missing required field " + text.removeprefix("object missing required field ").strip()
+    return f"{where or 'definition'}: {text}"

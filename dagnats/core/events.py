@@ -1,0 +1,160 @@
+"""Events: the facts recorded in a run's history. Past tense, immutable, tagged by `type`.
+
+Every event carries `at` (seconds since the epoch, set by whoever records it): the core never
+reads a clock, so time only ever enters through events.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from .definition import WorkflowDef
+
+
+class _Event(msgspec.Struct, frozen=True, tag_field="type", omit_defaults=True, kw_only=True):
+    at: float
+
+
+class ParentRef(msgspec.Struct, frozen=True, omit_defaults=True):
+    run_id: str
+    step_id: str
+    attempt: int
+
+
+class RunStarted(_Event, tag="run.started"):
+    run_id: str
+    workflow: str
+    version: int
+    definition: WorkflowDef
+    input: Any = None
+    parent: ParentRef | None = None
+    depth: int = 0
+    root_run_id: str = ""
+    by: str = ""
+
+
+class RunCancelRequested(_Event, tag="run.cancel_requested"):
+    reason: str = ""
+    by: str = ""
+
+
+class RunCompleted(_Event, tag="run.completed"):
+    output: Any = None
+
+
+class RunFailed(_Event, tag="run.failed"):
+    error: str
+
+
+class SignalReceived(_Event, tag="signal.received"):
+    name: str
+    data: Any = None
+    by: str = ""
+
+
+class StepQueued(_Event, tag="step.queued"):
+    step_id: str
+    attempt: int
+    input: Any = None
+
+
+class StepStarted(_Event, tag="step.started"):
+    step_id: str
+    attempt: int
+    worker: str = ""
+
+
+class StepWaiting(_Event, tag="step.waiting"):
+    """An engine-run step began waiting: for a timer (`until`) and/or a signal (`signal`)."""
+
+    step_id: str
+    attempt: int = 1
+    until: float | None = None
+    signal: str | None = None
+
+
+class StepCompleted(_Event, tag="step.completed"):
+    step_id: str
+    attempt: int
+    output: Any = None
+
+
+class StepFailed(_Event, tag="step.failed"):
+    step_id: str
+    attempt: int
+    error: str
+    retryable: bool = True
+
+
+class StepSkipped(_Event, tag="step.skipped"):
+    step_id: str
+    reason: str = ""
+
+
+class StepLog(_Event, tag="step.log"):
+    step_id: str
+    attempt: int
+    message: str
+
+
+class MapExpanded(_Event, tag="map.expanded"):
+    step_id: str
+    items: list[Any]
+
+
+class TimerFired(_Event, tag="timer.fired"):
+    kind: str  # "retry" | "step_timeout" | "run_timeout" | "wake"
+    step_id: str = ""
+    attempt: int = 0
+
+
+class ChildRunStarted(_Event, tag="child.started"):
+    step_id: str
+    attempt: int
+    child_run_id: str
+
+
+class ChildRunFinished(_Event, tag="child.finished"):
+    step_id: str
+    attempt: int
+    child_run_id: str
+    status: str
+    output: Any = None
+    error: str | None = None
+
+
+Event = (
+    RunStarted
+    | RunCancelRequested
+    | RunCompleted
+    | RunFailed
+    | SignalReceived
+    | StepQueued
+    | StepStarted
+    | StepWaiting
+    | StepCompleted
+    | StepFailed
+    | StepSkipped
+    | StepLog
+    | MapExpanded
+    | TimerFired
+    | ChildRunStarted
+    | ChildRunFinished
+)
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(Event)
+
+
+def encode_event(event: Event) -> bytes:
+    return _encoder.encode(event)
+
+
+def decode_event(data: bytes) -> Event:
+    return _decoder.decode(data)
+
+
+def event_type(event: Event) -> str:
+    return type(event).__struct_config__.tag  # type: ignore[return-value]

@@ -1,0 +1,127 @@
+"""A small, strict subset of JSON Schema for workflow `input_schema`.
+
+Supported keywords are listed in KEYWORDS; a schema using any other keyword is rejected at
+registration rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+KEYWORDS = frozenset(
+    {
+        "type", "properties", "required", "additionalProperties", "items", "enum", "const",
+        "minimum", "maximum", "minLength", "maxLength", "minItems", "maxItems", "pattern",
+        "description", "title", "default", "$schema", "examples",
+    }
+)
+_TYPES = {
+    "object": lambda v: isinstance(v, dict),
+    "array": lambda v: isinstance(v, list),
+    "string": lambda v: isinstance(v, str),
+    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "boolean": lambda v: isinstance(v, bool),
+    "null": lambda v: v is None,
+}
+
+
+def check_schema(schema: Any, path: str = "input_schema") -> str | None:
+    """Why `schema` is not a supported schema, as "path: reason", or None."""
+    if not isinstance(schema, dict):
+        return f"{path}: expected an object"
+    for key in schema:
+        if key not in KEYWORDS:
+            return f"{path}: unsupported keyword {key!r} (supported: {', '.join(sorted(KEYWORDS))})"
+    types = schema.get("type")
+    for t in types if isinstance(types, list) else [types] if types is not None else []:
+        if t not in _TYPES:
+            return f"{path}.type: unknown type {t!r}"
+    for name, sub in (schema.get("properties") or {}).items():
+        if problem := check_schema(sub, f"{path}.properties.{name}"):
+            return problem
+    for key in ("items", "additionalProperties"):
+        sub = schema.get(key)
+        if isinstance(sub, dict) and (problem := check_schema(sub, f"{path}.{key}")):
+            return problem
+    if "pattern" in schema:
+        try:
+            re.compile(schema["pattern"])
+        except (re.error, TypeError) as exc:
+            return f"{path}.pattern: invalid regular expression ({exc})"
+    return None
+
+
+def validate(schema: dict[str, Any], value: Any, path: str = "input") -> str | None:
+    """The first way `value` violates `schema`, as "path: reason", or None."""
+    types = schema.get("type")
+    if types is not None:
+        allowed = types if isinstance(types, list) else [types]
+        if not any(_TYPES[t](value) for t in allowed):
+            return f"{path}: expected {' or '.join(allowed)}, got {_type_name(value)}"
+    if "enum" in schema and value not in schema["enum"]:
+        return f"{path}: must be one of {schema['enum']!r}"
+    if "const" in schema and value != schema["const"]:
+        return f"{path}: must be {schema['const']!r}"
+    if isinstance(value, dict):
+        return _validate_object(schema, value, path)
+    if isinstance(value, list):
+        return _validate_array(schema, value, path)
+    if isinstance(value, str):
+        return _validate_string(schema, value, path)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if "minimum" in schema and value < schema["minimum"]:
+            return f"{path}: must be >= {schema['minimum']}"
+        if "maximum" in schema and value > schema["maximum"]:
+            return f"{path}: must be <= {schema['maximum']}"
+    return None
+
+
+def _validate_object(schema: dict[str, Any], value: dict[str, Any], path: str) -> str | None:
+    for name in schema.get("required", []):
+        if name not in value:
+            return f"{path}: missing required field {name!r}"
+    props = schema.get("properties", {})
+    extra = schema.get("additionalProperties", True)
+    for name, item in value.items():
+        if name in props:
+            problem = validate(props[name], item, f"{path}.{name}")
+        elif extra is False:
+            problem = f"{path}: unexpected field {name!r}"
+        elif isinstance(extra, dict):
+            problem = validate(extra, item, f"{path}.{name}")
+        else:
+            problem = None
+        if problem:
+            return problem
+    return None
+
+
+def _validate_array(schema: dict[str, Any], value: list[Any], path: str) -> str | None:
+    if "minItems" in schema and len(value) < schema["minItems"]:
+        return f"{path}: needs at least {schema['minItems']} items"
+    if "maxItems" in schema and len(value) > schema["maxItems"]:
+        return f"{path}: allows at most {schema['maxItems']} items"
+    if isinstance(schema.get("items"), dict):
+        for i, item in enumerate(value):
+            if problem := validate(schema["items"], item, f"{path}[{i}]"):
+                return problem
+    return None
+
+
+def _validate_string(schema: dict[str, Any], value: str, path: str) -> str | None:
+    if "minLength" in schema and len(value) < schema["minLength"]:
+        return f"{path}: must be at least {schema['minLength']} characters"
+    if "maxLength" in schema and len(value) > schema["maxLength"]:
+        return f"{path}: must be at most {schema['maxLength']} characters"
+    if "pattern" in schema and not re.search(schema["pattern"], value):
+        return f"{path}: does not match pattern {schema['pattern']!r}"
+    return None
+
+
+def _type_name(value: Any) -> str:
+    for name in ("null", "boolean", "integer", "number", "string", "array", "object"):
+        if _TYPES[name](value):
+            return name
+    return type(value).__name__

@@ -1,0 +1,82 @@
+"""Run state: what a fold over a run's events yields. Immutable values, replaced on change."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from .definition import WorkflowDef
+from .events import ParentRef
+
+RUN_TERMINAL = frozenset({"completed", "failed", "cancelled", "continued"})
+STEP_TERMINAL = frozenset({"completed", "failed", "skipped", "cancelled"})
+STEP_ACTIVE = frozenset({"queued", "running", "waiting"})
+STEP_SATISFIED = frozenset({"completed", "skipped"})
+
+
+class StepState(msgspec.Struct, frozen=True, omit_defaults=True):
+    status: str = "pending"
+    attempts: int = 0
+    input: Any = None
+    output: Any = None
+    error: str | None = None
+    queued_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    retry_at: float | None = None
+    waiting_until: float | None = None
+    waiting_signal: str | None = None
+    child_run_id: str | None = None
+    items: int | None = None
+
+
+class Signal(msgspec.Struct, frozen=True, omit_defaults=True):
+    name: str
+    data: Any = None
+    consumed_by: str | None = None
+
+
+class RunState(msgspec.Struct, frozen=True, omit_defaults=True):
+    run_id: str
+    workflow: str
+    version: int
+    definition: WorkflowDef
+    input: Any = None
+    status: str = "running"
+    output: Any = None
+    error: str | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    finished_at: float | None = None
+    parent: ParentRef | None = None
+    depth: int = 0
+    root_run_id: str = ""
+    steps: dict[str, StepState] = {}
+    signals: list[Signal] = []
+    events: int = 0
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in RUN_TERMINAL
+
+    def progress(self) -> tuple[int, int]:
+        """(finished static steps, static steps)."""
+        ids = [s.id for s in self.definition.steps]
+        done = sum(1 for sid in ids if self.steps[sid].status in STEP_TERMINAL)
+        return done, len(ids)
+
+
+def item_id(map_step: str, index: int) -> str:
+    """Id of the index-th item of a map step. Brackets keep it apart from any static id."""
+    return f"{map_step}[{index}]"
+
+
+def item_ids(state: RunState, map_step: str) -> list[str]:
+    count = state.steps[map_step].items or 0
+    return [item_id(map_step, i) for i in range(count)]
+
+
+def parent_of(step_id: str) -> str | None:
+    """The map step an item id belongs to, or None for a static step."""
+    return step_id.split("[", 1)[0] if step_id.endswith("]") and "[" in step_id else None
