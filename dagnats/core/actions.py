@@ -30,6 +30,7 @@ class DispatchTask(_Action, tag="dispatch_task"):
     input: Any = None
     config: dict[str, Any] = {}
     timeout: float | None = None
+    checkpoint: Any = None
 
 
 class StartTimer(_Action, tag="start_timer"):

@@ -48,7 +48,6 @@ from .definition import (
 from .durations import format_duration, parse_duration
 from .events import (
     ChildRunFinished,
-    ChildRunStarted,
     Event,
     MapExpanded,
     ParentRef,
@@ -57,6 +56,7 @@ from .events import (
     RunFailed,
     RunStarted,
     SignalReceived,
+    StepCheckpointed,
     StepCompleted,
     StepFailed,
     StepLog,
@@ -195,11 +195,11 @@ def _apply(state: RunState, event: Event) -> RunState:
             return _on_map_expanded(state, sid, items, event.at)
         case TimerFired():
             return _on_timer(state, event)
-        case ChildRunStarted(step_id=sid, attempt=attempt, child_run_id=child):
+        case StepCheckpointed(step_id=sid, attempt=attempt, data=data):
             step = state.steps[sid]
-            if step.status != "queued" or step.attempts != attempt:
+            if step.status not in STEP_ACTIVE or step.attempts != attempt:
                 return state
-            return _put(state, sid, replace(step, status="running", started_at=event.at, child_run_id=child))
+            return _put(state, sid, replace(step, checkpoint=data))
         case ChildRunFinished():
             return _on_child_finished(state, event)
         case _:
@@ -210,11 +210,13 @@ def _on_queued(state: RunState, ev: StepQueued) -> RunState:
     step = state.steps[ev.step_id]
     if step.status != "pending" or ev.attempt != step.attempts + 1:
         return state
-    return _put(
-        state, ev.step_id,
-        replace(step, status="queued", attempts=ev.attempt, input=ev.input, queued_at=ev.at,
-                started_at=None, retry_at=None, error=None),
-    )
+    queued = replace(step, status="queued", attempts=ev.attempt, input=ev.input, queued_at=ev.at,
+                     started_at=None, retry_at=None, error=None)
+    if parent_of(ev.step_id) is None and state.definition.step(ev.step_id).type == "sub_workflow":
+        # The child's id is derived, so the parent knows it without waiting for a reply.
+        child = child_run_id(state.run_id, ev.step_id, ev.attempt)
+        queued = replace(queued, status="running", started_at=ev.at, child_run_id=child)
+    return _put(state, ev.step_id, queued)
 
 
 def _on_completed(state: RunState, ev: StepCompleted) -> RunState:
@@ -391,6 +393,7 @@ def _dispatch(state: RunState, sid: str, attempt: int) -> Iterable[Action]:
         input=queued.input,
         config=config,
         timeout=step.timeout_seconds,
+        checkpoint=queued.checkpoint,
         msg_id=f"{state.run_id}:task:{sid}:{attempt}",
     )
 

@@ -110,10 +110,12 @@ class TimerFired(_Event, tag="timer.fired"):
     attempt: int = 0
 
 
-class ChildRunStarted(_Event, tag="child.started"):
+class StepCheckpointed(_Event, tag="step.checkpointed"):
+    """A task saved progress; a later attempt of the same step receives `data`."""
+
     step_id: str
     attempt: int
-    child_run_id: str
+    data: Any = None
 
 
 class ChildRunFinished(_Event, tag="child.finished"):
@@ -140,7 +142,7 @@ Event = (
     | StepLog
     | MapExpanded
     | TimerFired
-    | ChildRunStarted
+    | StepCheckpointed
     | ChildRunFinished
 )
 

@@ -29,6 +29,7 @@ class StepState(msgspec.Struct, frozen=True, omit_defaults=True):
     waiting_signal: str | None = None
     child_run_id: str | None = None
     items: int | None = None
+    checkpoint: Any = None
 
 
 class Signal(msgspec.Struct, frozen=True, omit_defaults=True):

@@ -1,0 +1,387 @@
+"""The `dagnats` command line. Exit codes: 0 ok, 1 user error, 2 usage error, 130 interrupted."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from . import views
+from .errors import UserError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help(sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    logging.getLogger("nats.js.kv").setLevel(logging.ERROR)  # warns on every filtered watch
+    try:
+        result = args.handler(args)
+        if asyncio.iscoroutine(result):
+            result = asyncio.run(result)
+        return int(result or 0)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:
+        if os.environ.get("DAGNATS_DEBUG"):
+            traceback.print_exc()
+        print(f"internal error: {type(exc).__name__}: {exc} (set DAGNATS_DEBUG=1 for a traceback)",
+              file=sys.stderr)
+        return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    conn = argparse.ArgumentParser(add_help=False)
+    conn.add_argument("--nats", metavar="URL", help="NATS URL (default: $DAGNATS_NATS_URL, else the local server)")
+    conn.add_argument("--data-dir", metavar="D", help="data directory (default: $DAGNATS_DATA_DIR or ~/.local/share/dagnats)")
+    js = argparse.ArgumentParser(add_help=False)
+    js.add_argument("--json", action="store_true", help="print one JSON document")
+
+    p = argparse.ArgumentParser(prog="dagnats", description="Durable DAG workflows on NATS JetStream.")
+    sub = p.add_subparsers(metavar="COMMAND")
+
+    s = sub.add_parser("serve", parents=[conn], help="run NATS, the engine and the built-in workers")
+    s.add_argument("--port", type=int, default=4222, help="port of the embedded server (default 4222)")
+    s.add_argument("--worker", action="append", default=[], metavar="MODULE:ATTR", help="also serve these tasks")
+    s.add_argument("--concurrency", type=int, default=16, help="tasks run at once by the built-in workers")
+    s.add_argument("-v", "--verbose", action="store_true")
+    s.set_defaults(handler=cmd_serve)
+
+    w = sub.add_parser("worker", parents=[conn], help="run the tasks of a Python Worker")
+    w.add_argument("spec", metavar="MODULE:ATTR")
+    w.add_argument("--concurrency", type=int, default=8)
+    w.add_argument("-v", "--verbose", action="store_true")
+    w.set_defaults(handler=cmd_worker)
+
+    wf = sub.add_parser("workflow", help="register, validate, list and show workflows").add_subparsers(metavar="ACTION")
+    x = wf.add_parser("register", parents=[conn], help="validate and store definitions (new version if changed)")
+    x.add_argument("files", nargs="+", metavar="FILE")
+    x.add_argument("--json", action="store_true")
+    x.set_defaults(handler=cmd_workflow_register)
+    x = wf.add_parser("validate", help="check definition files without a server")
+    x.add_argument("files", nargs="+", metavar="FILE")
+    x.add_argument("--json", action="store_true")
+    x.set_defaults(handler=cmd_workflow_validate)
+    x = wf.add_parser("list", parents=[conn, js], help="registered workflows (latest versions)")
+    x.set_defaults(handler=cmd_workflow_list)
+    x = wf.add_parser("show", parents=[conn, js], help="one workflow's definition")
+    x.add_argument("name", metavar="NAME[@VERSION]")
+    x.set_defaults(handler=cmd_workflow_show)
+
+    r = sub.add_parser("run", help="start, watch and steer runs").add_subparsers(metavar="ACTION")
+    x = r.add_parser("start", parents=[conn, js], help="start a run of a workflow")
+    x.add_argument("workflow", metavar="WORKFLOW[@VERSION]")
+    group = x.add_mutually_exclusive_group()
+    group.add_argument("--input", metavar="JSON", help="run input as JSON")
+    group.add_argument("--input-file", metavar="F", help="read the run input from a JSON file")
+    x.add_argument("--wait", action="store_true", help="block until the run ends; exit 1 unless it completed")
+    x.set_defaults(handler=cmd_run_start)
+    x = r.add_parser("list", parents=[conn, js], help="runs, newest first")
+    x.add_argument("--status")
+    x.add_argument("--workflow")
+    x.add_argument("--limit", type=int, default=50)
+    x.set_defaults(handler=cmd_run_list)
+    x = r.add_parser("show", parents=[conn, js], help="a run's status, steps and lineage")
+    x.add_argument("run_id", metavar="RUN_ID")
+    x.set_defaults(handler=cmd_run_show)
+    x = r.add_parser("events", parents=[conn, js], help="a run's event history")
+    x.add_argument("run_id", metavar="RUN_ID")
+    x.add_argument("--follow", "-f", action="store_true", help="keep printing new events until the run ends")
+    x.set_defaults(handler=cmd_run_events)
+    x = r.add_parser("output", parents=[conn], help="print a completed run's output as JSON")
+    x.add_argument("run_id", metavar="RUN_ID")
+    x.set_defaults(handler=cmd_run_output)
+    x = r.add_parser("cancel", parents=[conn], help="cancel a run")
+    x.add_argument("run_id", metavar="RUN_ID")
+    x.add_argument("--reason", default="")
+    x.set_defaults(handler=cmd_run_cancel)
+    x = r.add_parser("signal", parents=[conn], help="send a named signal (for wait_for_event steps)")
+    x.add_argument("run_id", metavar="RUN_ID")
+    x.add_argument("name", metavar="NAME")
+    x.add_argument("data", metavar="JSON", nargs="?", default=None)
+    x.set_defaults(handler=cmd_run_signal)
+    return p
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def _print_json(doc: Any) -> None:
+    print(json.dumps(doc, indent=2, default=str))
+
+
+async def _with_client(args: argparse.Namespace, fn: Callable[[Any], Awaitable[int | None]]) -> int:
+    from .client import Client
+
+    client = await Client.connect(args.nats, args.data_dir)
+    try:
+        return int(await fn(client) or 0)
+    finally:
+        await client.close()
+
+
+# --- commands ----------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> Any:
+    from .loader import load_object
+    from .serve import serve
+    from .worker import Worker
+
+    workers = [_as_worker(load_object(spec), spec, Worker) for spec in args.worker]
+    return serve(data_dir=args.data_dir, port=args.port, nats_url=args.nats, workers=workers,
+                 concurrency=args.concurrency)
+
+
+def _as_worker(obj: Any, spec: str, kind: type) -> Any:
+    if not isinstance(obj, kind):
+        raise UserError(f"{spec} is a {type(obj).__name__}, not a dagnats Worker")
+    return obj
+
+
+async def cmd_worker(args: argparse.Namespace) -> int:
+    import signal
+
+    from .connection import close as _close
+    from .connection import connect, resolve_endpoint
+    from .loader import load_object
+    from .store import Store
+    from .worker import Worker
+
+    worker = _as_worker(load_object(args.spec), args.spec, Worker)
+    if not worker.handlers:
+        raise UserError(f"{args.spec} registers no tasks")
+    nc = await connect(resolve_endpoint(args.nats, args.data_dir), name="dagnats-worker", long_lived=True)
+    store = Store(nc)
+    await store.ensure()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"dagnats worker {worker.name}: serving {', '.join(sorted(worker.handlers))}", flush=True)
+    await worker.run(store, stop, concurrency=args.concurrency)
+    await _close(nc)
+    return 0
+
+
+def _load_all(files: list[str]) -> list[Any]:
+    from .loader import load_file
+
+    return [load_file(f) for f in files]
+
+
+def cmd_workflow_validate(args: argparse.Namespace) -> int:
+    from .loader import load_file
+
+    results, failed = [], 0
+    for f in args.files:
+        try:
+            wf = load_file(f)
+            results.append({"file": f, "ok": True, "name": wf.name, "steps": len(wf.steps)})
+        except UserError as exc:
+            failed += 1
+            results.append({"file": f, "ok": False, "error": str(exc)})
+    if args.json:
+        _print_json(results)
+    else:
+        for r in results:
+            if r["ok"]:
+                print(f"{r['file']}: ok ({r['name']}, {r['steps']} steps)")
+            else:
+                print(f"error: {r['error']}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+async def cmd_workflow_register(args: argparse.Namespace) -> int:
+    definitions = _load_all(args.files)  # all valid, or nothing is registered
+
+    async def go(client: Any) -> None:
+        out = []
+        for wf in definitions:
+            version, created = await client.register(wf)
+            out.append({"name": wf.name, "version": version, "created": created})
+        if args.json:
+            _print_json(out)
+        else:
+            for r in out:
+                state = "registered" if r["created"] else "unchanged,"
+                print(f"{r['name']}: {state} version {r['version']}")
+
+    return await _with_client(args, go)
+
+
+async def cmd_workflow_list(args: argparse.Namespace) -> int:
+    async def go(client: Any) -> None:
+        latest: dict[str, Any] = {}
+        counts: dict[str, int] = {}
+        for wfv in await client.workflows():
+            counts[wfv.name] = counts.get(wfv.name, 0) + 1
+            if wfv.name not in latest or wfv.version > latest[wfv.name].version:
+                latest[wfv.name] = wfv
+        docs = [views.workflow_doc(latest[n]) | {"versions": counts[n]} for n in sorted(latest)]
+        for d in docs:
+            d.pop("definition")
+        if args.json:
+            _print_json(docs)
+        elif not docs:
+            print("no workflows registered yet: `dagnats workflow register FILE`")
+        else:
+            rows = [[d["name"], str(d["version"]), str(d["steps"]), d["description"][:50]] for d in docs]
+            print(views.table(rows, ["name", "version", "steps", "description"]))
+
+    return await _with_client(args, go)
+
+
+async def cmd_workflow_show(args: argparse.Namespace) -> int:
+    from .client import parse_workflow_ref
+
+    name, version = parse_workflow_ref(args.name)
+
+    async def go(client: Any) -> None:
+        wfv = await client.workflow(name, version)
+        versions = await client.store.workflow_versions(name)
+        doc = views.workflow_doc(wfv, versions)
+        if args.json:
+            _print_json(doc)
+        else:
+            print(f"{wfv.name} version {wfv.version} (versions: {', '.join(map(str, versions))})")
+            print(json.dumps(doc["definition"], indent=2))
+
+    return await _with_client(args, go)
+
+
+async def cmd_run_start(args: argparse.Namespace) -> int:
+    from .loader import parse_json_arg
+
+    run_input: Any = None
+    if args.input is not None:
+        run_input = parse_json_arg(args.input, "--input")
+    elif args.input_file is not None:
+        try:
+            with open(args.input_file) as f:
+                run_input = parse_json_arg(f.read(), args.input_file)
+        except OSError as exc:
+            raise UserError(f"{args.input_file}: cannot read: {exc.strerror}") from None
+
+    async def go(client: Any) -> int:
+        run_id = await client.start(args.workflow, run_input)
+        if not args.wait:
+            _print_json({"run_id": run_id}) if args.json else print(run_id)
+            return 0
+        if not args.json:
+            print(run_id, flush=True)
+        state = await client.wait(run_id)
+        if args.json:
+            _print_json({"run_id": run_id, "status": state.status, "output": state.output, "error": state.error})
+        else:
+            print(f"{state.status}" + (f": {state.error}" if state.error else ""))
+        return 0 if state.status == "completed" else 1
+
+    return await _with_client(args, go)
+
+
+async def cmd_run_list(args: argparse.Namespace) -> int:
+    async def go(client: Any) -> None:
+        states = await client.runs(status=args.status, workflow=args.workflow, limit=args.limit)
+        if args.json:
+            _print_json([views.summary_doc(s) for s in states])
+            return
+        if not states:
+            print("no runs")
+            return
+        now = time.time()
+        rows = []
+        for s in states:
+            done, total = s.progress()
+            rows.append([s.run_id, f"{s.workflow}@{s.version}", s.status, f"{done}/{total}", views.age(s.created_at, now)])
+        print(views.table(rows, ["run id", "workflow", "status", "steps", "age"]))
+
+    return await _with_client(args, go)
+
+
+async def cmd_run_show(args: argparse.Namespace) -> int:
+    async def go(client: Any) -> None:
+        state = await client.run(args.run_id)
+        doc = views.run_doc(state)
+        if args.json:
+            _print_json(doc)
+            return
+        print(f"run {state.run_id}  {state.workflow}@{state.version}  {state.status}")
+        print(f"created {doc['created_at']}" + (f"  finished {doc['finished_at']}" if doc["finished_at"] else ""))
+        if state.error:
+            print(f"error: {state.error}")
+        rows = []
+        for sid, step in doc["steps"].items():
+            detail = step["error"] or ("" if step["output"] is None else json.dumps(step["output"]))
+            rows.append([sid, step["status"], str(step["attempts"]), detail[:70]])
+        print(views.table(rows, ["step", "status", "attempts", "output / error"]))
+
+    return await _with_client(args, go)
+
+
+async def cmd_run_events(args: argparse.Namespace) -> int:
+    async def go(client: Any) -> None:
+        if args.follow:
+            async for seq, event in client.follow(args.run_id):
+                print(json.dumps(views.event_doc(seq, event), default=str) if args.json else views.event_line(seq, event),
+                      flush=True)
+            return
+        events = await client.events(args.run_id)
+        if args.json:
+            _print_json([views.event_doc(seq, ev) for seq, ev in events])
+        else:
+            for seq, ev in events:
+                print(views.event_line(seq, ev))
+
+    return await _with_client(args, go)
+
+
+async def cmd_run_output(args: argparse.Namespace) -> int:
+    async def go(client: Any) -> None:
+        state = await client.run(args.run_id)
+        if state.status != "completed":
+            extra = f": {state.error}" if state.error else ""
+            raise UserError(f"run {args.run_id} is {state.status}{extra}; only a completed run has an output")
+        _print_json(state.output)
+
+    return await _with_client(args, go)
+
+
+async def cmd_run_cancel(args: argparse.Namespace) -> int:
+    async def go(client: Any) -> None:
+        await client.cancel(args.run_id, args.reason)
+        print(f"cancel requested for run {args.run_id}")
+
+    return await _with_client(args, go)
+
+
+async def cmd_run_signal(args: argparse.Namespace) -> int:
+    from .loader import parse_json_arg
+
+    data = parse_json_arg(args.data, "signal data") if args.data is not None else None
+
+    async def go(client: Any) -> None:
+        await client.signal(args.run_id, args.name, data)
+        print(f"signal {args.name!r} sent to run {args.run_id}")
+
+    return await _with_client(args, go)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

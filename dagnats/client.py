@@ -1,0 +1,169 @@
+"""The client: what the CLI and the console use to register, start, watch and steer runs.
+
+Reads fold the history through the same `replay` the engine uses, starting from the engine's
+snapshot, so a client never shows a state the engine would not agree with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import os
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from nats.aio.client import Client as NATS
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import api
+
+from . import names
+from .connection import Endpoint, connect, resolve_endpoint
+from .core import schema
+from .core.decide import fold
+from .core.definition import WorkflowDef
+from .core.events import Event, RunCancelRequested, RunStarted, SignalReceived, decode_event
+from .core.state import RunState
+from .errors import NotFound, UserError
+from .store import Conflict, Store, WorkflowVersion
+
+
+def operator_identity() -> str:
+    """Who is acting: the user and, over SSH, the client address."""
+    user = os.environ.get("USER") or getpass.getuser()
+    ssh = os.environ.get("SSH_CLIENT", "").split()
+    return f"{user}@{ssh[0]}" if ssh else user
+
+
+def new_run_id() -> str:
+    # Time-ordered prefix keeps ids roughly sortable; the random part keeps them unique.
+    return f"{int(time.time() * 1000):x}{secrets.token_hex(4)}"
+
+
+class Client:
+    def __init__(self, nc: NATS) -> None:
+        self.nc = nc
+        self.store = Store(nc)
+
+    @classmethod
+    async def connect(cls, nats_url: str | None = None, data_dir: str | None = None,
+                      endpoint: Endpoint | None = None) -> Client:
+        nc = await connect(endpoint or resolve_endpoint(nats_url, data_dir), name="dagnats-client")
+        return cls(nc)
+
+    async def close(self) -> None:
+        await self.nc.close()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # --- workflows ---------------------------------------------------------------------------
+
+    async def register(self, wf: WorkflowDef) -> tuple[int, bool]:
+        return await self.store.register_workflow(wf, time.time())
+
+    async def workflows(self) -> list[WorkflowVersion]:
+        return await self.store.all_workflows()
+
+    async def workflow(self, name: str, version: int | None = None) -> WorkflowVersion:
+        return await self.store.get_workflow(name, version)
+
+    # --- runs --------------------------------------------------------------------------------
+
+    async def start(self, workflow: str, input: Any = None, *, run_id: str | None = None) -> str:
+        name, version = parse_workflow_ref(workflow)
+        wfv = await self.store.get_workflow(name, version)
+        if wfv.definition.input_schema is not None:
+            problem = schema.validate(wfv.definition.input_schema, input)
+            if problem:
+                raise UserError(f"input does not match {name}'s input_schema: {problem}")
+        run_id = run_id or new_run_id()
+        event = RunStarted(
+            at=time.time(), run_id=run_id, workflow=wfv.name, version=wfv.version,
+            definition=wfv.definition, input=input, by=operator_identity(),
+        )
+        try:
+            await self.store.append(run_id, event, expected_last=0)
+        except Conflict:
+            raise UserError(f"run {run_id} already exists") from None
+        return run_id
+
+    async def run(self, run_id: str) -> RunState:
+        """The run's current state: the engine's snapshot plus a replay of newer events."""
+        snap, _ = await self.store.load_snapshot(run_id)
+        state, after = (snap.state, snap.applied) if snap else (None, 0)
+        for _seq, event in await self.store.read_history(run_id, after=after):
+            state = fold(None, state, event)
+        if state is None:
+            raise NotFound(f"unknown run {run_id!r}: see `dagnats run list`")
+        return state
+
+    async def runs(self, status: str | None = None, workflow: str | None = None,
+                   limit: int | None = None) -> list[RunState]:
+        states = [s.state for s in await self.store.all_snapshots()]
+        if status:
+            states = [s for s in states if s.status == status]
+        if workflow:
+            states = [s for s in states if s.workflow == workflow]
+        states.sort(key=lambda s: s.created_at, reverse=True)
+        return states[:limit] if limit else states
+
+    async def events(self, run_id: str) -> list[tuple[int, Event]]:
+        events = await self.store.read_history(run_id)
+        if not events:
+            raise NotFound(f"unknown run {run_id!r}: see `dagnats run list`")
+        return events
+
+    async def follow(self, run_id: str, *, until_terminal: bool = True) -> AsyncIterator[tuple[int, Event]]:
+        """Yield the run's events from the first, live, until the run ends."""
+        sub = await self.store.js.subscribe(
+            names.history_subject(run_id), ordered_consumer=True,
+            deliver_policy=api.DeliverPolicy.ALL,
+        )
+        state: RunState | None = None
+        try:
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=1.0)
+                except (NatsTimeout, asyncio.TimeoutError):
+                    if state is None:
+                        await self.run(run_id)  # raises NotFound for an unknown run
+                    continue
+                event = decode_event(msg.data)
+                state = fold(None, state, event)
+                yield msg.metadata.sequence.stream, event
+                if until_terminal and state is not None and state.terminal:
+                    return
+        finally:
+            await sub.unsubscribe()
+
+    async def wait(self, run_id: str) -> RunState:
+        async for _ in self.follow(run_id):
+            pass
+        return await self.run(run_id)
+
+    async def cancel(self, run_id: str, reason: str = "") -> None:
+        state = await self.run(run_id)
+        if state.terminal:
+            raise UserError(f"run {run_id} is already {state.status}; nothing to cancel")
+        await self.store.append(run_id, RunCancelRequested(at=time.time(), reason=reason, by=operator_identity()))
+
+    async def signal(self, run_id: str, name: str, data: Any = None) -> None:
+        state = await self.run(run_id)
+        if state.terminal:
+            raise UserError(f"run {run_id} is {state.status}; it cannot receive signals")
+        await self.store.append(run_id, SignalReceived(at=time.time(), name=name, data=data, by=operator_identity()))
+
+
+def parse_workflow_ref(ref: str) -> tuple[str, int | None]:
+    """"name" or "name@3"."""
+    name, _, version = ref.partition("@")
+    if not version:
+        return name, None
+    if not version.isdigit():
+        raise UserError(f"bad workflow reference {ref!r}: use NAME or NAME@VERSION")
+    return name, int(version)

@@ -1,0 +1,82 @@
+"""Finding and connecting to NATS: bounded, quiet, one clear line when it fails."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import nats
+from nats.aio.client import Client as NATS
+
+from . import datadir
+from .errors import UserError
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    url: str
+    token: str | None = None
+
+
+def resolve_endpoint(nats_url: str | None = None, data_dir: str | os.PathLike[str] | None = None) -> Endpoint:
+    """--nats / DAGNATS_NATS_URL first, else the local server recorded in the data dir."""
+    url = nats_url or os.environ.get("DAGNATS_NATS_URL")
+    if url:
+        return Endpoint(url=url, token=os.environ.get("DAGNATS_NATS_TOKEN") or None)
+    info = datadir.read_server_info(datadir.resolve(data_dir))
+    return Endpoint(url=info.url, token=info.token)
+
+
+async def _quiet(_exc: Exception) -> None:
+    return None
+
+
+async def connect(endpoint: Endpoint, *, name: str = "dagnats", long_lived: bool = False, timeout: float = 3.0) -> NATS:
+    """Connect, failing within about `timeout` seconds with a UserError instead of hanging."""
+    try:
+        nc = await asyncio.wait_for(
+            nats.connect(
+                endpoint.url,
+                token=endpoint.token,
+                name=name,
+                connect_timeout=timeout,
+                max_reconnect_attempts=1,
+                reconnect_time_wait=0.1,
+                allow_reconnect=True,
+                error_cb=_quiet,
+                pending_size=64 * 1024 * 1024,
+            ),
+            timeout + 1.0,
+        )
+    except Exception as exc:  # nats-py raises several unrelated types here
+        raise UserError(_explain(endpoint, exc)) from None
+    if long_lived:
+        # Once connected, a long-lived process rides out server restarts instead of exiting.
+        nc.options["max_reconnect_attempts"] = -1
+        nc.options["reconnect_time_wait"] = 0.5
+    return nc
+
+
+def _explain(endpoint: Endpoint, exc: Exception) -> str:
+    text = str(exc) or type(exc).__name__
+    if "authorization" in text.lower():
+        return f"NATS at {endpoint.url} refused the connection: authorization violation (wrong or missing secret)"
+    return (
+        f"cannot reach NATS at {endpoint.url} ({text.strip()}): is `dagnats serve` running? "
+        "Use --nats URL or --data-dir to point elsewhere"
+    )
+
+
+def data_dir_path(data_dir: str | None) -> Path:
+    return datadir.resolve(data_dir)
+
+
+async def close(nc: NATS) -> None:
+    """Flush what we published (acks included), then close. `drain()` stalls on pull subscriptions."""
+    try:
+        await asyncio.wait_for(nc.flush(), 2.0)
+    except Exception:
+        pass
+    await nc.close()

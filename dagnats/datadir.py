@@ -1,0 +1,83 @@
+"""The data directory: where the embedded server keeps its store, secret and address."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError
+
+SERVER_FILE = "server.json"
+SECRET_FILE = "secret"
+LOCK_FILE = "serve.lock"
+
+
+def default_data_dir() -> Path:
+    env = os.environ.get("DAGNATS_DATA_DIR")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "dagnats"
+
+
+def resolve(data_dir: str | os.PathLike[str] | None) -> Path:
+    return Path(data_dir).expanduser() if data_dir else default_data_dir()
+
+
+def ensure(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file readable by its owner only, replacing it atomically."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def load_or_create_secret(path: Path) -> str:
+    secret_path = path / SECRET_FILE
+    if secret_path.exists():
+        return secret_path.read_text().strip()
+    token = secrets.token_urlsafe(32)
+    write_private(secret_path, token + "\n")
+    return token
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    url: str
+    token: str | None
+    pid: int | None = None
+
+
+def write_server_info(path: Path, info: ServerInfo) -> None:
+    write_private(path / SERVER_FILE, json.dumps({"url": info.url, "token": info.token, "pid": info.pid}))
+
+
+def read_server_info(path: Path) -> ServerInfo:
+    file = path / SERVER_FILE
+    try:
+        raw = json.loads(file.read_text())
+    except FileNotFoundError:
+        raise UserError(
+            f"no dagnats server is running for data dir {path}: start one with `dagnats serve`, "
+            "or pass --nats URL"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read {file}: {exc}") from None
+    return ServerInfo(url=raw["url"], token=raw.get("token"), pid=raw.get("pid"))
+
+
+def remove_server_info(path: Path) -> None:
+    try:
+        (path / SERVER_FILE).unlink()
+    except FileNotFoundError:
+        pass

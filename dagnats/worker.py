@@ -1,0 +1,270 @@
+"""The worker SDK: register task handlers, pull tasks, report results as history events.
+
+    worker = Worker()
+
+    @worker.task("summarize")
+    async def summarize(ctx: TaskContext) -> dict:
+        ...
+
+Returning completes the attempt, raising fails it (retried per the step's policy unless the
+exception is `NonRetryable`). The engine alone decides about retries; a worker only reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import inspect
+import logging
+import os
+import socket
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import api
+
+from . import names
+from .core.events import StepCheckpointed, StepCompleted, StepFailed, StepLog, StepStarted
+from .core.state import STEP_TERMINAL
+from .store import MAX_EVENT_BYTES, Store, TaskMessage, decode_task
+
+log = logging.getLogger("dagnats.worker")
+Handler = Callable[["TaskContext"], Awaitable[Any] | Any]
+
+
+def _env_seconds(name: str, default: float) -> float:
+    try:
+        return float(os.environ.get(name, default))
+    except ValueError:
+        return default
+
+
+class NonRetryable(Exception):
+    """Raise from a handler to fail the step at once, whatever its retry policy says."""
+
+
+class TaskFailed(Exception):
+    """Raise to fail the attempt with exactly this message (retried per the step's policy)."""
+
+
+@dataclass
+class TaskContext:
+    """What a handler gets: the task's input and config, who it is, and ways to report."""
+
+    input: Any
+    config: dict[str, Any]
+    run_id: str
+    step_id: str
+    attempt: int
+    task: str
+    checkpoint_data: Any = None
+    _store: Store | None = field(default=None, repr=False)
+    _msg: Any = field(default=None, repr=False)
+
+    async def heartbeat(self) -> None:
+        """Tell NATS this task is still being worked on (the runtime also does it by itself)."""
+        if self._msg is not None:
+            await self._msg.in_progress()
+
+    async def checkpoint(self, data: Any) -> None:
+        """Save progress; a later attempt of this step starts with `ctx.checkpoint_data == data`."""
+        self.checkpoint_data = data
+        if self._store is not None:
+            await self._store.append(
+                self.run_id, StepCheckpointed(at=time.time(), step_id=self.step_id, attempt=self.attempt, data=data)
+            )
+
+    async def log(self, message: str) -> None:
+        """Record a line in the run's history, shown by `dagnats run events`."""
+        if self._store is not None:
+            await self._store.append(
+                self.run_id, StepLog(at=time.time(), step_id=self.step_id, attempt=self.attempt, message=str(message))
+            )
+
+
+class Worker:
+    def __init__(self, name: str | None = None) -> None:
+        self.name = name or f"{getpass.getuser()}@{socket.gethostname()}:{os.getpid()}"
+        self.handlers: dict[str, Handler] = {}
+
+    def task(self, name: str) -> Callable[[Handler], Handler]:
+        """Register the decorated function as the handler of task `name`."""
+
+        def register(fn: Handler) -> Handler:
+            if name in self.handlers:
+                raise ValueError(f"task {name!r} is registered twice")
+            self.handlers[name] = fn
+            return fn
+
+        return register
+
+    def include(self, other: Worker) -> None:
+        for name, fn in other.handlers.items():
+            self.task(name)(fn)
+
+    async def run(self, store: Store, stop: asyncio.Event, *, concurrency: int = 8) -> None:
+        """Pull and run tasks until `stop` is set, then finish the ones in hand."""
+        runtime = _Runtime(self, store, concurrency)
+        await runtime.run(stop)
+
+
+class _Runtime:
+    def __init__(self, worker: Worker, store: Store, concurrency: int) -> None:
+        self.worker = worker
+        self.store = store
+        self.slots = asyncio.Semaphore(concurrency)
+        self.concurrency = concurrency
+        self.inflight: set[asyncio.Task[None]] = set()
+        self.ack_wait = _env_seconds("DAGNATS_TASK_ACK_WAIT", 30.0)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        pullers = [asyncio.create_task(self._pull(task, stop)) for task in sorted(self.worker.handlers)]
+        try:
+            await asyncio.gather(*pullers)
+        finally:
+            if self.inflight:
+                await asyncio.gather(*self.inflight, return_exceptions=True)
+
+    async def _pull(self, task: str, stop: asyncio.Event) -> None:
+        psub = await self.store.js.pull_subscribe(
+            names.task_subject(task),
+            durable=names.task_consumer(task),
+            stream=names.TASKS_STREAM,
+            config=api.ConsumerConfig(ack_wait=self.ack_wait, max_deliver=-1, max_ack_pending=100_000),
+        )
+        while not stop.is_set():
+            await self.slots.acquire()
+            try:
+                msgs = await psub.fetch(1, timeout=0.5)
+            except (NatsTimeout, asyncio.TimeoutError):
+                self.slots.release()
+                continue
+            except Exception as exc:
+                self.slots.release()
+                log.warning("fetch for %s failed: %s", task, exc)
+                await asyncio.sleep(0.5)
+                continue
+            job = asyncio.create_task(self._guarded(msgs[0]))
+            self.inflight.add(job)
+            job.add_done_callback(self._done)
+
+    def _done(self, job: asyncio.Task[None]) -> None:
+        self.inflight.discard(job)
+        self.slots.release()
+
+    async def _guarded(self, msg: Any) -> None:
+        try:
+            await self._execute(msg)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # NATS trouble or a bug: hand the task back for a later try
+            log.error("task on %s could not be processed: %r", msg.subject, exc)
+            try:
+                await msg.nak(delay=1.0)
+            except Exception:
+                pass
+
+    async def _execute(self, msg: Any) -> None:
+        try:
+            task = decode_task(msg.data)
+        except msgspec.DecodeError:
+            log.error("dropping malformed task message on %s", msg.subject)
+            await msg.term()
+            return
+        if await self._stale(task):
+            await msg.ack()
+            return
+        store = self.store
+        await store.append(
+            task.run_id, StepStarted(at=time.time(), step_id=task.step_id, attempt=task.attempt, worker=self.worker.name),
+            msg_id=f"{task.run_id}:started:{task.step_id}:{task.attempt}",
+        )
+        ctx = TaskContext(input=task.input, config=task.config, run_id=task.run_id, step_id=task.step_id,
+                          attempt=task.attempt, task=task.task, checkpoint_data=task.checkpoint,
+                          _store=store, _msg=msg)
+        handler = asyncio.create_task(self._call(self.worker.handlers[task.task], ctx))
+        watcher = asyncio.create_task(self._keep_alive(msg, task, handler))
+        try:
+            outcome = await asyncio.shield(handler)
+        except asyncio.CancelledError:
+            if handler.cancelled():  # the run ended while we worked: nothing to report
+                await msg.ack()
+                return
+            raise
+        finally:
+            watcher.cancel()
+        await self._report(task, outcome)
+        await msg.ack()
+
+    async def _call(self, fn: Handler, ctx: TaskContext) -> tuple[bool, Any, bool]:
+        """(ok, output-or-error, retryable)."""
+        try:
+            if inspect.iscoroutinefunction(fn):
+                result = await fn(ctx)
+            else:
+                result = await asyncio.to_thread(fn, ctx)
+                if inspect.isawaitable(result):
+                    result = await result
+            return True, result, True
+        except asyncio.CancelledError:
+            raise
+        except NonRetryable as exc:
+            return False, str(exc) or type(exc).__name__, False
+        except TaskFailed as exc:
+            return False, str(exc) or type(exc).__name__, True
+        except Exception as exc:
+            log.debug("task %s failed:\n%s", ctx.task, traceback.format_exc())
+            return False, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, True
+
+    async def _report(self, task: TaskMessage, outcome: tuple[bool, Any, bool]) -> None:
+        ok, value, retryable = outcome
+        base = f"{task.run_id}:%s:{task.step_id}:{task.attempt}"
+        event: StepCompleted | StepFailed
+        if ok:
+            event = StepCompleted(at=time.time(), step_id=task.step_id, attempt=task.attempt, output=value)
+            try:
+                size = len(msgspec.json.encode(event))
+            except (TypeError, msgspec.EncodeError) as exc:
+                event = StepFailed(at=time.time(), step_id=task.step_id, attempt=task.attempt, retryable=False,
+                                   error=f"output is not JSON-serializable: {exc}")
+            else:
+                if size > MAX_EVENT_BYTES:
+                    event = StepFailed(at=time.time(), step_id=task.step_id, attempt=task.attempt, retryable=False,
+                                       error=f"output of {size} bytes exceeds the {MAX_EVENT_BYTES}-byte limit")
+        else:
+            event = StepFailed(at=time.time(), step_id=task.step_id, attempt=task.attempt, error=str(value)[:4000],
+                               retryable=retryable)
+        kind = "completed" if isinstance(event, StepCompleted) else "failed"
+        await self.store.append(task.run_id, event, msg_id=base % kind)
+
+    async def _stale(self, task: TaskMessage) -> bool:
+        """True if the run ended or this attempt was superseded: skip it without running."""
+        snap, _ = await self.store.load_snapshot(task.run_id)
+        if snap is None:
+            return False
+        if snap.state.terminal:
+            log.info("skipping %s/%s: run is %s", task.run_id, task.step_id, snap.state.status)
+            return True
+        step = snap.state.steps.get(task.step_id)
+        return step is not None and (
+            step.attempts > task.attempt or (step.attempts == task.attempt and step.status in STEP_TERMINAL)
+        )
+
+    async def _keep_alive(self, msg: Any, task: TaskMessage, handler: asyncio.Task[Any]) -> None:
+        """Extend the ack deadline while the handler runs; stop it if the run ends meanwhile."""
+        interval = max(0.2, self.ack_wait / 3)
+        while not handler.done():
+            await asyncio.sleep(interval)
+            try:
+                await msg.in_progress()
+                snap, _ = await self.store.load_snapshot(task.run_id)
+            except Exception:
+                continue
+            if snap is not None and snap.state.terminal:
+                handler.cancel()
+                return
