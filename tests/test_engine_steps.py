@@ -1,0 +1,240 @@
+"""Engine semantics end to end against a real nats-server: retries, timeouts, engine-run step types."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from dagnats import NonRetryable, TaskContext, Worker
+from dagnats.core.events import StepFailed, StepQueued
+from dagnats.errors import UserError
+
+
+async def test_retry_until_success_honours_backoff(stack):
+    worker = Worker()
+    calls: list[float] = []
+
+    @worker.task("flaky")
+    async def flaky(ctx: TaskContext):
+        calls.append(time.time())
+        if ctx.attempt < 3:
+            raise RuntimeError(f"attempt {ctx.attempt} broke")
+        return {"attempt": ctx.attempt}
+
+    await stack.start(worker)
+    await stack.register({"name": "retry", "steps": [
+        {"id": "f", "task": "flaky", "retry": {"max_attempts": 3, "backoff": "fixed", "initial": "400ms"}}]})
+    state = await stack.run_to_end("retry")
+    assert state.status == "completed"
+    assert state.steps["f"].attempts == 3
+    assert state.output == {"attempt": 3}
+    assert len(calls) == 3
+    assert calls[1] - calls[0] >= 0.39 and calls[2] - calls[1] >= 0.39
+    events = [e for _, e in await stack.client.events(state.run_id)]
+    failed = [e for e in events if isinstance(e, StepFailed)]
+    requeued = [e for e in events if isinstance(e, StepQueued) and e.attempt > 1]
+    assert [e.error for e in failed] == ["RuntimeError: attempt 1 broke", "RuntimeError: attempt 2 broke"]
+    assert all(q.at - f.at >= 0.39 for f, q in zip(failed, requeued))
+
+
+async def test_exponential_backoff_is_capped(stack):
+    worker = Worker()
+    calls: list[float] = []
+
+    @worker.task("always-fails")
+    async def fails(ctx: TaskContext):
+        calls.append(time.time())
+        raise RuntimeError("no")
+
+    await stack.start(worker)
+    await stack.register({"name": "expo", "steps": [{"id": "f", "task": "always-fails", "retry": {
+        "max_attempts": 4, "backoff": "exponential", "initial": "200ms", "multiplier": 3, "max": "700ms"}}]})
+    state = await stack.run_to_end("expo")
+    assert state.status == "failed" and state.steps["f"].attempts == 4
+    gaps = [b - a for a, b in zip(calls, calls[1:])]
+    assert gaps[0] >= 0.19 and gaps[1] >= 0.59 and gaps[2] >= 0.69  # 200ms, 600ms, min(1800ms, 700ms)
+    assert gaps[2] < 1.7
+    assert "step f failed: RuntimeError: no" == state.error
+
+
+async def test_non_retryable_fails_at_once(stack):
+    worker = Worker()
+
+    @worker.task("fatal")
+    async def fatal(ctx: TaskContext):
+        raise NonRetryable("bad input, do not retry")
+
+    await stack.start(worker)
+    await stack.register({"name": "nr", "steps": [
+        {"id": "a", "task": "fatal", "retry": {"max_attempts": 5}},
+        {"id": "b", "task": "echo", "depends_on": ["a"]}]})
+    state = await stack.run_to_end("nr")
+    assert state.status == "failed"
+    assert state.steps["a"].attempts == 1 and state.steps["a"].error == "bad input, do not retry"
+    assert state.steps["b"].status == "cancelled"
+
+
+async def test_step_timeout_fails_attempt_and_retries(stack):
+    worker = Worker()
+
+    @worker.task("slow-once")
+    async def slow(ctx: TaskContext):
+        if ctx.attempt == 1:
+            await asyncio.sleep(5)
+        return "fast"
+
+    await stack.start(worker)
+    await stack.register({"name": "to", "steps": [
+        {"id": "s", "task": "slow-once", "timeout": "300ms", "retry": {"max_attempts": 2, "initial": "10ms"}}]})
+    state = await stack.run_to_end("to")
+    assert state.status == "completed" and state.steps["s"].attempts == 2 and state.output == "fast"
+    events = [e for _, e in await stack.client.events(state.run_id)]
+    assert any(e.__class__.__name__ == "TimerFired" and e.kind == "step_timeout" for e in events)
+
+
+async def test_run_timeout_fails_the_run(stack):
+    await stack.start()
+    await stack.register({"name": "rt", "timeout": "500ms", "steps": [
+        {"id": "nap", "type": "sleep", "config": {"duration": "30s"}}]})
+    state = await stack.run_to_end("rt")
+    assert state.status == "failed"
+    assert state.error == "run exceeded its timeout of 500ms"
+    assert state.steps["nap"].status == "cancelled"
+
+
+async def test_durable_sleep_step(stack):
+    await stack.start()
+    await stack.register({"name": "nap", "steps": [
+        {"id": "z", "type": "sleep", "config": {"duration": "600ms"}},
+        {"id": "after", "task": "echo", "depends_on": ["z"], "input": "woke"}]})
+    t0 = time.time()
+    state = await stack.run_to_end("nap")
+    assert state.status == "completed" and state.output == "woke"
+    assert time.time() - t0 >= 0.59
+
+
+async def test_wait_for_event_receives_signal_data(stack):
+    await stack.start()
+    await stack.register({"name": "gate", "steps": [
+        {"id": "w", "type": "wait_for_event", "config": {"name": "go", "timeout": "30s"}},
+        {"id": "use", "task": "echo", "depends_on": ["w"], "input": "${steps.w.output.colour}"}]})
+    run_id = await stack.client.start("gate")
+    for _ in range(100):
+        if (await stack.client.run(run_id)).status == "waiting":
+            break
+        await asyncio.sleep(0.05)
+    assert (await stack.client.run(run_id)).steps["w"].status == "waiting"
+    await stack.client.signal(run_id, "go", {"colour": "green"})
+    state = await asyncio.wait_for(stack.client.wait(run_id), 10)
+    assert state.status == "completed" and state.output == "green"
+
+
+async def test_wait_for_event_times_out(stack):
+    await stack.start()
+    await stack.register({"name": "gate2", "steps": [
+        {"id": "w", "type": "wait_for_event", "config": {"name": "go", "timeout": "300ms"}}]})
+    state = await stack.run_to_end("gate2")
+    assert state.status == "failed"
+    assert state.steps["w"].error == "no signal 'go' before the timeout"
+
+
+async def test_sub_workflow_runs_child_and_returns_its_output(stack):
+    await stack.start()
+    await stack.register({"name": "child", "steps": [
+        {"id": "double", "task": "shell", "config": {"command": "echo $((${input.n} * 2))"}}]})
+    await stack.register({"name": "parent", "steps": [
+        {"id": "call", "type": "sub_workflow", "config": {"workflow": "child"}, "input": {"n": "${input.n}"}},
+        {"id": "out", "task": "echo", "depends_on": ["call"], "input": "${steps.call.output.stdout}"}]})
+    state = await stack.run_to_end("parent", {"n": 21})
+    assert state.status == "completed" and state.output == "42\n"
+    child = await stack.client.run(state.steps["call"].child_run_id)
+    assert child.status == "completed" and child.parent.run_id == state.run_id
+    assert child.root_run_id == state.run_id
+
+
+async def test_cancel_cascades_to_child_run(stack):
+    await stack.start()
+    await stack.register({"name": "slow-child", "steps": [{"id": "nap", "type": "sleep", "config": {"duration": "60s"}}]})
+    await stack.register({"name": "p2", "steps": [{"id": "call", "type": "sub_workflow", "config": {"workflow": "slow-child"}}]})
+    run_id = await stack.client.start("p2")
+    child_id = None
+    for _ in range(200):
+        child_id = (await stack.client.run(run_id)).steps["call"].child_run_id
+        if child_id:
+            try:
+                if (await stack.client.run(child_id)).status == "waiting":
+                    break
+            except UserError:
+                pass
+        await asyncio.sleep(0.05)
+    await stack.client.cancel(run_id, "operator changed their mind")
+    parent = await asyncio.wait_for(stack.client.wait(run_id), 10)
+    child = await asyncio.wait_for(stack.client.wait(child_id), 10)
+    assert parent.status == "cancelled" and child.status == "cancelled"
+
+
+async def test_sub_workflow_of_unknown_workflow_fails_step(stack):
+    await stack.start()
+    await stack.register({"name": "p3", "steps": [{"id": "call", "type": "sub_workflow", "config": {"workflow": "ghost"}}]})
+    state = await stack.run_to_end("p3")
+    assert state.status == "failed" and "unknown workflow 'ghost'" in state.error
+
+
+async def test_map_fans_out_and_collects_in_order(stack):
+    worker = Worker()
+    live = {"now": 0, "peak": 0}
+
+    @worker.task("square")
+    async def square(ctx: TaskContext):
+        live["now"] += 1
+        live["peak"] = max(live["peak"], live["now"])
+        await asyncio.sleep(0.05)
+        live["now"] -= 1
+        return ctx.input * ctx.input
+
+    await stack.start(worker)
+    await stack.register({"name": "fan", "steps": [
+        {"id": "nums", "task": "echo", "input": "${input.nums}"},
+        {"id": "sq", "type": "map", "depends_on": ["nums"], "config": {"task": "square", "concurrency": 3}}]})
+    state = await stack.run_to_end("fan", {"nums": list(range(10))})
+    assert state.status == "completed"
+    assert state.output == [n * n for n in range(10)]
+    assert live["peak"] <= 3
+
+
+async def test_map_over_too_many_items_fails(stack):
+    await stack.start()
+    await stack.register({"name": "fan2", "steps": [
+        {"id": "nums", "task": "echo"},
+        {"id": "each", "type": "map", "depends_on": ["nums"], "config": {"task": "echo", "max_items": 3}}]})
+    state = await stack.run_to_end("fan2", [1, 2, 3, 4])
+    assert state.status == "failed" and "exceeds max_items 3" in state.error
+
+
+async def test_checkpoint_reaches_the_next_attempt(stack):
+    worker = Worker()
+    seen = []
+
+    @worker.task("resumable")
+    async def resumable(ctx: TaskContext):
+        seen.append(ctx.checkpoint_data)
+        if ctx.attempt == 1:
+            await ctx.checkpoint({"done": 5})
+            raise RuntimeError("crash after checkpoint")
+        return ctx.checkpoint_data
+
+    await stack.start(worker)
+    await stack.register({"name": "cp", "steps": [{"id": "r", "task": "resumable", "retry": {"max_attempts": 2, "initial": "10ms"}}]})
+    state = await stack.run_to_end("cp")
+    assert state.status == "completed" and state.output == {"done": 5}
+    assert seen == [None, {"done": 5}]
+
+
+async def test_input_schema_violation_is_rejected(stack):
+    await stack.start()
+    await stack.register({"name": "typed", "input_schema": {"type": "object", "required": ["repo"]},
+                          "steps": [{"id": "a", "task": "echo"}]})
+    with pytest.raises(UserError, match="missing required field 'repo'"):
+        await stack.client.start("typed", {"nope": 1})
