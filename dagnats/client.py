@@ -104,7 +104,14 @@ class Client:
 
     async def runs(self, status: str | None = None, workflow: str | None = None,
                    limit: int | None = None) -> list[RunState]:
-        states = [s.state for s in await self.store.all_snapshots()]
+        states = []
+        for snap in await self.store.all_snapshots():
+            state: RunState | None = snap.state
+            if not snap.state.terminal:  # the snapshot may lag the history by a few events
+                for _seq, event in await self.store.read_history(snap.state.run_id, after=snap.applied):
+                    state = fold(None, state, event)
+            assert state is not None
+            states.append(state)
         if status:
             states = [s for s in states if s.status == status]
         if workflow:

@@ -29,12 +29,13 @@ def resolve_endpoint(nats_url: str | None = None, data_dir: str | os.PathLike[st
     return Endpoint(url=info.url, token=info.token)
 
 
-async def _quiet(_exc: Exception) -> None:
-    return None
-
-
 async def connect(endpoint: Endpoint, *, name: str = "dagnats", long_lived: bool = False, timeout: float = 3.0) -> NATS:
     """Connect, failing within about `timeout` seconds with a UserError instead of hanging."""
+    seen: list[Exception] = []
+
+    async def remember(exc: Exception) -> None:  # also keeps nats-py from logging tracebacks
+        seen.append(exc)
+
     try:
         nc = await asyncio.wait_for(
             nats.connect(
@@ -45,13 +46,13 @@ async def connect(endpoint: Endpoint, *, name: str = "dagnats", long_lived: bool
                 max_reconnect_attempts=1,
                 reconnect_time_wait=0.1,
                 allow_reconnect=True,
-                error_cb=_quiet,
+                error_cb=remember,
                 pending_size=64 * 1024 * 1024,
             ),
             timeout + 1.0,
         )
     except Exception as exc:  # nats-py raises several unrelated types here
-        raise UserError(_explain(endpoint, exc)) from None
+        raise UserError(_explain(endpoint, [*seen, exc])) from None
     if long_lived:
         # Once connected, a long-lived process rides out server restarts instead of exiting.
         nc.options["max_reconnect_attempts"] = -1
@@ -59,10 +60,13 @@ async def connect(endpoint: Endpoint, *, name: str = "dagnats", long_lived: bool
     return nc
 
 
-def _explain(endpoint: Endpoint, exc: Exception) -> str:
-    text = str(exc) or type(exc).__name__
-    if "authorization" in text.lower():
-        return f"NATS at {endpoint.url} refused the connection: authorization violation (wrong or missing secret)"
+def _explain(endpoint: Endpoint, errors: list[Exception]) -> str:
+    if any("authorization" in str(e).lower() for e in errors):
+        return (
+            f"NATS at {endpoint.url} refused the connection: authorization violation "
+            "(wrong or missing secret; clients on this host find it through --data-dir)"
+        )
+    text = str(errors[-1]) or type(errors[-1]).__name__
     return (
         f"cannot reach NATS at {endpoint.url} ({text.strip()}): is `dagnats serve` running? "
         "Use --nats URL or --data-dir to point elsewhere"

@@ -272,15 +272,37 @@ class Store:
 
 
 async def _dump(kv: Any, keys: str, meta_only: bool = False) -> list[Any]:
-    """Current entries of a bucket matching `keys`, read with one watcher (no per-key gets)."""
-    watcher = await kv.watch(keys, ignore_deletes=True, meta_only=meta_only)
-    out = []
+    """Current entries of a bucket matching `keys`, read through one ephemeral pull consumer.
+
+    (nats-py's KV watcher can report "no more entries" before delivering any when they are
+    already in flight, so listing does not use it.)
+    """
+    js, stream = kv._js, kv._stream
+    prefix = f"$KV.{kv._name}."
+    psub = await js.pull_subscribe(
+        prefix + keys, stream=stream,
+        config=api.ConsumerConfig(deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
+                                  ack_policy=api.AckPolicy.NONE, headers_only=meta_only,
+                                  inactive_threshold=30.0),
+    )
+    out: list[Any] = []
     try:
-        while (entry := await watcher.updates(timeout=5)) is not None:
-            out.append(entry)
+        remaining = (await psub.consumer_info()).num_pending
+        while remaining > 0:
+            for msg in await psub.fetch(min(remaining, 1024), timeout=5):
+                op = (msg.headers or {}).get("KV-Operation")
+                remaining = msg.metadata.num_pending
+                if op in ("DEL", "PURGE"):
+                    continue
+                out.append(_KVEntry(key=msg.subject[len(prefix):], value=msg.data))
     finally:
-        await watcher.stop()
+        await psub.unsubscribe()
     return out
+
+
+class _KVEntry(msgspec.Struct, frozen=True):
+    key: str
+    value: bytes
 
 
 def decode_task(data: bytes) -> TaskMessage:

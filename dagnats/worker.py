@@ -30,7 +30,7 @@ from nats.js import api
 
 from . import names
 from .core.events import StepCheckpointed, StepCompleted, StepFailed, StepLog, StepStarted
-from .core.state import STEP_TERMINAL
+from .core.state import STEP_TERMINAL, RunState
 from .store import MAX_EVENT_BYTES, Store, TaskMessage, decode_task
 
 log = logging.getLogger("dagnats.worker")
@@ -85,6 +85,17 @@ class TaskContext:
             await self._store.append(
                 self.run_id, StepLog(at=time.time(), step_id=self.step_id, attempt=self.attempt, message=str(message))
             )
+
+
+def _superseded(state: RunState, task: TaskMessage) -> bool:
+    """The run ended, or this attempt already has a result or a successor."""
+    if state.terminal:
+        return True
+    step = state.steps.get(task.step_id)
+    return step is not None and (
+        step.attempts > task.attempt
+        or (step.attempts == task.attempt and (step.status in STEP_TERMINAL or step.retry_at is not None))
+    )
 
 
 class Worker:
@@ -189,6 +200,9 @@ class _Runtime:
                           _store=store, _msg=msg)
         handler = asyncio.create_task(self._call(self.worker.handlers[task.task], ctx))
         watcher = asyncio.create_task(self._keep_alive(msg, task, handler))
+        if task.timeout is not None:
+            # The engine's step timer decides the attempt's fate; stop the handler to match.
+            asyncio.get_running_loop().call_later(task.timeout, handler.cancel)
         try:
             outcome = await asyncio.shield(handler)
         except asyncio.CancelledError:
@@ -245,15 +259,10 @@ class _Runtime:
     async def _stale(self, task: TaskMessage) -> bool:
         """True if the run ended or this attempt was superseded: skip it without running."""
         snap, _ = await self.store.load_snapshot(task.run_id)
-        if snap is None:
+        if snap is None or not _superseded(snap.state, task):
             return False
-        if snap.state.terminal:
-            log.info("skipping %s/%s: run is %s", task.run_id, task.step_id, snap.state.status)
-            return True
-        step = snap.state.steps.get(task.step_id)
-        return step is not None and (
-            step.attempts > task.attempt or (step.attempts == task.attempt and step.status in STEP_TERMINAL)
-        )
+        log.info("skipping %s/%s attempt %d: run is %s", task.run_id, task.step_id, task.attempt, snap.state.status)
+        return True
 
     async def _keep_alive(self, msg: Any, task: TaskMessage, handler: asyncio.Task[Any]) -> None:
         """Extend the ack deadline while the handler runs; stop it if the run ends meanwhile."""
@@ -265,6 +274,6 @@ class _Runtime:
                 snap, _ = await self.store.load_snapshot(task.run_id)
             except Exception:
                 continue
-            if snap is not None and snap.state.terminal:
+            if snap is not None and _superseded(snap.state, task):
                 handler.cancel()
                 return
