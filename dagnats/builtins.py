@@ -11,6 +11,7 @@ import msgspec
 
 from .core.definition import ShellConfig, TaskSleepConfig
 from .core.durations import format_duration, parse_duration
+from .server import die_with_parent
 from .worker import NonRetryable, TaskContext, TaskFailed, Worker
 
 TAIL_BYTES = 16 * 1024
@@ -49,6 +50,7 @@ async def shell(ctx: TaskContext) -> dict[str, Any]:
         proc = await asyncio.create_subprocess_exec(
             *argv, cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
+            preexec_fn=die_with_parent,
         )
     except OSError as exc:
         raise NonRetryable(f"shell: cannot start {argv[0]}: {exc.strerror}") from None

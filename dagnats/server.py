@@ -38,11 +38,13 @@ def find_binary() -> str:
     return found
 
 
-def _die_with_parent() -> None:
-    # Linux: deliver SIGTERM to the child when the thread that spawned it dies.
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """In a forked child: ask Linux to send `sig` when the spawning thread dies (PR_SET_PDEATHSIG)."""
+    if not sys.platform.startswith("linux"):
+        return
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        libc.prctl(1, sig)
     except OSError:
         pass
 
@@ -78,7 +80,7 @@ class EmbeddedServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            preexec_fn=die_with_parent,
         )
         (self.data_dir / PID_FILE).write_text(str(self.proc.pid))
         self._wait_ready(timeout)

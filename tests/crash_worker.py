@@ -1,0 +1,22 @@
+"""A worker for the crash tests: marks its progress in files under $DAGNATS_TEST_MARKS."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+from dagnats import TaskContext, Worker
+
+worker = Worker()
+
+
+@worker.task("crash-test-slow")
+async def slow(ctx: TaskContext) -> dict[str, bool]:
+    marks = Path(os.environ["DAGNATS_TEST_MARKS"]) / "slow"
+    with marks.open("a") as f:
+        f.write("started\n")
+    await asyncio.sleep(2)
+    with marks.open("a") as f:
+        f.write("finished\n")
+    return {"done": True}

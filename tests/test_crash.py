@@ -1,0 +1,93 @@
+"""Crash safety: SIGKILL `serve` or a `dagnats worker` mid-step, restart, and count side effects."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import ROOT, ServeProcess, cli_env, dagnats, dagnats_json, wait_until
+
+ACK_WAIT = "2"  # seconds before an unacknowledged task is handed out again
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def _register(tmp: Path, data_dir: Path, steps: list[dict]) -> None:
+    wf = tmp / "crash.json"
+    wf.write_text(json.dumps({"name": "crash", "steps": steps}))
+    proc = dagnats("workflow", "register", str(wf), data_dir=data_dir)
+    assert proc.returncode == 0, proc.stderr
+
+
+def _status(run_id: str, data_dir: Path) -> str:
+    return dagnats_json("run", "show", run_id, data_dir=data_dir)["status"]
+
+
+def test_sigkill_serve_mid_step_resumes_without_rerunning_completed_steps(tmp_path, data_dir):
+    env = cli_env(data_dir, DAGNATS_TASK_ACK_WAIT=ACK_WAIT)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    serve = ServeProcess(data_dir, env=env).start()
+    try:
+        _register(tmp_path, data_dir, [
+            {"id": "before", "task": "shell", "config": {"command": f"echo ran >> {marks}/before"}},
+            {"id": "slow", "task": "shell", "depends_on": ["before"],
+             "config": {"command": f"echo started >> {marks}/slow; sleep 2; echo finished >> {marks}/slow"}},
+            {"id": "after", "task": "shell", "depends_on": ["slow"],
+             "config": {"command": f"echo ran >> {marks}/after"}},
+        ])
+        run_id = dagnats_json("run", "start", "crash", data_dir=data_dir)["run_id"]
+        wait_until(lambda: _lines(marks / "slow") == ["started"], what="slow step to start")
+        serve.kill(signal.SIGKILL)
+    finally:
+        serve.kill()
+    restarted = ServeProcess(data_dir, port=serve.port, env=env).start()
+    try:
+        wait_until(lambda: _status(run_id, data_dir) == "completed", timeout=40, what="run to complete after restart")
+    finally:
+        restarted.stop()
+    assert _lines(marks / "before") == ["ran"]  # completed before the crash: not run again
+    slow = _lines(marks / "slow")
+    assert slow.count("started") == 2 and slow[-1] == "finished"  # killed mid-way, then run again
+    assert "finished" not in slow[:-1]  # the killed attempt's shell died with serve
+    assert _lines(marks / "after") == ["ran"]
+
+
+def test_sigkill_worker_mid_task_runs_task_again_elsewhere(tmp_path, data_dir):
+    env = cli_env(data_dir, DAGNATS_TASK_ACK_WAIT=ACK_WAIT, DAGNATS_TEST_MARKS=str(tmp_path))
+    serve = ServeProcess(data_dir, env=env).start()
+    workers: list[subprocess.Popen[str]] = []
+
+    def start_worker() -> subprocess.Popen[str]:
+        proc = subprocess.Popen([sys.executable, "-m", "dagnats", "worker", "tests.crash_worker:worker"],
+                                env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        workers.append(proc)
+        return proc
+
+    try:
+        _register(tmp_path, data_dir, [
+            {"id": "before", "task": "shell", "config": {"command": f"echo ran >> {tmp_path}/before"}},
+            {"id": "work", "task": "crash-test-slow", "depends_on": ["before"]},
+        ])
+        first = start_worker()
+        run_id = dagnats_json("run", "start", "crash", data_dir=data_dir)["run_id"]
+        wait_until(lambda: _lines(tmp_path / "slow") == ["started"], what="worker task to start")
+        first.kill()
+        first.wait()
+        start_worker()
+        wait_until(lambda: _status(run_id, data_dir) == "completed", timeout=40, what="run to complete")
+        shown = dagnats_json("run", "show", run_id, data_dir=data_dir)
+        assert shown["steps"]["work"]["output"] == {"done": True}
+        assert shown["steps"]["work"]["attempts"] == 1  # a lost worker is not a failed attempt
+    finally:
+        for proc in workers:
+            proc.kill()
+            proc.wait()
+        serve.stop()
+    assert _lines(tmp_path / "before") == ["ran"]
+    assert _lines(tmp_path / "slow") == ["started", "started", "finished"]

@@ -1,0 +1,49 @@
+"""Several engines against one NATS: every run completes, every step exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+from conftest import ServeProcess, cli_env, free_port
+
+from dagnats.client import Client
+from dagnats.connection import Endpoint
+from dagnats.core.definition import parse_definition
+from dagnats.server import EmbeddedServer
+
+RUNS = 200
+
+
+async def test_two_serves_share_one_nats_and_run_everything_once(tmp_path):
+    nats = EmbeddedServer(tmp_path, free_port(), "shared-secret")
+    nats.start()
+    env = cli_env(DAGNATS_NATS_TOKEN="shared-secret")
+    engines = [
+        ServeProcess(tmp_path / f"engine{i}", args=("--nats", nats.url), env=env).start() for i in range(2)
+    ]
+    client = await Client.connect(endpoint=Endpoint(url=nats.url, token="shared-secret"))
+    try:
+        await client.register(parse_definition({"name": "pair", "steps": [
+            {"id": "a", "task": "echo"},
+            {"id": "b", "task": "echo", "depends_on": ["a"], "input": {"got": "${steps.a.output}"}},
+        ]}))
+        run_ids = [await client.start("pair", i) for i in range(RUNS)]
+        states = await asyncio.wait_for(asyncio.gather(*(client.wait(r) for r in run_ids)), 120)
+        assert [s.status for s in states] == ["completed"] * RUNS
+        assert [s.output for s in states] == [{"got": i} for i in range(RUNS)]
+        workers_seen: Counter[str] = Counter()
+        for run_id in run_ids:
+            events = [e for _, e in await client.events(run_id)]
+            kinds = Counter((type(e).__name__, getattr(e, "step_id", "")) for e in events)
+            assert kinds[("StepQueued", "a")] == 1 and kinds[("StepQueued", "b")] == 1, run_id
+            assert kinds[("StepCompleted", "a")] == 1 and kinds[("StepCompleted", "b")] == 1, run_id
+            assert kinds[("RunCompleted", "")] == 1, run_id
+            workers_seen.update(e.worker for e in events if type(e).__name__ == "StepStarted")
+        assert len(workers_seen) == 2  # both serve processes did work
+        assert all("Traceback" not in e.log() for e in engines)
+    finally:
+        await client.close()
+        for e in engines:
+            e.stop()
+        nats.stop()
