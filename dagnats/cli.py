@@ -181,19 +181,19 @@ async def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _load_all(files: list[str]) -> list[Any]:
-    from .loader import load_file
+    from .loader import load_files
 
-    return [load_file(f) for f in files]
+    return load_files(files)
 
 
 def cmd_workflow_validate(args: argparse.Namespace) -> int:
-    from .loader import load_file
+    from .loader import load_files
 
     results, failed = [], 0
     for f in args.files:
         try:
-            wf = load_file(f)
-            results.append({"file": f, "ok": True, "name": wf.name, "steps": len(wf.steps)})
+            for wf in load_files([f]):
+                results.append({"file": f, "ok": True, "name": wf.name, "steps": len(wf.steps)})
         except UserError as exc:
             failed += 1
             results.append({"file": f, "ok": False, "error": str(exc)})

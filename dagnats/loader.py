@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -12,6 +13,44 @@ import yaml
 
 from .core.definition import DefinitionError, WorkflowDef, parse_definition
 from .errors import UserError
+
+
+def load_files(paths: list[str]) -> list[WorkflowDef]:
+    """Every definition in the files; a Python file may define several."""
+    out: list[WorkflowDef] = []
+    for path in paths:
+        out.extend(load_python(path) if path.endswith(".py") else [load_file(path)])
+    return out
+
+
+def load_python(path: str) -> list[WorkflowDef]:
+    """Module-level `Workflow` builders (and WorkflowDef values) of a Python file."""
+    from .builder import Workflow
+
+    spec = importlib.util.spec_from_file_location(f"_dagnats_def_{abs(hash(path))}", path)
+    if spec is None or spec.loader is None:
+        raise UserError(f"{path}: cannot load as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except FileNotFoundError:
+        raise UserError(f"{path}: cannot read: no such file") from None
+    except DefinitionError as exc:
+        raise UserError(f"{path}: {exc}") from None
+    except Exception as exc:
+        raise UserError(f"{path}: error while importing: {type(exc).__name__}: {exc}") from None
+    found: list[WorkflowDef] = []
+    for value in vars(module).values():
+        try:
+            if isinstance(value, Workflow):
+                found.append(value.build())
+            elif isinstance(value, WorkflowDef):
+                found.append(value)
+        except DefinitionError as exc:
+            raise UserError(f"{path}: {exc}") from None
+    if not found:
+        raise UserError(f"{path}: defines no Workflow at module level")
+    return found
 
 
 def load_file(path: str) -> WorkflowDef:
