@@ -57,7 +57,7 @@ async def shell(ctx: TaskContext) -> dict[str, Any]:
     limit = parse_duration(cfg.timeout) if cfg.timeout is not None else None
     try:
         out, err = await asyncio.wait_for(proc.communicate(), limit)
-    except (asyncio.TimeoutError, asyncio.CancelledError) as exc:
+    except (TimeoutError, asyncio.CancelledError) as exc:
         _kill_group(proc.pid)
         await proc.wait()
         if isinstance(exc, asyncio.CancelledError):

@@ -6,7 +6,6 @@ snapshot, so a client never shows a state the engine would not agree with.
 
 from __future__ import annotations
 
-import asyncio
 import getpass
 import os
 import secrets
@@ -136,7 +135,7 @@ class Client:
             while True:
                 try:
                     msg = await sub.next_msg(timeout=1.0)
-                except (NatsTimeout, asyncio.TimeoutError):
+                except (TimeoutError, NatsTimeout):
                     if state is None:
                         await self.run(run_id)  # raises NotFound for an unknown run
                     continue

@@ -64,7 +64,7 @@ class Engine:
         while not stop.is_set():
             try:
                 msgs = await psub.fetch(self.batch, timeout=0.5)
-            except (NatsTimeout, asyncio.TimeoutError):
+            except (TimeoutError, NatsTimeout):
                 continue
             except Exception as exc:  # connection trouble: keep going once NATS is back
                 log.warning("engine fetch failed: %s", exc)

@@ -13,7 +13,13 @@ from typing import Any
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.js import api
-from nats.js.errors import APIError, BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import (
+    APIError,
+    BadRequestError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+    NotFoundError,
+)
 
 from . import names
 from .core.actions import DispatchTask, StartTimer
@@ -98,6 +104,7 @@ class Store:
             ),
         ]
         for cfg in streams:
+            assert cfg.name is not None
             try:
                 await self.js.stream_info(cfg.name)
             except NotFoundError:
@@ -161,12 +168,13 @@ class Store:
                 got, pending = 0, 0
                 while True:
                     msg = await sub.next_msg(timeout=5)
-                    status = msg.headers.get("Status") if msg.headers else None
+                    headers = msg.headers or {}
+                    status = headers.get("Status")
                     if status:
-                        pending = int(msg.headers.get("Nats-Num-Pending", "0") or 0) if status == "204" else 0
+                        pending = int(headers.get("Nats-Num-Pending", "0") or 0) if status == "204" else 0
                         break
                     got += 1
-                    seq = int(msg.headers["Nats-Sequence"])
+                    seq = int(headers["Nats-Sequence"])
                     out.append((seq, decode_event(msg.data)))
                     seq += 1
                 if got == 0 or pending == 0:
@@ -196,7 +204,8 @@ class Store:
     async def save_snapshot(self, snap: Snapshot, revision: int) -> int | None:
         """Compare-and-set; return the new revision, or None if someone else saved first."""
         try:
-            return await self._runs.update(snap.state.run_id, _enc.encode(snap), last=revision)
+            revision_now: int = await self._runs.update(snap.state.run_id, _enc.encode(snap), last=revision)
+            return revision_now
         except KeyWrongLastSequenceError:
             return None
         except APIError as exc:

@@ -37,7 +37,7 @@ class TimerService:
         while not stop.is_set():
             try:
                 msgs = await psub.fetch(256, timeout=0.5)
-            except (NatsTimeout, asyncio.TimeoutError):
+            except (TimeoutError, NatsTimeout):
                 continue
             except Exception as exc:
                 log.warning("timer fetch failed: %s", exc)

@@ -152,7 +152,7 @@ class _Runtime:
             await self.slots.acquire()
             try:
                 msgs = await psub.fetch(1, timeout=0.5)
-            except (NatsTimeout, asyncio.TimeoutError):
+            except (TimeoutError, NatsTimeout):
                 self.slots.release()
                 continue
             except Exception as exc:

@@ -17,11 +17,11 @@ class _Action(msgspec.Struct, frozen=True, tag_field="action", omit_defaults=Tru
     pass
 
 
-class AppendEvent(_Action, tag="append_event"):
+class AppendEvent(_Action, tag="append_event", frozen=True):
     event: Event
 
 
-class DispatchTask(_Action, tag="dispatch_task"):
+class DispatchTask(_Action, tag="dispatch_task", frozen=True):
     run_id: str
     step_id: str
     attempt: int
@@ -33,7 +33,7 @@ class DispatchTask(_Action, tag="dispatch_task"):
     checkpoint: Any = None
 
 
-class StartTimer(_Action, tag="start_timer"):
+class StartTimer(_Action, tag="start_timer", frozen=True):
     run_id: str
     kind: str
     fire_at: float
@@ -42,7 +42,7 @@ class StartTimer(_Action, tag="start_timer"):
     attempt: int = 0
 
 
-class StartChildRun(_Action, tag="start_child_run"):
+class StartChildRun(_Action, tag="start_child_run", frozen=True):
     child_run_id: str
     workflow: str
     parent: ParentRef
@@ -52,12 +52,12 @@ class StartChildRun(_Action, tag="start_child_run"):
     input: Any = None
 
 
-class CancelChildRun(_Action, tag="cancel_child_run"):
+class CancelChildRun(_Action, tag="cancel_child_run", frozen=True):
     child_run_id: str
     reason: str
 
 
-class NotifyParent(_Action, tag="notify_parent"):
+class NotifyParent(_Action, tag="notify_parent", frozen=True):
     parent: ParentRef
     child_run_id: str
     status: str

@@ -585,7 +585,7 @@ def _compare(left: Any, op: str, right: Any) -> bool:
         found = isinstance(right, (list, str, dict)) and left in right
         return found if op == "in" else not found
     try:
-        return {"<": left < right, "<=": left <= right, ">": left > right, ">=": left >= right}[op]
+        return bool({"<": left < right, "<=": left <= right, ">": left > right, ">=": left >= right}[op])
     except TypeError:
         return False
 

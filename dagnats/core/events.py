@@ -23,7 +23,7 @@ class ParentRef(msgspec.Struct, frozen=True, omit_defaults=True):
     attempt: int
 
 
-class RunStarted(_Event, tag="run.started"):
+class RunStarted(_Event, tag="run.started", frozen=True):
     run_id: str
     workflow: str
     version: int
@@ -35,38 +35,38 @@ class RunStarted(_Event, tag="run.started"):
     by: str = ""
 
 
-class RunCancelRequested(_Event, tag="run.cancel_requested"):
+class RunCancelRequested(_Event, tag="run.cancel_requested", frozen=True):
     reason: str = ""
     by: str = ""
 
 
-class RunCompleted(_Event, tag="run.completed"):
+class RunCompleted(_Event, tag="run.completed", frozen=True):
     output: Any = None
 
 
-class RunFailed(_Event, tag="run.failed"):
+class RunFailed(_Event, tag="run.failed", frozen=True):
     error: str
 
 
-class SignalReceived(_Event, tag="signal.received"):
+class SignalReceived(_Event, tag="signal.received", frozen=True):
     name: str
     data: Any = None
     by: str = ""
 
 
-class StepQueued(_Event, tag="step.queued"):
+class StepQueued(_Event, tag="step.queued", frozen=True):
     step_id: str
     attempt: int
     input: Any = None
 
 
-class StepStarted(_Event, tag="step.started"):
+class StepStarted(_Event, tag="step.started", frozen=True):
     step_id: str
     attempt: int
     worker: str = ""
 
 
-class StepWaiting(_Event, tag="step.waiting"):
+class StepWaiting(_Event, tag="step.waiting", frozen=True):
     """An engine-run step began waiting: for a timer (`until`) and/or a signal (`signal`)."""
 
     step_id: str
@@ -75,42 +75,42 @@ class StepWaiting(_Event, tag="step.waiting"):
     signal: str | None = None
 
 
-class StepCompleted(_Event, tag="step.completed"):
+class StepCompleted(_Event, tag="step.completed", frozen=True):
     step_id: str
     attempt: int
     output: Any = None
 
 
-class StepFailed(_Event, tag="step.failed"):
+class StepFailed(_Event, tag="step.failed", frozen=True):
     step_id: str
     attempt: int
     error: str
     retryable: bool = True
 
 
-class StepSkipped(_Event, tag="step.skipped"):
+class StepSkipped(_Event, tag="step.skipped", frozen=True):
     step_id: str
     reason: str = ""
 
 
-class StepLog(_Event, tag="step.log"):
+class StepLog(_Event, tag="step.log", frozen=True):
     step_id: str
     attempt: int
     message: str
 
 
-class MapExpanded(_Event, tag="map.expanded"):
+class MapExpanded(_Event, tag="map.expanded", frozen=True):
     step_id: str
     items: list[Any]
 
 
-class TimerFired(_Event, tag="timer.fired"):
+class TimerFired(_Event, tag="timer.fired", frozen=True):
     kind: str  # "retry" | "step_timeout" | "run_timeout" | "wake"
     step_id: str = ""
     attempt: int = 0
 
 
-class StepCheckpointed(_Event, tag="step.checkpointed"):
+class StepCheckpointed(_Event, tag="step.checkpointed", frozen=True):
     """A task saved progress; a later attempt of the same step receives `data`."""
 
     step_id: str
@@ -118,7 +118,7 @@ class StepCheckpointed(_Event, tag="step.checkpointed"):
     data: Any = None
 
 
-class ChildRunFinished(_Event, tag="child.finished"):
+class ChildRunFinished(_Event, tag="child.finished", frozen=True):
     step_id: str
     attempt: int
     child_run_id: str
@@ -155,7 +155,8 @@ def encode_event(event: Event) -> bytes:
 
 
 def decode_event(data: bytes) -> Event:
-    return _decoder.decode(data)
+    event: Event = _decoder.decode(data)
+    return event
 
 
 def event_type(event: Event) -> str:
