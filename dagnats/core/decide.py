@@ -582,7 +582,10 @@ def _compare(left: Any, op: str, right: Any) -> bool:
     if op == "!=":
         return bool(left != right)
     if op in ("in", "not_in"):
-        found = isinstance(right, (list, str, dict)) and left in right
+        try:
+            found = isinstance(right, (list, str, dict)) and left in right
+        except TypeError:  # 5 in "abc", [1] in {"a": 1}: not a member
+            found = False
         return found if op == "in" else not found
     try:
         return bool({"<": left < right, "<=": left <= right, ">": left > right, ">=": left >= right}[op])

@@ -8,6 +8,7 @@ Rules:
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Literal
 
@@ -54,9 +55,12 @@ class RetryPolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_
     def delay(self, failed_attempt: int) -> float:
         """Seconds to wait after attempt `failed_attempt` (1-based) failed."""
         base = parse_duration(self.initial)
-        if self.backoff == "exponential":
-            base *= self.multiplier ** (failed_attempt - 1)
         cap = parse_duration(self.max) if self.max is not None else 3600.0
+        if self.backoff == "exponential" and base > 0 and failed_attempt > 1:
+            # Compare in log space: multiplier ** attempts overflows a float long before 100k attempts.
+            if math.log(base) + (failed_attempt - 1) * math.log(self.multiplier) >= math.log(cap):
+                return cap
+            base *= self.multiplier ** (failed_attempt - 1)
         return min(base, cap)
 
 

@@ -31,25 +31,49 @@ def check_schema(schema: Any, path: str = "input_schema") -> str | None:
     """Why `schema` is not a supported schema, as "path: reason", or None."""
     if not isinstance(schema, dict):
         return f"{path}: expected an object"
-    for key in schema:
+    for key, value in schema.items():
         if key not in KEYWORDS:
             return f"{path}: unsupported keyword {key!r} (supported: {', '.join(sorted(KEYWORDS))})"
-    types = schema.get("type")
-    for t in types if isinstance(types, list) else [types] if types is not None else []:
-        if t not in _TYPES:
-            return f"{path}.type: unknown type {t!r}"
-    for name, sub in (schema.get("properties") or {}).items():
-        if problem := check_schema(sub, f"{path}.properties.{name}"):
+        if problem := _check_keyword(key, value, f"{path}.{key}"):
             return problem
-    for key in ("items", "additionalProperties"):
-        sub = schema.get(key)
-        if isinstance(sub, dict) and (problem := check_schema(sub, f"{path}.{key}")):
-            return problem
-    if "pattern" in schema:
+    return None
+
+
+def _check_keyword(key: str, value: Any, path: str) -> str | None:
+    if key == "type":
+        types = value if isinstance(value, list) else [value]
+        for t in types:
+            if not isinstance(t, str) or t not in _TYPES:
+                return f"{path}: unknown type {t!r} (expected one of {', '.join(_TYPES)})"
+    elif key == "properties":
+        if not isinstance(value, dict):
+            return f"{path}: expected an object of schemas"
+        for name, sub in value.items():
+            if problem := check_schema(sub, f"{path}.{name}"):
+                return problem
+    elif key == "items":
+        return check_schema(value, path)
+    elif key == "additionalProperties":
+        return None if isinstance(value, bool) else check_schema(value, path)
+    elif key == "required":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            return f"{path}: expected a list of field names"
+    elif key == "enum":
+        if not isinstance(value, list):
+            return f"{path}: expected a list of values"
+    elif key in ("minimum", "maximum"):
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return f"{path}: expected a number"
+    elif key in ("minLength", "maxLength", "minItems", "maxItems"):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            return f"{path}: expected a non-negative integer"
+    elif key == "pattern":
         try:
-            re.compile(schema["pattern"])
+            re.compile(value)
         except (re.error, TypeError) as exc:
-            return f"{path}.pattern: invalid regular expression ({exc})"
+            return f"{path}: invalid regular expression ({exc})"
+    elif key in ("title", "description") and not isinstance(value, str):
+        return f"{path}: expected a string"
     return None
 
 

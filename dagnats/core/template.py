@@ -78,7 +78,7 @@ def lookup(context: dict[str, Any], path: str) -> Any:
         walked.append(key)
         if isinstance(value, dict) and key in value:
             value = value[key]
-        elif isinstance(value, list) and key.isdigit() and int(key) < len(value):
+        elif isinstance(value, list) and key.isascii() and key.isdigit() and int(key) < len(value):
             value = value[int(key)]
         else:
             where = ".".join(walked[:-1]) or "context"
