@@ -349,6 +349,8 @@ def _effects(wf: WorkflowDef, old: RunState | None, new: RunState, event: Event)
                 yield _timer(run_id, "run_timeout", "", 0, event.at + limit)
         case StepQueued(step_id=sid, attempt=attempt):
             yield from _dispatch(new, sid, attempt)
+            if new.steps[sid].child_run_id and (limit := _step_def(new, sid).timeout_seconds) is not None:
+                yield _timer(run_id, "step_timeout", sid, attempt, event.at + limit)
         case StepStarted(step_id=sid, attempt=attempt):
             if (limit := _step_def(new, sid).timeout_seconds) is not None:
                 yield _timer(run_id, "step_timeout", sid, attempt, event.at + limit)
@@ -360,6 +362,10 @@ def _effects(wf: WorkflowDef, old: RunState | None, new: RunState, event: Event)
         before = old.steps.get(sid) if old is not None else None
         if step.retry_at is not None and (before is None or before.retry_at != step.retry_at):
             yield _timer(run_id, "retry", sid, step.attempts, step.retry_at)
+        if before is not None and before.child_run_id and before.status == "running" and step.status != "running":
+            if not isinstance(event, ChildRunFinished):  # timed out, or the run ended: stop the child
+                why = f"parent run {new.status}" if new.terminal else f"parent step {sid} {step.error or step.status}"
+                yield CancelChildRun(child_run_id=before.child_run_id, reason=why)
     if new.terminal and (old is None or not old.terminal):
         yield from _on_run_end(new)
 
@@ -399,10 +405,6 @@ def _dispatch(state: RunState, sid: str, attempt: int) -> Iterable[Action]:
 
 
 def _on_run_end(state: RunState) -> Iterable[Action]:
-    for sid in _static_ids(state):
-        step = state.steps[sid]
-        if step.child_run_id and step.status == "cancelled":
-            yield CancelChildRun(child_run_id=step.child_run_id, reason=f"parent run {state.status}")
     if state.parent is not None:
         yield NotifyParent(
             parent=state.parent,

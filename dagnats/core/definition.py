@@ -56,7 +56,7 @@ class RetryPolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_
         """Seconds to wait after attempt `failed_attempt` (1-based) failed."""
         base = parse_duration(self.initial)
         cap = parse_duration(self.max) if self.max is not None else 3600.0
-        if self.backoff == "exponential" and base > 0 and failed_attempt > 1:
+        if self.backoff == "exponential" and base > 0 and cap > 0 and failed_attempt > 1:
             # Compare in log space: multiplier ** attempts overflows a float long before 100k attempts.
             if math.log(base) + (failed_attempt - 1) * math.log(self.multiplier) >= math.log(cap):
                 return cap
@@ -211,6 +211,10 @@ def _validate_step(step: StepDef, path: str, index: dict[str, int]) -> None:
             raise DefinitionError(f"{path}.task: only task steps name a task (this is {step.type!r})")
         _check_config(step.config, STEP_CONFIGS[step.type], f"{path}.config")
         _validate_engine_step(step, path)
+        if step.type in ("sleep", "wait_for_event") and step.timeout is not None:
+            raise DefinitionError(f"{path}.timeout: not used by {step.type} steps (see its config)")
+        if step.type in ("sleep", "wait_for_event") and step.retry is not None:
+            raise DefinitionError(f"{path}.retry: {step.type} steps are not retried")
     for j, dep in enumerate(step.depends_on):
         if dep == step.id:
             raise DefinitionError(f"{path}.depends_on[{j}]: a step cannot depend on itself")
@@ -252,8 +256,8 @@ def _validate_retry(retry: RetryPolicy, path: str) -> None:
         raise DefinitionError(f"{path}.max_attempts: must be 1..{MAX_ATTEMPTS}")
     _check_duration(retry.initial, f"{path}.initial")
     _check_duration(retry.max, f"{path}.max")
-    if retry.multiplier < 1:
-        raise DefinitionError(f"{path}.multiplier: must be >= 1")
+    if not (math.isfinite(retry.multiplier) and retry.multiplier >= 1):
+        raise DefinitionError(f"{path}.multiplier: must be >= 1 (and finite)")
 
 
 def _validate_references(step: StepDef, path: str, upstream: set[str]) -> None:

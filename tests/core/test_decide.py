@@ -240,11 +240,10 @@ def test_conditions(field: str, condition: Any, a_output: Any, expected: str) ->
 
 
 def test_in_condition_against_a_string_with_a_non_string_value() -> None:
-    """BUG (dagnats/core/decide.py, _compare): `op: in` with a string `value` and a non-string
-    left side evaluates `5 in "abc"`, which raises TypeError out of decide()/next_events()
-    instead of reading as false (as other incomparable operands do)."""
+    """Regression: `5 in "abc"` used to raise TypeError out of decide()/next_events(); an
+    incomparable membership test must read as false, like the other incomparable operands."""
     run = Run(flow(task("a"), task("b", "a", when={"ref": "steps.a.output.n", "op": "in", "value": "abc"})))
-    run.complete("a", {"n": 5})  # TypeError: 'in <string>' requires string as left operand, not int
+    run.complete("a", {"n": 5})
     assert run.status("b") == "skipped"
 
 
@@ -289,7 +288,10 @@ def test_non_retryable_failure_fails_at_once() -> None:
         ({"max_attempts": 4}, [1, 1, 1]),
         ({"max_attempts": 5, "backoff": "exponential", "initial": "1s", "max": "5s"}, [1, 2, 4, 5]),
         ({"max_attempts": 4, "backoff": "exponential", "initial": "100ms", "multiplier": 10}, [0.1, 1, 10]),
+        # BUG (definition.py, RetryPolicy.delay): math.log(0) raises ValueError on the 2nd failure
+        ({"max_attempts": 3, "backoff": "exponential", "initial": "1s", "max": 0}, [0, 0]),
     ],
+    ids=["fixed-default", "exponential-capped", "exponential-x10", "exponential-zero-cap"],
 )
 def test_backoff_delays(retry: dict[str, Any], delays: list[float]) -> None:
     run = Run(flow(task("a", retry=retry)))

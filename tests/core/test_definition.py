@@ -123,11 +123,8 @@ def test_bad_definition_names_exact_path(doc: Any, prefix: str) -> None:
 
 
 def test_bad_schema_keyword_value_is_a_definition_error() -> None:
-    """A malformed keyword value must be rejected as a DefinitionError at registration.
-
-    BUG (dagnats/core/schema.py, check_schema): `properties` that is not an object crashes with
-    AttributeError ('str' object has no attribute 'items') instead of returning a problem.
-    """
+    """Regression: `properties` that is not an object used to crash check_schema with
+    AttributeError; it must be a DefinitionError naming the path."""
     with pytest.raises(DefinitionError, match=r"^input_schema\.properties"):
         parse_definition(wf(task("a"), input_schema={"type": "object", "properties": "x"}))
 
@@ -207,20 +204,38 @@ def test_retry_delay(policy: RetryPolicy, delays: list[float]) -> None:
 
 
 def test_exponential_delay_is_capped_for_late_attempts() -> None:
-    """max_attempts may be up to 100000, so delay() must stay capped for any attempt.
-
-    BUG (dagnats/core/definition.py, RetryPolicy.delay): `multiplier ** (failed_attempt - 1)` is a
-    float power, which raises OverflowError once it exceeds ~1.8e308 (attempt 1025 with
-    multiplier 2) instead of returning the cap.
-    """
+    """Regression: max_attempts may be up to 100000, so delay() must stay capped for any attempt
+    (`multiplier ** (attempt - 1)` used to raise OverflowError from attempt 1025 on)."""
     policy = RetryPolicy(max_attempts=5000, backoff="exponential", initial="1s", max="1m")
     parse_definition(wf(task("a", retry=msgspec.to_builtins(policy))))  # accepted by validation
     assert policy.delay(1025) == 60.0
 
 
 def test_exponential_delay_with_large_multiplier_is_capped() -> None:
-    """Same BUG as above, reachable with only 3 attempts: multiplier has no upper bound."""
+    """Regression: the same overflow, reachable with only 3 attempts (multiplier is unbounded)."""
     policy = RetryPolicy(max_attempts=3, backoff="exponential", initial="1s", max="1m", multiplier=1e200)
     parse_definition(wf(task("a", retry=msgspec.to_builtins(policy))))  # accepted by validation
     assert policy.delay(2) == 60.0
-    assert policy.delay(3) == 60.0  # OverflowError: 1e200 ** 2
+    assert policy.delay(3) == 60.0  # 1e200 ** 2 overflows a float
+
+
+def test_exponential_delay_with_a_zero_cap() -> None:
+    """`max: 0` is a valid duration, so exponential backoff must give 0s delays.
+
+    BUG (dagnats/core/definition.py, RetryPolicy.delay): the log-space overflow guard computes
+    math.log(cap), which raises "ValueError: math domain error" when cap is 0; decide() then
+    crashes on the second failure of such a step (see test_decide)."""
+    policy = RetryPolicy(max_attempts=3, backoff="exponential", initial="1s", max=0)
+    parse_definition(wf(task("a", retry=msgspec.to_builtins(policy))))  # accepted by validation
+    assert [policy.delay(1), policy.delay(2)] == [0.0, 0.0]
+
+
+@pytest.mark.parametrize("multiplier", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_non_finite_multiplier_is_rejected(multiplier: float) -> None:
+    """BUG (dagnats/core/definition.py, _validate_retry): only `multiplier < 1` is refused, so NaN
+    and infinity (YAML `.nan` / `.inf`) are accepted. JSON encodes them as null, so the run.started
+    event that carries the definition no longer decodes (`Expected float, got null - at
+    $.definition.steps[0].retry.multiplier`); with NaN, delay() also returns NaN."""
+    with pytest.raises(DefinitionError, match=r"^steps\[0\]\.retry\.multiplier: "):
+        parse_definition(wf(task("a", retry={"max_attempts": 3, "backoff": "exponential",
+                                             "multiplier": multiplier})))

@@ -21,16 +21,19 @@ from typing import Any
 
 import pytest
 
-from dagnats.core.actions import DispatchTask, StartTimer
+from dagnats.core.actions import DispatchTask, StartChildRun, StartTimer
 from dagnats.core.decide import decide, fold, next_events, replay
 from dagnats.core.definition import RetryPolicy, WorkflowDef, parse_definition
 from dagnats.core.events import (
+    ChildRunFinished,
     Event,
     RunCancelRequested,
     RunStarted,
     SignalReceived,
+    StepCheckpointed,
     StepCompleted,
     StepFailed,
+    StepLog,
     StepStarted,
     TimerFired,
     decode_event,
@@ -67,16 +70,18 @@ def random_definition(rng: random.Random) -> tuple[WorkflowDef, dict[str, Any]]:
             list_steps.append(sid)
         elif roll < 0.47:
             step = {"id": sid, "type": "sleep", "depends_on": deps, "config": {"duration": rng.choice(["1s", "1m"])}}
-        elif roll < 0.54:
+        elif roll < 0.6:
+            step = {"id": sid, "type": "sub_workflow", "depends_on": deps, "config": {"workflow": "child"}}
+        elif roll < 0.67:
             config: dict[str, Any] = {"name": "go"}
             if rng.random() < 0.5:
                 config["timeout"] = "10m"
             step = {"id": sid, "type": "wait_for_event", "depends_on": deps, "config": config}
         else:
             step = {"id": sid, "task": "work", "depends_on": deps}
-        if step.get("type") in (None, "map"):
-            if rng.random() < 0.5:
-                step["retry"] = {"max_attempts": rng.randint(1, 4), "backoff": rng.choice(["fixed", "exponential"]),
+        if step.get("type") in (None, "map", "sub_workflow"):
+            if rng.random() < 0.7:
+                step["retry"] = {"max_attempts": rng.randint(1, 5), "backoff": rng.choice(["fixed", "exponential"]),
                                  "initial": rng.choice([0, 1, "500ms", "2s"])}
                 if rng.random() < 0.5:
                     step["retry"]["max"] = "3s"
@@ -84,8 +89,8 @@ def random_definition(rng: random.Random) -> tuple[WorkflowDef, dict[str, Any]]:
                 step["timeout"] = "30s"
         if rng.random() < 0.2:
             conditions: list[Any] = ["${input.flag}", {"ref": "input.n", "op": ">", "value": rng.randint(0, 5)}]
-            if deps:
-                conditions.append({"ref": f"steps.{deps[0]}.output", "op": "exists"})
+            if step["depends_on"]:
+                conditions.append({"ref": f"steps.{step['depends_on'][0]}.output", "op": "exists"})
             step[rng.choice(["when", "skip_if"])] = rng.choice(conditions)
         steps.append(step)
     doc: dict[str, Any] = {"name": f"prop-{rng.randint(0, 999)}", "steps": steps}
@@ -112,7 +117,7 @@ class World:
         self.state: RunState | None = None
         self.recorded: list[Event] = []
         self.states: list[RunState] = []
-        self.tasks: list[DispatchTask] = []  # dispatched, not yet picked up by a worker
+        self.tasks: list[DispatchTask | StartChildRun] = []  # not yet picked up by a worker / child
         self.inbox: list[Event] = []  # worker events in flight, delivered in any order
         self.timers: list[StartTimer] = []  # started, not yet fired
         self.fired: list[StartTimer] = []  # fired once; may be delivered again
@@ -135,7 +140,7 @@ class World:
         self.recorded.append(event)
         self.states.append(new)
         for action in actions:
-            if isinstance(action, DispatchTask):
+            if isinstance(action, (DispatchTask, StartChildRun)):
                 self.tasks.append(action)
             elif isinstance(action, StartTimer):
                 self.timers.append(action)
@@ -159,7 +164,7 @@ class World:
         if waiting_for_signal or self.early_signals:
             options.append(("signal", 1.0 if waiting_for_signal else 0.05))
         if not self.cancel_sent:
-            options.append(("cancel", 0.01))
+            options.append(("cancel", 0.04))
         return options
 
     def step(self) -> bool:
@@ -179,11 +184,17 @@ class World:
             after = self.apply(rng.choice(self.appended))
             assert after == before, "re-appending an event the engine already appended changed the run"
         elif kind == "worker":
-            self.work(self.tasks.pop(rng.randrange(len(self.tasks))))
+            job = self.tasks.pop(rng.randrange(len(self.tasks)))
+            if isinstance(job, DispatchTask):
+                self.work(job)
+            else:
+                self.child(job)
         elif kind == "deliver":
             self.apply(self.inbox.pop(rng.randrange(len(self.inbox))))
         elif kind == "timer":
-            timer = self.timers.pop(rng.randrange(len(self.timers)))
+            # Mostly the earliest timer first; sometimes out of order (clock skew, redelivery).
+            self.timers.sort(key=lambda t: t.fire_at)
+            timer = self.timers.pop(0 if rng.random() < 0.8 else rng.randrange(len(self.timers)))
             self.now = max(self.now, timer.fire_at)
             self.fired.append(timer)
             self.apply(TimerFired(at=self.now, kind=timer.kind, step_id=timer.step_id, attempt=timer.attempt))
@@ -204,20 +215,32 @@ class World:
         rng, at = self.rng, self.now
         started = StepStarted(at=at, step_id=task.step_id, attempt=task.attempt, worker="w")
         roll = rng.random()
-        if roll < 0.1 and task.timeout is not None:
+        if roll < 0.08 and task.timeout is not None:
             self.inbox.append(started)  # hangs: only the step timeout can end this attempt
             return
         if rng.random() < 0.8:
             self.inbox.append(started)
+        if rng.random() < 0.2:
+            self.inbox.append(StepLog(at=at, step_id=task.step_id, attempt=task.attempt, message="working"))
+        if rng.random() < 0.2:
+            self.inbox.append(StepCheckpointed(at=at, step_id=task.step_id, attempt=task.attempt, data=roll))
         output = task.input if task.task == "echo" else {"step": task.step_id, "attempt": task.attempt}
-        if roll < 0.7:
+        if roll < 0.8:
             outcome: Event = StepCompleted(at=at, step_id=task.step_id, attempt=task.attempt, output=output)
         else:
             outcome = StepFailed(at=at, step_id=task.step_id, attempt=task.attempt, error=f"error {roll:.2f}",
-                                 retryable=roll < 0.95)
+                                 retryable=roll < 0.97)
         self.inbox.append(outcome)
         if rng.random() < 0.2:
             self.inbox.append(outcome)  # at-least-once delivery
+
+    def child(self, start: StartChildRun) -> None:
+        """A child run ends: completed, failed or cancelled; its notice may arrive twice."""
+        status = self.rng.choices(["completed", "failed", "cancelled"], weights=[8, 2, 1])[0]
+        notice = ChildRunFinished(at=self.now, step_id=start.parent.step_id, attempt=start.parent.attempt,
+                                  child_run_id=start.child_run_id, status=status, output={"child": start.input},
+                                  error=None if status == "completed" else "child said no")
+        self.inbox += [notice] * self.rng.choice([1, 1, 2])
 
 
 def check_transition(old: RunState | None, new: RunState) -> None:
@@ -283,7 +306,8 @@ def test_the_generator_covers_the_interesting_cases() -> None:
             pass
         seen[world.st.status] = seen.get(world.st.status, 0) + 1
         types = {type(e).__name__ for e in world.recorded}
-        for name in ("MapExpanded", "StepSkipped", "StepWaiting", "SignalReceived", "TimerFired"):
+        for name in ("MapExpanded", "StepSkipped", "StepWaiting", "SignalReceived", "TimerFired",
+                     "ChildRunFinished", "StepCheckpointed"):
             if name in types:
                 seen[name] = seen.get(name, 0) + 1
         if any(isinstance(e, TimerFired) and e.kind == "step_timeout" for e in world.recorded):
@@ -291,5 +315,5 @@ def test_the_generator_covers_the_interesting_cases() -> None:
         if any(isinstance(e, TimerFired) and e.kind == "retry" for e in world.recorded):
             seen["retry"] = seen.get("retry", 0) + 1
     for key in ("completed", "failed", "cancelled", "MapExpanded", "StepSkipped", "StepWaiting",
-                "SignalReceived", "step_timeout", "retry"):
+                "SignalReceived", "ChildRunFinished", "StepCheckpointed", "step_timeout", "retry"):
         assert seen.get(key, 0) >= 3, (key, seen)

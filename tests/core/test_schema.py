@@ -123,9 +123,9 @@ def test_check_schema_problems(schema: Any, problem: str) -> None:
     ],
 )
 def test_malformed_keyword_values_are_rejected_by_check_schema(schema: dict[str, Any], value: Any) -> None:
-    """BUG (dagnats/core/schema.py, check_schema): keyword *values* are not checked, so a malformed
-    schema either crashes check_schema itself or is accepted at registration and later makes
-    validate() crash (or misbehave) when a run is submitted. Expected: a "path: reason" problem."""
+    """Regression: keyword *values* used to go unchecked, so a malformed schema either crashed
+    check_schema itself or was accepted and later made validate() crash (or misbehave) when a run
+    was submitted. Expected: a "path: reason" problem at registration."""
     problem = check_schema(schema)
     assert problem is not None and problem.startswith("input_schema"), (
         f"accepted; validate then gives {_outcome(schema, value)}"

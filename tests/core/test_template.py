@@ -104,3 +104,11 @@ def test_check_reference(path: str, problem: str | None) -> None:
 )
 def test_step_of(path: str, step: str | None) -> None:
     assert step_of(path) == step
+
+
+def test_non_ascii_digit_segment_is_a_template_error() -> None:
+    """Regression: a segment such as "²" passes `str.isdigit()` but `int("²")` raised a plain
+    ValueError, which escaped decide() (it only catches TemplateError)."""
+    assert check_reference("input.tags.²") is None
+    with pytest.raises(TemplateError):
+        render("${input.tags.²}", CTX)
