@@ -256,3 +256,14 @@ def test_sigkill_leaves_no_server_behind_and_restart_is_clean(data_dir):
         assert dagnats("run", "list", data_dir=data_dir).returncode == 0
     finally:
         again.stop()
+
+
+def test_wait_exits_nonzero_when_the_run_fails(serve, data_dir, tmp_path):
+    wf = tmp_path / "fails.yaml"
+    wf.write_text("name: fails\nsteps:\n  - {id: boom, task: shell, config: {command: 'echo oops >&2; exit 3'}}\n")
+    assert dagnats("workflow", "register", str(wf), data_dir=data_dir).returncode == 0
+    proc = dagnats("run", "start", "fails", "--wait", data_dir=data_dir)
+    assert proc.returncode == 1
+    assert proc.stdout.splitlines()[-1] == "failed: step boom failed: exit code 3: oops"
+    doc = json.loads(dagnats("run", "start", "fails", "--wait", "--json", data_dir=data_dir).stdout)
+    assert doc["status"] == "failed" and doc["error"] == "step boom failed: exit code 3: oops"

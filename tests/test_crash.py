@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import signal
 import subprocess
 import sys
@@ -91,3 +92,27 @@ def test_sigkill_worker_mid_task_runs_task_again_elsewhere(tmp_path, data_dir):
         serve.stop()
     assert _lines(tmp_path / "before") == ["ran"]
     assert _lines(tmp_path / "slow") == ["started", "started", "finished"]
+
+
+def test_durable_sleep_survives_sigkill_of_serve(tmp_path, data_dir):
+    serve = ServeProcess(data_dir).start()
+    try:
+        _register(tmp_path, data_dir, [
+            {"id": "nap", "type": "sleep", "config": {"duration": "3s"}},
+            {"id": "after", "task": "echo", "depends_on": ["nap"], "input": "woke"},
+        ])
+        started = time.time()
+        run_id = dagnats_json("run", "start", "crash", data_dir=data_dir)["run_id"]
+        wait_until(lambda: _status(run_id, data_dir) == "waiting", what="the sleep to begin")
+        serve.kill(signal.SIGKILL)
+    finally:
+        serve.kill()
+    restarted = ServeProcess(data_dir, port=serve.port).start()
+    try:
+        wait_until(lambda: _status(run_id, data_dir) == "completed", timeout=30, what="the sleep to end")
+        shown = dagnats_json("run", "show", run_id, data_dir=data_dir)
+    finally:
+        restarted.stop()
+    assert shown["output"] == "woke"
+    assert time.time() - started >= 3.0
+    assert shown["steps"]["nap"]["output"]["slept"] >= 2.9

@@ -6,6 +6,7 @@ import asyncio
 import time
 
 import pytest
+from nats.js.errors import NotFoundError
 
 from dagnats import NonRetryable, TaskContext, Worker
 from dagnats.core.events import StepFailed, StepQueued
@@ -238,3 +239,72 @@ async def test_input_schema_violation_is_rejected(stack):
                           "steps": [{"id": "a", "task": "echo"}]})
     with pytest.raises(UserError, match="missing required field 'repo'"):
         await stack.client.start("typed", {"nope": 1})
+
+
+async def test_sub_workflow_timeout_cancels_the_child(stack):
+    await stack.start()
+    await stack.register({"name": "napper", "steps": [{"id": "nap", "type": "sleep", "config": {"duration": "60s"}}]})
+    await stack.register({"name": "impatient", "steps": [
+        {"id": "call", "type": "sub_workflow", "config": {"workflow": "napper"}, "timeout": "300ms"}]})
+    state = await stack.run_to_end("impatient")
+    assert state.status == "failed" and state.steps["call"].error == "timed out after 300ms"
+    child = await asyncio.wait_for(stack.client.wait(state.steps["call"].child_run_id), 10)
+    assert child.status == "cancelled" and child.error == "cancelled: parent step call timed out after 300ms"
+
+
+async def test_recursive_sub_workflows_stop_at_the_nesting_bound(stack):
+    await stack.start()
+    await stack.register({"name": "forever", "steps": [
+        {"id": "again", "type": "sub_workflow", "config": {"workflow": "forever"}}]})
+    state = await stack.run_to_end("forever", timeout=30)
+    assert state.status == "failed"
+    depth, run = 0, state
+    while run.steps["again"].child_run_id:
+        run = await stack.client.run(run.steps["again"].child_run_id)
+        depth += 1
+    assert depth == 5 and run.depth == 5
+    assert run.steps["again"].error == "sub_workflow nesting is bounded at depth 5"
+
+
+async def test_worker_skips_tasks_of_a_cancelled_run(stack):
+    ran = []
+    late = Worker()
+
+    @late.task("late-task")
+    async def late_task(ctx: TaskContext):
+        ran.append(ctx.run_id)
+
+    await stack.start()  # nobody serves late-task yet: its task waits in the queue
+    await stack.register({"name": "orphan", "steps": [{"id": "t", "task": "late-task"}]})
+    run_id = await stack.client.start("orphan")
+    for _ in range(100):
+        if (await stack.client.run(run_id)).steps["t"].status == "queued":
+            break
+        await asyncio.sleep(0.05)
+    await stack.client.cancel(run_id)
+    await asyncio.wait_for(stack.client.wait(run_id), 10)
+    for _ in range(40):  # let the snapshot catch up, then bring the worker
+        snap, _rev = await stack.store.load_snapshot(run_id)
+        if snap is not None and snap.state.terminal:
+            break
+        await asyncio.sleep(0.05)
+    stop = asyncio.Event()
+    serving = asyncio.create_task(late.run(stack.store, stop))
+    try:
+        info = None
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            try:
+                info = await stack.store.js.consumer_info("DAGNATS_TASKS", "dagnats_task_late-task")
+            except NotFoundError:
+                continue  # the worker has not created its consumer yet
+            if info.num_pending == 0 and info.num_ack_pending == 0:
+                break
+        assert info is not None and info.delivered.stream_seq > 0  # the task was handed to the worker
+        assert info.num_pending == 0 and info.num_ack_pending == 0  # ... which dropped it
+    finally:
+        stop.set()
+        await serving
+    assert ran == []
+    events = [type(e).__name__ for _, e in await stack.client.events(run_id)]
+    assert "StepStarted" not in events
