@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -28,8 +27,9 @@ from .core.actions import (
     StartChildRun,
     StartTimer,
 )
-from .core.decide import IllegalEvent, decide, next_events
+from .core.decide import IllegalEvent, decide
 from .core.events import ChildRunFinished, Event, RunCancelRequested, RunStarted
+from .core.plan import next_events
 from .core.state import RunState
 from .errors import NotFound
 from .store import Conflict, Snapshot, Store
@@ -51,7 +51,7 @@ class Engine:
         self.store = store
         self.batch = batch
         self._cache: OrderedDict[str, _Cached] = OrderedDict()
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}  # run id -> (lock, holders + waiters)
         self.processed = 0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -88,13 +88,19 @@ class Engine:
                     await msg.ack()
 
     async def process(self, run_id: str, seen_seq: int = 0) -> None:
-        lock = self._locks.setdefault(run_id, asyncio.Lock())
-        async with lock:
-            try:
+        """Bring one run up to date. Serialized per run within this engine; other engines race
+        through optimistic appends and compare-and-set snapshots."""
+        lock, users = self._locks.get(run_id, (asyncio.Lock(), 0))
+        self._locks[run_id] = (lock, users + 1)
+        try:
+            async with lock:
                 await self._process(run_id, seen_seq)
-            finally:
-                if not lock._waiters:  # type: ignore[attr-defined]
-                    self._locks.pop(run_id, None)
+        finally:
+            lock, users = self._locks[run_id]
+            if users == 1:
+                del self._locks[run_id]
+            else:
+                self._locks[run_id] = (lock, users - 1)
 
     async def _process(self, run_id: str, seen_seq: int) -> None:
         cached = await self._load(run_id)
@@ -214,7 +220,3 @@ class Engine:
         self._cache.move_to_end(run_id)
         while len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)
-
-
-def now() -> float:
-    return time.time()

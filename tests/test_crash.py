@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import time
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from conftest import ROOT, ServeProcess, cli_env, dagnats, dagnats_json, wait_until

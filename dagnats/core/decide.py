@@ -5,7 +5,7 @@ Rules:
   for. It never reads a clock, an id generator or the network: time comes in on events.
 - Actions come in two kinds. Effects (dispatch a task, start a timer, start or cancel a child
   run, notify a parent) belong to the event that caused them. `AppendEvent` actions are
-  derived from the resulting state alone (`next_events`), so after folding several events the
+  derived from the resulting state alone (`plan.next_events`), so after folding several events the
   shell only needs those of the last one.
 - An event that does not fit the run (a late result of a superseded attempt, a duplicate, a
   result after the run ended) changes nothing: that is how at-least-once delivery and crash
@@ -34,18 +34,12 @@ from .actions import (
     StartTimer,
 )
 from .definition import (
-    Compare,
-    Condition,
-    MapConfig,
     RetryPolicy,
-    SleepConfig,
-    StepDef,
     SubWorkflowConfig,
-    WaitConfig,
     WorkflowDef,
     step_config,
 )
-from .durations import format_duration, parse_duration
+from .durations import format_duration
 from .events import (
     ChildRunFinished,
     Event,
@@ -66,19 +60,17 @@ from .events import (
     StepWaiting,
     TimerFired,
 )
+from .plan import next_events
 from .state import (
     STEP_ACTIVE,
-    STEP_SATISFIED,
     STEP_TERMINAL,
     RunState,
     Signal,
     StepState,
     item_id,
-    item_ids,
     parent_of,
 )
 
-MAX_DEPTH = 5  # root run is depth 0; sub_workflow nesting stops at this depth
 replace = msgspec.structs.replace
 
 
@@ -238,7 +230,7 @@ def _on_failed(state: RunState, sid: str, attempt: int, error: str, retryable: b
     engine_failure = step.status == "pending" and attempt == step.attempts + 1
     if not engine_failure and (step.status not in STEP_ACTIVE or step.attempts != attempt or step.retry_at is not None):
         return state
-    policy = _retry_policy(state, sid)
+    policy = (state.step_def(sid).retry or RetryPolicy())
     if retryable and attempt < policy.max_attempts:
         return _put(
             state, sid,
@@ -273,7 +265,7 @@ def _on_timer(state: RunState, ev: TimerFired) -> RunState:
     if ev.kind == "step_timeout":
         if step.status not in ("queued", "running"):
             return state
-        limit = _step_def(state, ev.step_id).timeout_seconds or 0.0
+        limit = state.step_def(ev.step_id).timeout_seconds or 0.0
         return _on_failed(state, ev.step_id, ev.attempt, f"timed out after {format_duration(limit)}", True, ev.at)
     if ev.kind == "wake":
         if step.status != "waiting" or step.waiting_until is None:
@@ -349,10 +341,10 @@ def _effects(wf: WorkflowDef, old: RunState | None, new: RunState, event: Event)
                 yield _timer(run_id, "run_timeout", "", 0, event.at + limit)
         case StepQueued(step_id=sid, attempt=attempt):
             yield from _dispatch(new, sid, attempt)
-            if new.steps[sid].child_run_id and (limit := _step_def(new, sid).timeout_seconds) is not None:
+            if new.steps[sid].child_run_id and (limit := new.step_def(sid).timeout_seconds) is not None:
                 yield _timer(run_id, "step_timeout", sid, attempt, event.at + limit)
         case StepStarted(step_id=sid, attempt=attempt):
-            if (limit := _step_def(new, sid).timeout_seconds) is not None:
+            if (limit := new.step_def(sid).timeout_seconds) is not None:
                 yield _timer(run_id, "step_timeout", sid, attempt, event.at + limit)
         case StepWaiting(step_id=sid, attempt=attempt, until=until) if until is not None:
             yield _timer(run_id, "wake", sid, attempt, until)
@@ -371,7 +363,7 @@ def _effects(wf: WorkflowDef, old: RunState | None, new: RunState, event: Event)
 
 
 def _dispatch(state: RunState, sid: str, attempt: int) -> Iterable[Action]:
-    step = _step_def(state, sid)
+    step = state.step_def(sid)
     queued = state.steps[sid]
     if step.type == "sub_workflow":
         cfg = step_config(step)
@@ -388,7 +380,7 @@ def _dispatch(state: RunState, sid: str, attempt: int) -> Iterable[Action]:
         return
     assert step.task is not None
     try:
-        config = template.render(step.config, _context(state))
+        config = template.render(step.config, state.template_context())
     except template.TemplateError:
         config = step.config
     yield DispatchTask(
@@ -426,198 +418,3 @@ def child_run_id(run_id: str, step_id: str, attempt: int) -> str:
     """Deterministic id of the child run a sub_workflow step's attempt starts."""
     digest = hashlib.sha256(f"{run_id}/{step_id}/{attempt}".encode()).hexdigest()
     return f"r{digest[:15]}"
-
-
-# --- what the engine records next --------------------------------------------------------
-
-
-def next_events(wf: WorkflowDef, state: RunState) -> list[Event]:
-    """Events the engine must record next, derived from the state alone (level-triggered)."""
-    if state.terminal:
-        return []
-    now = state.updated_at
-    static = _static_ids(state)
-    for sid in static:
-        if state.steps[sid].status == "failed":
-            return [RunFailed(at=now, error=f"step {sid} failed: {state.steps[sid].error}")]
-    out: list[Event] = []
-    for sid in static:
-        step = state.steps[sid]
-        if step.status == "pending" and _deps_satisfied(state, sid):
-            out.append(_start_step(state, sid, now))
-        elif step.status == "running" and step.items is not None:
-            out.extend(_advance_map(state, sid, now))
-        elif step.status == "waiting" and step.waiting_signal is not None:
-            sig = _buffered_signal(state, step.waiting_signal)
-            if sig is not None:
-                out.append(StepCompleted(at=now, step_id=sid, attempt=step.attempts, output=sig.data))
-    if not out and all(state.steps[sid].status in STEP_SATISFIED for sid in static):
-        out.append(RunCompleted(at=now, output=_run_output(state)))
-    return out
-
-
-def _start_step(state: RunState, sid: str, now: float) -> Event:
-    step = _step_def(state, sid)
-    attempt = state.steps[sid].attempts + 1
-    ctx = _context(state)
-    if attempt == 1:
-        try:
-            if step.when is not None and not _condition(step.when, ctx):
-                return StepSkipped(at=now, step_id=sid, reason="when condition is false")
-            if step.skip_if is not None and _condition(step.skip_if, ctx):
-                return StepSkipped(at=now, step_id=sid, reason="skip_if condition is true")
-        except template.TemplateError as exc:
-            return StepFailed(at=now, step_id=sid, attempt=attempt, error=f"condition: {exc}", retryable=False)
-    try:
-        step_input = _step_input(state, step, ctx)
-        template.render(step.config, ctx)
-    except template.TemplateError as exc:
-        return StepFailed(at=now, step_id=sid, attempt=attempt, error=f"input: {exc}", retryable=False)
-    match step.type:
-        case "task":
-            return StepQueued(at=now, step_id=sid, attempt=attempt, input=step_input)
-        case "sub_workflow":
-            if state.depth + 1 > MAX_DEPTH:
-                return StepFailed(at=now, step_id=sid, attempt=attempt, retryable=False,
-                                  error=f"sub_workflow nesting is bounded at depth {MAX_DEPTH}")
-            return StepQueued(at=now, step_id=sid, attempt=attempt, input=step_input)
-        case "sleep":
-            cfg = step_config(step)
-            assert isinstance(cfg, SleepConfig)
-            return StepWaiting(at=now, step_id=sid, attempt=attempt, until=now + parse_duration(cfg.duration))
-        case "wait_for_event":
-            cfg = step_config(step)
-            assert isinstance(cfg, WaitConfig)
-            until = None if cfg.timeout is None else now + parse_duration(cfg.timeout)
-            return StepWaiting(at=now, step_id=sid, attempt=attempt, until=until, signal=cfg.name)
-        case "map":
-            return _expand_map(step, sid, attempt, step_input, now)
-    raise IllegalEvent(f"step {sid!r} has unsupported type {step.type!r}")
-
-
-def _expand_map(step: StepDef, sid: str, attempt: int, items: Any, now: float) -> Event:
-    cfg = step_config(step)
-    assert isinstance(cfg, MapConfig)
-    if not isinstance(items, list):
-        return StepFailed(at=now, step_id=sid, attempt=attempt, retryable=False,
-                          error=f"map input must be an array, got {type(items).__name__}")
-    if len(items) > cfg.max_items:
-        return StepFailed(at=now, step_id=sid, attempt=attempt, retryable=False,
-                          error=f"map over {len(items)} items exceeds max_items {cfg.max_items}")
-    return MapExpanded(at=now, step_id=sid, items=items)
-
-
-def _advance_map(state: RunState, sid: str, now: float) -> list[Event]:
-    ids = item_ids(state, sid)
-    items = [state.steps[i] for i in ids]
-    for iid, item in zip(ids, items):
-        if item.status == "failed":
-            return [StepFailed(at=now, step_id=sid, attempt=1, retryable=False,
-                               error=f"item {iid} failed: {item.error}")]
-    if all(item.status == "completed" for item in items):
-        return [StepCompleted(at=now, step_id=sid, attempt=1, output=[item.output for item in items])]
-    cfg = step_config(_step_def(state, sid))
-    assert isinstance(cfg, MapConfig)
-    active = sum(1 for item in items if item.status in STEP_ACTIVE and item.retry_at is None)
-    room = (cfg.concurrency or len(items)) - active
-    out: list[Event] = []
-    for iid, item in zip(ids, items):
-        if room <= 0:
-            break
-        if item.status == "pending":
-            out.append(StepQueued(at=now, step_id=iid, attempt=item.attempts + 1, input=item.input))
-            room -= 1
-    return out
-
-
-def _deps_satisfied(state: RunState, sid: str) -> bool:
-    return all(state.steps[d].status in STEP_SATISFIED for d in _step_def(state, sid).depends_on)
-
-
-def _buffered_signal(state: RunState, name: str) -> Signal | None:
-    return next((s for s in state.signals if s.name == name and s.consumed_by is None), None)
-
-
-def _step_input(state: RunState, step: StepDef, ctx: dict[str, Any]) -> Any:
-    if step.input is not msgspec.UNSET:
-        return template.render(step.input, ctx)
-    deps = step.depends_on
-    if not deps:
-        return state.input
-    if len(deps) == 1:
-        return state.steps[deps[0]].output
-    return {d: state.steps[d].output for d in deps}
-
-
-def _context(state: RunState) -> dict[str, Any]:
-    steps = {
-        sid: {"output": state.steps[sid].output}
-        for sid in _static_ids(state)
-        if state.steps[sid].status in STEP_SATISFIED
-    }
-    return {"input": state.input, "steps": steps, "run": {"id": state.run_id}}
-
-
-def _condition(cond: Condition, ctx: dict[str, Any]) -> bool:
-    if isinstance(cond, str):
-        try:
-            return bool(template.render(cond, ctx))
-        except template.TemplateError:
-            return False  # a missing value reads as false
-    assert isinstance(cond, Compare)
-    try:
-        left = template.lookup(ctx, cond.ref)
-    except template.TemplateError:
-        if cond.op in ("exists", "truthy", "!=", "not_in"):
-            return cond.op in ("!=", "not_in")
-        raise
-    return _compare(left, cond.op, cond.value)
-
-
-def _compare(left: Any, op: str, right: Any) -> bool:
-    if op == "exists":
-        return True
-    if op == "truthy":
-        return bool(left)
-    if op == "==":
-        return bool(left == right)
-    if op == "!=":
-        return bool(left != right)
-    if op in ("in", "not_in"):
-        try:
-            found = isinstance(right, (list, str, dict)) and left in right
-        except TypeError:  # 5 in "abc", [1] in {"a": 1}: not a member
-            found = False
-        return found if op == "in" else not found
-    try:
-        return bool({"<": left < right, "<=": left <= right, ">": left > right, ">=": left >= right}[op])
-    except TypeError:
-        return False
-
-
-def _run_output(state: RunState) -> Any:
-    wf = state.definition
-    used = {d for s in wf.steps for d in s.depends_on}
-    leaves = [s.id for s in wf.steps if s.id not in used]
-    if len(leaves) == 1:
-        return state.steps[leaves[0]].output
-    return {sid: state.steps[sid].output for sid in leaves}
-
-
-def _static_ids(state: RunState) -> list[str]:
-    return [s.id for s in state.definition.steps]
-
-
-def _step_def(state: RunState, sid: str) -> StepDef:
-    """The definition of a static step, or the synthesized one of a map item."""
-    owner = parent_of(sid)
-    if owner is None:
-        return state.definition.step(sid)
-    map_step = state.definition.step(owner)
-    cfg = step_config(map_step)
-    assert isinstance(cfg, MapConfig)
-    return StepDef(id=sid, task=cfg.task, config=cfg.config, retry=map_step.retry, timeout=map_step.timeout)
-
-
-def _retry_policy(state: RunState, sid: str) -> RetryPolicy:
-    return _step_def(state, sid).retry or RetryPolicy()

@@ -6,7 +6,7 @@ from typing import Any
 
 import msgspec
 
-from .definition import WorkflowDef
+from .definition import MapConfig, StepDef, WorkflowDef, step_config
 from .events import ParentRef
 
 RUN_TERMINAL = frozenset({"completed", "failed", "cancelled", "continued"})
@@ -63,9 +63,32 @@ class RunState(msgspec.Struct, frozen=True, omit_defaults=True):
 
     def progress(self) -> tuple[int, int]:
         """(finished static steps, static steps)."""
-        ids = [s.id for s in self.definition.steps]
+        ids = self.static_ids()
         done = sum(1 for sid in ids if self.steps[sid].status in STEP_TERMINAL)
         return done, len(ids)
+
+    def static_ids(self) -> list[str]:
+        """Ids of the definition's own steps, in definition order (map items excluded)."""
+        return [s.id for s in self.definition.steps]
+
+    def step_def(self, sid: str) -> StepDef:
+        """The definition of a static step, or the one synthesized for a map item."""
+        owner = parent_of(sid)
+        if owner is None:
+            return self.definition.step(sid)
+        map_step = self.definition.step(owner)
+        cfg = step_config(map_step)
+        assert isinstance(cfg, MapConfig)
+        return StepDef(id=sid, task=cfg.task, config=cfg.config, retry=map_step.retry, timeout=map_step.timeout)
+
+    def template_context(self) -> dict[str, Any]:
+        """What `${...}` references resolve against: input, finished steps' outputs, run id."""
+        steps = {
+            sid: {"output": self.steps[sid].output}
+            for sid in self.static_ids()
+            if self.steps[sid].status in STEP_SATISFIED
+        }
+        return {"input": self.input, "steps": steps, "run": {"id": self.run_id}}
 
 
 def item_id(map_step: str, index: int) -> str:

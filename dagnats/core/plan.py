@@ -1,0 +1,203 @@
+"""next_events(): what the engine must record next, derived from a run's state alone.
+
+Level-triggered on purpose: the answer depends only on the state, never on which event led
+there, so an engine that folded several events (or crashed and came back) asks once and gets
+the same answer. The engine records the first event, folds it, and asks again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from . import template
+from .definition import (
+    Compare,
+    Condition,
+    MapConfig,
+    SleepConfig,
+    StepDef,
+    WaitConfig,
+    WorkflowDef,
+    step_config,
+)
+from .durations import parse_duration
+from .events import (
+    Event,
+    MapExpanded,
+    RunCompleted,
+    RunFailed,
+    StepCompleted,
+    StepFailed,
+    StepQueued,
+    StepSkipped,
+    StepWaiting,
+)
+from .state import STEP_ACTIVE, STEP_SATISFIED, RunState, Signal, item_ids
+
+MAX_DEPTH = 5  # root run is depth 0; sub_workflow nesting stops at this depth
+
+
+def next_events(wf: WorkflowDef, state: RunState) -> list[Event]:
+    """Events the engine must record next, derived from the state alone (level-triggered)."""
+    if state.terminal:
+        return []
+    now = state.updated_at
+    static = state.static_ids()
+    for sid in static:
+        if state.steps[sid].status == "failed":
+            return [RunFailed(at=now, error=f"step {sid} failed: {state.steps[sid].error}")]
+    out: list[Event] = []
+    for sid in static:
+        step = state.steps[sid]
+        if step.status == "pending" and _deps_satisfied(state, sid):
+            out.append(_start_step(state, sid, now))
+        elif step.status == "running" and step.items is not None:
+            out.extend(_advance_map(state, sid, now))
+        elif step.status == "waiting" and step.waiting_signal is not None:
+            sig = _buffered_signal(state, step.waiting_signal)
+            if sig is not None:
+                out.append(StepCompleted(at=now, step_id=sid, attempt=step.attempts, output=sig.data))
+    if not out and all(state.steps[sid].status in STEP_SATISFIED for sid in static):
+        out.append(RunCompleted(at=now, output=_run_output(state)))
+    return out
+
+
+def _start_step(state: RunState, sid: str, now: float) -> Event:
+    step = state.step_def(sid)
+    attempt = state.steps[sid].attempts + 1
+    ctx = state.template_context()
+    if attempt == 1:
+        try:
+            if step.when is not None and not _condition(step.when, ctx):
+                return StepSkipped(at=now, step_id=sid, reason="when condition is false")
+            if step.skip_if is not None and _condition(step.skip_if, ctx):
+                return StepSkipped(at=now, step_id=sid, reason="skip_if condition is true")
+        except template.TemplateError as exc:
+            return StepFailed(at=now, step_id=sid, attempt=attempt, error=f"condition: {exc}", retryable=False)
+    try:
+        step_input = _step_input(state, step, ctx)
+        template.render(step.config, ctx)
+    except template.TemplateError as exc:
+        return StepFailed(at=now, step_id=sid, attempt=attempt, error=f"input: {exc}", retryable=False)
+    match step.type:
+        case "task":
+            return StepQueued(at=now, step_id=sid, attempt=attempt, input=step_input)
+        case "sub_workflow":
+            if state.depth + 1 > MAX_DEPTH:
+                return StepFailed(at=now, step_id=sid, attempt=attempt, retryable=False,
+                                  error=f"sub_workflow nesting is bounded at depth {MAX_DEPTH}")
+            return StepQueued(at=now, step_id=sid, attempt=attempt, input=step_input)
+        case "sleep":
+            cfg = step_config(step)
+            assert isinstance(cfg, SleepConfig)
+            return StepWaiting(at=now, step_id=sid, attempt=attempt, until=now + parse_duration(cfg.duration))
+        case "wait_for_event":
+            cfg = step_config(step)
+            assert isinstance(cfg, WaitConfig)
+            until = None if cfg.timeout is None else now + parse_duration(cfg.timeout)
+            return StepWaiting(at=now, step_id=sid, attempt=attempt, until=until, signal=cfg.name)
+        case "map":
+            return _expand_map(step, sid, attempt, step_input, now)
+    raise AssertionError(f"step {sid!r} has unsupported type {step.type!r}")  # validation prevents it
+
+
+def _expand_map(step: StepDef, sid: str, attempt: int, items: Any, now: float) -> Event:
+    cfg = step_config(step)
+    assert isinstance(cfg, MapConfig)
+    if not isinstance(items, list):
+        return StepFailed(at=now, step_id=sid, attempt=attempt, retryable=False,
+                          error=f"map input must be an array, got {type(items).__name__}")
+    if len(items) > cfg.max_items:
+        return StepFailed(at=now, step_id=sid, attempt=attempt, retryable=False,
+                          error=f"map over {len(items)} items exceeds max_items {cfg.max_items}")
+    return MapExpanded(at=now, step_id=sid, items=items)
+
+
+def _advance_map(state: RunState, sid: str, now: float) -> list[Event]:
+    ids = item_ids(state, sid)
+    items = [state.steps[i] for i in ids]
+    for iid, item in zip(ids, items):
+        if item.status == "failed":
+            return [StepFailed(at=now, step_id=sid, attempt=1, retryable=False,
+                               error=f"item {iid} failed: {item.error}")]
+    if all(item.status == "completed" for item in items):
+        return [StepCompleted(at=now, step_id=sid, attempt=1, output=[item.output for item in items])]
+    cfg = step_config(state.step_def(sid))
+    assert isinstance(cfg, MapConfig)
+    active = sum(1 for item in items if item.status in STEP_ACTIVE and item.retry_at is None)
+    room = (cfg.concurrency or len(items)) - active
+    out: list[Event] = []
+    for iid, item in zip(ids, items):
+        if room <= 0:
+            break
+        if item.status == "pending":
+            out.append(StepQueued(at=now, step_id=iid, attempt=item.attempts + 1, input=item.input))
+            room -= 1
+    return out
+
+
+def _deps_satisfied(state: RunState, sid: str) -> bool:
+    return all(state.steps[d].status in STEP_SATISFIED for d in state.step_def(sid).depends_on)
+
+
+def _buffered_signal(state: RunState, name: str) -> Signal | None:
+    return next((s for s in state.signals if s.name == name and s.consumed_by is None), None)
+
+
+def _step_input(state: RunState, step: StepDef, ctx: dict[str, Any]) -> Any:
+    if step.input is not msgspec.UNSET:
+        return template.render(step.input, ctx)
+    deps = step.depends_on
+    if not deps:
+        return state.input
+    if len(deps) == 1:
+        return state.steps[deps[0]].output
+    return {d: state.steps[d].output for d in deps}
+
+
+def _condition(cond: Condition, ctx: dict[str, Any]) -> bool:
+    if isinstance(cond, str):
+        try:
+            return bool(template.render(cond, ctx))
+        except template.TemplateError:
+            return False  # a missing value reads as false
+    assert isinstance(cond, Compare)
+    try:
+        left = template.lookup(ctx, cond.ref)
+    except template.TemplateError:
+        if cond.op in ("exists", "truthy", "!=", "not_in"):
+            return cond.op in ("!=", "not_in")
+        raise
+    return _compare(left, cond.op, cond.value)
+
+
+def _compare(left: Any, op: str, right: Any) -> bool:
+    if op == "exists":
+        return True
+    if op == "truthy":
+        return bool(left)
+    if op == "==":
+        return bool(left == right)
+    if op == "!=":
+        return bool(left != right)
+    if op in ("in", "not_in"):
+        try:
+            found = isinstance(right, (list, str, dict)) and left in right
+        except TypeError:  # 5 in "abc", [1] in {"a": 1}: not a member
+            found = False
+        return found if op == "in" else not found
+    try:
+        return bool({"<": left < right, "<=": left <= right, ">": left > right, ">=": left >= right}[op])
+    except TypeError:
+        return False
+
+
+def _run_output(state: RunState) -> Any:
+    wf = state.definition
+    used = {d for s in wf.steps for d in s.depends_on}
+    leaves = [s.id for s in wf.steps if s.id not in used]
+    if len(leaves) == 1:
+        return state.steps[leaves[0]].output
+    return {sid: state.steps[sid].output for sid in leaves}
