@@ -28,11 +28,11 @@ from .core.actions import (
     StartTimer,
 )
 from .core.decide import IllegalEvent, decide
-from .core.events import ChildRunFinished, Event, RunCancelRequested, RunStarted
+from .core.events import ChildRunFinished, Event, RunCancelRequested, RunFailed, RunStarted, StepFailed
 from .core.plan import next_events
 from .core.state import RunState
 from .errors import NotFound
-from .store import Conflict, Snapshot, Store
+from .store import Conflict, Snapshot, Store, TooLarge
 
 log = logging.getLogger("dagnats.engine")
 MAX_APPENDS_PER_PASS = 10_000
@@ -117,6 +117,9 @@ class Engine:
             event = pending[0]
             try:
                 seq = await self.store.append(run_id, event, expected_last=last)
+            except TooLarge as exc:
+                event = _too_large(event, exc)
+                seq = await self.store.append(run_id, event, expected_last=last)  # small by construction
             except Conflict:
                 state, last = await self._fold_tail(run_id, state, last)
                 continue
@@ -220,3 +223,14 @@ class Engine:
         self._cache.move_to_end(run_id)
         while len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)
+
+
+def _too_large(event: Event, exc: TooLarge) -> Event:
+    """What to record instead of an engine event that does not fit: the failure it causes."""
+    step_id = getattr(event, "step_id", "")
+    what = type(event).__name__
+    if step_id:
+        attempt = getattr(event, "attempt", 1)
+        return StepFailed(at=event.at, step_id=step_id, attempt=attempt, retryable=False,
+                          error=f"{what} of {exc.size} bytes exceeds the message limit (input or output too large)")
+    return RunFailed(at=event.at, error=f"run output of {exc.size} bytes exceeds the message limit")

@@ -36,6 +36,14 @@ class Conflict(Exception):
     """Someone else appended to the run's history first (optimistic concurrency)."""
 
 
+class TooLarge(UserError):
+    """An event does not fit in one NATS message."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"event of {size} bytes exceeds the {MAX_EVENT_BYTES}-byte limit")
+        self.size = size
+
+
 class Snapshot(msgspec.Struct, frozen=True):
     applied: int  # last history sequence folded into `state`
     state: RunState
@@ -140,7 +148,7 @@ class Store:
         """Append one event; return its stream sequence. Raise Conflict if `expected_last` is stale."""
         data = encode_event(event)
         if len(data) > MAX_EVENT_BYTES:
-            raise UserError(f"event of {len(data)} bytes exceeds the {MAX_EVENT_BYTES}-byte limit")
+            raise TooLarge(len(data))
         headers = {}
         if expected_last is not None:
             headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_last)

@@ -308,3 +308,23 @@ async def test_worker_skips_tasks_of_a_cancelled_run(stack):
     assert ran == []
     events = [type(e).__name__ for _, e in await stack.client.events(run_id)]
     assert "StepStarted" not in events
+
+
+async def test_oversized_values_fail_clearly_instead_of_breaking_nats(stack):
+    worker = Worker()
+
+    @worker.task("big")
+    async def big(ctx: TaskContext):
+        return "x" * 600_000
+
+    await stack.start(worker)
+    await stack.register({"name": "huge", "steps": [
+        {"id": "a", "task": "big"}, {"id": "b", "task": "big"},
+        {"id": "both", "task": "echo", "depends_on": ["a", "b"]}]})
+    state = await stack.run_to_end("huge")
+    assert state.status == "failed"
+    assert state.steps["a"].status == "completed" and state.steps["both"].status == "failed"
+    assert "exceeds the message limit" in state.steps["both"].error
+    await stack.register({"name": "too-big-output", "steps": [{"id": "a", "task": "big", "config": {}}, ]})
+    with pytest.raises(UserError, match="exceeds the 900000-byte limit"):
+        await stack.client.start("huge", "y" * 1_000_000)
