@@ -308,8 +308,8 @@ async def cmd_run_list(args: argparse.Namespace) -> int:
         now = time.time()
         rows = []
         for s in states:
-            done, total = s.progress()
-            rows.append([s.run_id, f"{s.workflow}@{s.version}", s.status, f"{done}/{total}", views.age(s.created_at, now)])
+            rows.append([s.run_id, f"{s.workflow}@{s.version}", s.status, f"{s.steps_done}/{s.steps_total}",
+                         views.age(s.created_at, now)])
         print(views.table(rows, ["run id", "workflow", "status", "steps", "age"]))
 
     return await _with_client(args, go)

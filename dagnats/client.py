@@ -23,9 +23,9 @@ from .core import schema
 from .core.decide import fold
 from .core.definition import WorkflowDef
 from .core.events import Event, RunCancelRequested, RunStarted, SignalReceived, decode_event
-from .core.state import RunState
+from .core.state import RUN_TERMINAL, RunState
 from .errors import NotFound, UserError
-from .store import Conflict, Store, WorkflowVersion
+from .store import Conflict, RunSummary, Store, WorkflowVersion
 
 
 def operator_identity() -> str:
@@ -94,7 +94,7 @@ class Client:
     async def run(self, run_id: str) -> RunState:
         """The run's current state: the engine's snapshot plus a replay of newer events."""
         snap, _ = await self.store.load_snapshot(run_id)
-        state, after = (snap.state, snap.applied) if snap else (None, 0)
+        state, after = (snap.state, snap.applied) if snap and snap.state else (None, 0)
         for _seq, event in await self.store.read_history(run_id, after=after):
             state = fold(None, state, event)
         if state is None:
@@ -102,21 +102,21 @@ class Client:
         return state
 
     async def runs(self, status: str | None = None, workflow: str | None = None,
-                   limit: int | None = None) -> list[RunState]:
-        states = []
+                   limit: int | None = None) -> list[RunSummary]:
+        """Run summaries, newest first. Unfinished runs are brought up to date from their history,
+        since a snapshot may lag it by a few events."""
+        summaries = []
         for snap in await self.store.all_snapshots():
-            state: RunState | None = snap.state
-            if not snap.state.terminal:  # the snapshot may lag the history by a few events
-                for _seq, event in await self.store.read_history(snap.state.run_id, after=snap.applied):
-                    state = fold(None, state, event)
-            assert state is not None
-            states.append(state)
+            summary = snap.summary
+            if summary.status not in RUN_TERMINAL:
+                summary = RunSummary.of(await self.run(summary.run_id))
+            summaries.append(summary)
         if status:
-            states = [s for s in states if s.status == status]
+            summaries = [s for s in summaries if s.status == status]
         if workflow:
-            states = [s for s in states if s.workflow == workflow]
-        states.sort(key=lambda s: s.created_at, reverse=True)
-        return states[:limit] if limit else states
+            summaries = [s for s in summaries if s.workflow == workflow]
+        summaries.sort(key=lambda s: s.created_at, reverse=True)
+        return summaries[:limit] if limit else summaries
 
     async def events(self, run_id: str) -> list[tuple[int, Event]]:
         events = await self.store.read_history(run_id)

@@ -32,7 +32,7 @@ from .core.events import ChildRunFinished, Event, RunCancelRequested, RunFailed,
 from .core.plan import next_events
 from .core.state import RunState
 from .errors import NotFound
-from .store import Conflict, Snapshot, Store, TooLarge
+from .store import Conflict, Store, TooLarge
 
 log = logging.getLogger("dagnats.engine")
 MAX_APPENDS_PER_PASS = 10_000
@@ -198,8 +198,8 @@ class Engine:
             self._cache.move_to_end(run_id)
             return cached
         snap, revision = await self.store.load_snapshot(run_id)
-        if snap is None:
-            return _Cached(state=None, applied=0, revision=0)
+        if snap is None or snap.state is None:  # no snapshot, or one too big to hold the state
+            return _Cached(state=None, applied=0, revision=revision)
         return _Cached(state=snap.state, applied=snap.applied, revision=revision)
 
     async def _save(self, run_id: str, cached: _Cached, state: RunState, last: int) -> None:
@@ -208,7 +208,7 @@ class Engine:
             return
         revision = cached.revision
         for _ in range(5):
-            new_rev = await self.store.save_snapshot(Snapshot(applied=last, state=state), revision)
+            new_rev = await self.store.save_snapshot(last, state, revision)
             if new_rev is not None:
                 self._remember(run_id, _Cached(state=state, applied=last, revision=new_rev))
                 return

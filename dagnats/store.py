@@ -44,9 +44,36 @@ class TooLarge(UserError):
         self.size = size
 
 
-class Snapshot(msgspec.Struct, frozen=True):
-    applied: int  # last history sequence folded into `state`
-    state: RunState
+class RunSummary(msgspec.Struct, frozen=True, omit_defaults=True):
+    """What listing a run needs, small whatever the run's outputs are."""
+
+    run_id: str
+    workflow: str
+    version: int
+    status: str
+    created_at: float
+    steps_done: int
+    steps_total: int
+    finished_at: float | None = None
+    error: str | None = None
+    parent_run_id: str | None = None
+
+    @classmethod
+    def of(cls, state: RunState) -> RunSummary:
+        done, total = state.progress()
+        return cls(run_id=state.run_id, workflow=state.workflow, version=state.version, status=state.status,
+                   created_at=state.created_at, steps_done=done, steps_total=total,
+                   finished_at=state.finished_at, error=state.error,
+                   parent_run_id=state.parent.run_id if state.parent else None)
+
+
+class Snapshot(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A run's cached state as of history sequence `applied`. `state` is left out when it would
+    not fit in one message; readers then replay the whole history (the summary still lists)."""
+
+    applied: int
+    summary: RunSummary
+    state: RunState | None = None
 
 
 class TaskMessage(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -209,10 +236,14 @@ class Store:
             return None, 0
         return _snap_dec.decode(entry.value), entry.revision
 
-    async def save_snapshot(self, snap: Snapshot, revision: int) -> int | None:
+    async def save_snapshot(self, applied: int, state: RunState, revision: int) -> int | None:
         """Compare-and-set; return the new revision, or None if someone else saved first."""
+        summary = RunSummary.of(state)
+        data = _enc.encode(Snapshot(applied=applied, summary=summary, state=state))
+        if len(data) > MAX_EVENT_BYTES:
+            data = _enc.encode(Snapshot(applied=applied, summary=summary))
         try:
-            revision_now: int = await self._runs.update(snap.state.run_id, _enc.encode(snap), last=revision)
+            revision_now: int = await self._runs.update(state.run_id, data, last=revision)
             return revision_now
         except KeyWrongLastSequenceError:
             return None
@@ -222,6 +253,7 @@ class Store:
             raise
 
     async def all_snapshots(self) -> list[Snapshot]:
+        """Every run's snapshot (the basis of `run list`)."""
         await self._buckets()
         return [_snap_dec.decode(e.value) for e in await _dump(self._runs, ">") if e.value]
 

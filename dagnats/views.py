@@ -10,7 +10,7 @@ import msgspec
 
 from .core.events import Event
 from .core.state import RunState
-from .store import WorkflowVersion
+from .store import RunSummary, WorkflowVersion
 
 
 def iso(ts: float | None) -> str | None:
@@ -63,19 +63,18 @@ def step_doc(state: RunState, sid: str) -> dict[str, Any]:
     return doc
 
 
-def summary_doc(state: RunState) -> dict[str, Any]:
-    done, total = state.progress()
+def summary_doc(summary: RunSummary) -> dict[str, Any]:
     return {
-        "run_id": state.run_id,
-        "workflow": state.workflow,
-        "version": state.version,
-        "status": state.status,
-        "created_at": iso(state.created_at),
-        "finished_at": iso(state.finished_at),
-        "steps_done": done,
-        "steps_total": total,
-        "error": state.error,
-        "parent_run_id": state.parent.run_id if state.parent else None,
+        "run_id": summary.run_id,
+        "workflow": summary.workflow,
+        "version": summary.version,
+        "status": summary.status,
+        "created_at": iso(summary.created_at),
+        "finished_at": iso(summary.finished_at),
+        "steps_done": summary.steps_done,
+        "steps_total": summary.steps_total,
+        "error": summary.error,
+        "parent_run_id": summary.parent_run_id,
     }
 
 

@@ -30,7 +30,7 @@ from nats.js import api
 
 from . import names
 from .core.events import StepCheckpointed, StepCompleted, StepFailed, StepLog, StepStarted
-from .core.state import STEP_TERMINAL, RunState
+from .core.state import RUN_TERMINAL, STEP_TERMINAL, RunState
 from .store import MAX_EVENT_BYTES, Store, TaskMessage, decode_task
 
 log = logging.getLogger("dagnats.worker")
@@ -259,10 +259,13 @@ class _Runtime:
     async def _stale(self, task: TaskMessage) -> bool:
         """True if the run ended or this attempt was superseded: skip it without running."""
         snap, _ = await self.store.load_snapshot(task.run_id)
-        if snap is None or not _superseded(snap.state, task):
+        if snap is None:
             return False
-        log.info("skipping %s/%s attempt %d: run is %s", task.run_id, task.step_id, task.attempt, snap.state.status)
-        return True
+        stale = _superseded(snap.state, task) if snap.state is not None else snap.summary.status in RUN_TERMINAL
+        if stale:
+            log.info("skipping %s/%s attempt %d: run is %s", task.run_id, task.step_id, task.attempt,
+                     snap.summary.status)
+        return stale
 
     async def _keep_alive(self, msg: Any, task: TaskMessage, handler: asyncio.Task[Any]) -> None:
         """Extend the ack deadline while the handler runs; stop it if the run ends meanwhile."""
@@ -274,6 +277,8 @@ class _Runtime:
                 snap, _ = await self.store.load_snapshot(task.run_id)
             except Exception:
                 continue
-            if snap is not None and _superseded(snap.state, task):
+            if snap is not None and (
+                _superseded(snap.state, task) if snap.state is not None else snap.summary.status in RUN_TERMINAL
+            ):
                 handler.cancel()
                 return

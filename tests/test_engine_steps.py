@@ -285,7 +285,7 @@ async def test_worker_skips_tasks_of_a_cancelled_run(stack):
     await asyncio.wait_for(stack.client.wait(run_id), 10)
     for _ in range(40):  # let the snapshot catch up, then bring the worker
         snap, _rev = await stack.store.load_snapshot(run_id)
-        if snap is not None and snap.state.terminal:
+        if snap is not None and snap.summary.status == "cancelled":
             break
         await asyncio.sleep(0.05)
     stop = asyncio.Event()
@@ -325,6 +325,13 @@ async def test_oversized_values_fail_clearly_instead_of_breaking_nats(stack):
     assert state.status == "failed"
     assert state.steps["a"].status == "completed" and state.steps["both"].status == "failed"
     assert "exceeds the message limit" in state.steps["both"].error
-    await stack.register({"name": "too-big-output", "steps": [{"id": "a", "task": "big", "config": {}}, ]})
+    await stack.register({"name": "chain", "steps": [  # each output fits; the snapshot of all of them does not
+        {"id": "a", "task": "big"}, {"id": "b", "task": "echo", "depends_on": ["a"]},
+        {"id": "c", "task": "echo", "depends_on": ["b"]}]})
+    chained = await stack.run_to_end("chain")
+    assert chained.status == "completed" and len(chained.output) == 600_000
+    snap, _rev = await stack.store.load_snapshot(chained.run_id)
+    assert snap.state is None and snap.summary.status == "completed"  # summary only, state replayed
+    assert [s.status for s in await stack.client.runs(workflow="chain")] == ["completed"]
     with pytest.raises(UserError, match="exceeds the 900000-byte limit"):
         await stack.client.start("huge", "y" * 1_000_000)
