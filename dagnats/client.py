@@ -93,10 +93,7 @@ class Client:
 
     async def run(self, run_id: str) -> RunState:
         """The run's current state: the engine's snapshot plus a replay of newer events."""
-        snap, _ = await self.store.load_snapshot(run_id)
-        state, after = (snap.state, snap.applied) if snap and snap.state else (None, 0)
-        for _seq, event in await self.store.read_history(run_id, after=after):
-            state = fold(None, state, event)
+        state = await self.store.current_state(run_id)
         if state is None:
             raise NotFound(f"unknown run {run_id!r}: see `dagnats run list`")
         return state

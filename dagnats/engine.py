@@ -22,6 +22,7 @@ from .core.actions import (
     Action,
     AppendEvent,
     CancelChildRun,
+    CancelTimers,
     DispatchTask,
     NotifyParent,
     StartChildRun,
@@ -151,6 +152,8 @@ class Engine:
                 await self.store.dispatch(action)
             case StartTimer():
                 await self.store.start_timer(action)
+            case CancelTimers(run_id=run_id):
+                await self.store.cancel_timers(run_id)
             case StartChildRun():
                 await self._start_child(state, action)
             case CancelChildRun(child_run_id=child, reason=reason):

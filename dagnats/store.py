@@ -23,6 +23,7 @@ from nats.js.errors import (
 
 from . import names
 from .core.actions import DispatchTask, StartTimer
+from .core.decide import fold
 from .core.definition import WorkflowDef
 from .core.events import Event, decode_event, encode_event
 from .core.state import RunState
@@ -252,6 +253,14 @@ class Store:
                 return None
             raise
 
+    async def current_state(self, run_id: str) -> RunState | None:
+        """The run's state now: its snapshot plus a replay of the newer history (None if no run)."""
+        snap, _ = await self.load_snapshot(run_id)
+        state, after = (snap.state, snap.applied) if snap and snap.state else (None, 0)
+        for _seq, event in await self.read_history(run_id, after=after):
+            state = fold(None, state, event)
+        return state
+
     async def all_snapshots(self) -> list[Snapshot]:
         """Every run's snapshot (the basis of `run list`)."""
         await self._buckets()
@@ -312,6 +321,9 @@ class Store:
                           timeout=action.timeout, checkpoint=action.checkpoint)
         await self.js.publish(names.task_subject(action.task), _enc.encode(msg),
                               headers={"Nats-Msg-Id": action.msg_id})
+
+    async def cancel_timers(self, run_id: str) -> None:
+        await self.js.purge_stream(names.TIMERS_STREAM, subject=names.timer_subject(run_id))
 
     async def start_timer(self, action: StartTimer) -> None:
         msg = TimerMessage(run_id=action.run_id, kind=action.kind, fire_at=action.fire_at,

@@ -16,6 +16,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js import api
 
 from . import names
+from .core.decide import fold
 from .core.events import TimerFired
 from .store import Store, decode_timer
 
@@ -58,5 +59,15 @@ class TimerService:
             return
         fired = TimerFired(at=max(time.time(), timer.fire_at), kind=timer.kind,
                            step_id=timer.step_id, attempt=timer.attempt)
-        await self.store.append(timer.run_id, fired, msg_id=f"{timer.msg_id}:fired")
+        if await self._matters(timer.run_id, fired):
+            await self.store.append(timer.run_id, fired, msg_id=f"{timer.msg_id}:fired")
         await msg.ack()
+
+    async def _matters(self, run_id: str, fired: TimerFired) -> bool:
+        """False if recording the timer would change nothing (its step or run moved on).
+
+        Decided on the run's current state read from its history: the event that started a
+        timer is always recorded before the timer exists, so a live timer never looks stale.
+        """
+        state = await self.store.current_state(run_id)
+        return state is None or fold(None, state, fired) is not state

@@ -335,3 +335,37 @@ async def test_oversized_values_fail_clearly_instead_of_breaking_nats(stack):
     assert [s.status for s in await stack.client.runs(workflow="chain")] == ["completed"]
     with pytest.raises(UserError, match="exceeds the 900000-byte limit"):
         await stack.client.start("huge", "y" * 1_000_000)
+
+
+async def test_a_stale_timer_is_not_recorded(stack):
+    await stack.start()
+    await stack.register({"name": "stale", "steps": [
+        {"id": "a", "task": "echo", "timeout": "300ms"},  # done long before its timeout is due
+        {"id": "nap", "type": "sleep", "depends_on": ["a"], "config": {"duration": "800ms"}}]})
+    state = await stack.run_to_end("stale")
+    assert state.status == "completed"
+    fired = [e.kind for _, e in await stack.client.events(state.run_id) if type(e).__name__ == "TimerFired"]
+    assert fired == ["wake"]  # the step timeout fired too, found nothing to do, and left no event
+
+
+async def test_a_finished_run_drops_its_pending_timers(stack):
+    await stack.start()
+    await stack.register({"name": "quick-gate", "timeout": "1h", "steps": [
+        {"id": "w", "type": "wait_for_event", "config": {"name": "go", "timeout": "30m"}}]})
+    run_id = await stack.client.start("quick-gate")
+    subjects = {}
+    for _ in range(100):
+        info = await stack.store.js.stream_info("DAGNATS_TIMERS", subjects_filter=f"dagnats.timer.{run_id}")
+        subjects = info.state.subjects or {}
+        if sum(subjects.values()) == 2:  # the run's timeout and the wait's timeout
+            break
+        await asyncio.sleep(0.05)
+    assert sum(subjects.values()) == 2
+    await stack.client.signal(run_id, "go", 1)
+    assert (await asyncio.wait_for(stack.client.wait(run_id), 10)).status == "completed"
+    for _ in range(100):
+        info = await stack.store.js.stream_info("DAGNATS_TIMERS", subjects_filter=f"dagnats.timer.{run_id}")
+        if not info.state.subjects:
+            break
+        await asyncio.sleep(0.05)
+    assert not info.state.subjects

@@ -42,6 +42,12 @@ class StartTimer(_Action, tag="start_timer", frozen=True):
     attempt: int = 0
 
 
+class CancelTimers(_Action, tag="cancel_timers", frozen=True):
+    """The run ended: its pending timers can go."""
+
+    run_id: str
+
+
 class StartChildRun(_Action, tag="start_child_run", frozen=True):
     child_run_id: str
     workflow: str
@@ -65,4 +71,4 @@ class NotifyParent(_Action, tag="notify_parent", frozen=True):
     error: str | None = None
 
 
-Action = AppendEvent | DispatchTask | StartTimer | StartChildRun | CancelChildRun | NotifyParent
+Action = AppendEvent | DispatchTask | StartTimer | CancelTimers | StartChildRun | CancelChildRun | NotifyParent

@@ -28,6 +28,7 @@ from .actions import (
     Action,
     AppendEvent,
     CancelChildRun,
+    CancelTimers,
     DispatchTask,
     NotifyParent,
     StartChildRun,
@@ -397,6 +398,7 @@ def _dispatch(state: RunState, sid: str, attempt: int) -> Iterable[Action]:
 
 
 def _on_run_end(state: RunState) -> Iterable[Action]:
+    yield CancelTimers(run_id=state.run_id)
     if state.parent is not None:
         yield NotifyParent(
             parent=state.parent,

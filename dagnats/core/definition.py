@@ -201,6 +201,8 @@ def _validate_step(step: StepDef, path: str, index: dict[str, int]) -> None:
     if step.type == "task":
         if not step.task:
             raise DefinitionError(f"{path}.task: a task step needs the name of its task")
+        if not NAME_RE.match(step.task):
+            raise DefinitionError(f"{path}.task: {step.task!r} must be 1-64 letters, digits, '-' or '_'")
         if step.task in BUILTIN_TASK_CONFIGS:
             _check_config(step.config, BUILTIN_TASK_CONFIGS[step.task], f"{path}.config")
             if step.task == "shell":
@@ -239,6 +241,8 @@ def _validate_engine_step(step: StepDef, path: str) -> None:
         if not NAME_RE.match(cfg.workflow):
             raise DefinitionError(f"{path}.config.workflow: {cfg.workflow!r} is not a workflow name")
     elif isinstance(cfg, MapConfig):
+        if not NAME_RE.match(cfg.task):
+            raise DefinitionError(f"{path}.config.task: {cfg.task!r} must be 1-64 letters, digits, '-' or '_'")
         if not 1 <= cfg.max_items <= MAX_MAP_ITEMS:
             raise DefinitionError(f"{path}.config.max_items: must be 1..{MAX_MAP_ITEMS}")
         if cfg.concurrency < 0:
@@ -264,6 +268,8 @@ def _validate_references(step: StepDef, path: str, upstream: set[str]) -> None:
     for field, value in (("input", step.input), ("config", step.config), ("when", step.when), ("skip_if", step.skip_if)):
         if value is msgspec.UNSET or value is None:
             continue
+        if problem := template.check_syntax(value):
+            raise DefinitionError(f"{path}.{field}: {problem}")
         refs = [value.ref] if isinstance(value, Compare) else template.references(value)
         for ref in refs:
             if problem := template.check_reference(ref):

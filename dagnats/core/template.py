@@ -37,6 +37,16 @@ def _collect(value: Any, out: list[str]) -> None:
             _collect(item, out)
 
 
+def check_syntax(template: Any) -> str | None:
+    """Why a template value is malformed (an unclosed "${"), or None."""
+    if isinstance(template, str):
+        if "${" in _REF.sub("", template):
+            return f"unclosed reference in {template!r} (expected ${{...}})"
+        return None
+    items = template if isinstance(template, list) else template.values() if isinstance(template, dict) else []
+    return next((p for p in map(check_syntax, items) if p), None)
+
+
 def check_reference(path: str) -> str | None:
     """Why a reference path is malformed, or None. Returns the step id it needs via step_of."""
     parts = path.split(".")

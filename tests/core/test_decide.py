@@ -16,6 +16,7 @@ from dagnats.core.actions import (
     Action,
     AppendEvent,
     CancelChildRun,
+    CancelTimers,
     DispatchTask,
     NotifyParent,
     StartChildRun,
@@ -269,7 +270,7 @@ def test_retry_until_attempts_are_exhausted() -> None:
     run.fail("a")
     run.fire(run.timer("retry", "a"))
     assert run.attempt("a") == 3
-    assert run.fail("a", "still flaky") == []  # no more timers
+    assert run.fail("a", "still flaky") == [CancelTimers(run_id="r1")]  # no retry; the run's timers go
     assert run.status("a") == "failed"
     assert (run.st.status, run.st.error) == ("failed", "step a failed: still flaky")
     assert run.types()[-1] == "run.failed"
@@ -277,7 +278,7 @@ def test_retry_until_attempts_are_exhausted() -> None:
 
 def test_non_retryable_failure_fails_at_once() -> None:
     run = Run(flow(task("a", retry={"max_attempts": 3}), task("b", "a")))
-    assert run.fail("a", "bad input", retryable=False) == []
+    assert run.fail("a", "bad input", retryable=False) == [CancelTimers(run_id="r1")]
     assert (run.status("a"), run.status("b"), run.st.status) == ("failed", "cancelled", "failed")
     assert run.st.error == "step a failed: bad input"
 
@@ -513,13 +514,15 @@ def test_a_child_run_notifies_its_parent_when_it_ends(finish: str, status: str) 
     assert run.st.root_run_id == "p1"
     effects = run.complete("a", 42) if finish == "complete" else run.fail("a", "nope", retryable=False)
     output, error = (42, None) if finish == "complete" else (None, "step a failed: nope")
-    assert effects == [NotifyParent(parent=parent, child_run_id="c1", status=status, output=output, error=error)]
+    assert effects == [CancelTimers(run_id="c1"),
+                       NotifyParent(parent=parent, child_run_id="c1", status=status, output=output, error=error)]
 
 
 def test_cancelling_a_parent_cancels_its_running_child() -> None:
     run = Run(flow(task("a"), CHILD))
     effects = run.send(RunCancelRequested(at=T0 + 5))
-    assert effects == [CancelChildRun(child_run_id=child_run_id("r1", "child", 1), reason="parent run cancelled")]
+    assert effects == [CancelChildRun(child_run_id=child_run_id("r1", "child", 1), reason="parent run cancelled"),
+                       CancelTimers(run_id="r1")]
     assert run.st.error == "cancelled"
 
 
