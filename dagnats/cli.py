@@ -69,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("-v", "--verbose", action="store_true")
     w.set_defaults(handler=cmd_worker)
 
-    wf = sub.add_parser("workflow", help="register, validate, list and show workflows").add_subparsers(metavar="ACTION")
+    group = sub.add_parser("workflow", help="register, validate, list and show workflows")
+    group.set_defaults(handler=_usage(group))
+    wf = group.add_subparsers(metavar="ACTION")
     x = wf.add_parser("register", parents=[conn], help="validate and store definitions (new version if changed)")
     x.add_argument("files", nargs="+", metavar="FILE")
     x.add_argument("--json", action="store_true")
@@ -84,7 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("name", metavar="NAME[@VERSION]")
     x.set_defaults(handler=cmd_workflow_show)
 
-    r = sub.add_parser("run", help="start, watch and steer runs").add_subparsers(metavar="ACTION")
+    group = sub.add_parser("run", help="start, watch and steer runs")
+    group.set_defaults(handler=_usage(group))
+    r = group.add_subparsers(metavar="ACTION")
     x = r.add_parser("start", parents=[conn, js], help="start a run of a workflow")
     x.add_argument("workflow", metavar="WORKFLOW[@VERSION]")
     group = x.add_mutually_exclusive_group()
@@ -120,6 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # --- helpers -----------------------------------------------------------------------------------
+
+
+def _usage(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    def show(_args: argparse.Namespace) -> int:
+        parser.print_help(sys.stderr)
+        return 2
+
+    return show
 
 
 def _print_json(doc: Any) -> None:
@@ -229,12 +241,12 @@ async def cmd_workflow_register(args: argparse.Namespace) -> int:
 async def cmd_workflow_list(args: argparse.Namespace) -> int:
     async def go(client: Any) -> None:
         latest: dict[str, Any] = {}
-        counts: dict[str, int] = {}
+        versions: dict[str, list[int]] = {}
         for wfv in await client.workflows():
-            counts[wfv.name] = counts.get(wfv.name, 0) + 1
+            versions.setdefault(wfv.name, []).append(wfv.version)
             if wfv.name not in latest or wfv.version > latest[wfv.name].version:
                 latest[wfv.name] = wfv
-        docs = [views.workflow_doc(latest[n]) | {"versions": counts[n]} for n in sorted(latest)]
+        docs = [views.workflow_doc(latest[n], sorted(versions[n])) for n in sorted(latest)]
         for d in docs:
             d.pop("definition")
         if args.json:

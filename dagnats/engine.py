@@ -18,6 +18,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js import api
 
 from . import names
+from .core import schema as input_schema
 from .core.actions import (
     Action,
     AppendEvent,
@@ -60,7 +61,7 @@ class Engine:
             f"{names.HISTORY_PREFIX}.>",
             durable=names.ENGINE_CONSUMER,
             stream=names.HISTORY_STREAM,
-            config=api.ConsumerConfig(ack_wait=60, max_deliver=-1, max_ack_pending=50_000),
+            config=api.ConsumerConfig(ack_wait=15, max_deliver=-1, max_ack_pending=50_000),
         )
         while not stop.is_set():
             try:
@@ -182,6 +183,17 @@ class Engine:
                 p.run_id,
                 ChildRunFinished(at=state.updated_at, step_id=p.step_id, attempt=p.attempt,
                                  child_run_id=action.child_run_id, status="failed", error=str(exc)),
+                msg_id=f"{p.run_id}:child:{p.step_id}:{p.attempt}:finished",
+            )
+            return
+        schema = wfv.definition.input_schema
+        problem = input_schema.validate(schema, action.input) if schema is not None else None
+        if problem:
+            await self.store.append(
+                p.run_id,
+                ChildRunFinished(at=state.updated_at, step_id=p.step_id, attempt=p.attempt,
+                                 child_run_id=action.child_run_id, status="failed",
+                                 error=f"input does not match {wfv.name}'s input_schema: {problem}"),
                 msg_id=f"{p.run_id}:child:{p.step_id}:{p.attempt}:finished",
             )
             return

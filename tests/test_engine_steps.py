@@ -369,3 +369,14 @@ async def test_a_finished_run_drops_its_pending_timers(stack):
             break
         await asyncio.sleep(0.05)
     assert not info.state.subjects
+
+
+async def test_child_input_is_checked_against_the_child_schema(stack):
+    await stack.start()
+    await stack.register({"name": "strict-child", "input_schema": {"type": "object", "required": ["n"]},
+                          "steps": [{"id": "a", "task": "echo"}]})
+    await stack.register({"name": "sloppy-parent", "steps": [
+        {"id": "call", "type": "sub_workflow", "config": {"workflow": "strict-child"}, "input": {"m": 1}}]})
+    state = await stack.run_to_end("sloppy-parent")
+    assert state.status == "failed"
+    assert "input does not match strict-child's input_schema: input: missing required field 'n'" in state.error
