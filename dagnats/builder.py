@@ -1,9 +1,9 @@
 """Build workflow definitions in Python; the result is validated exactly like a JSON file.
 
-    wf = Workflow("report", timeout="1h")
-    fetch = wf.task("fetch", "shell", config={"command": "curl -s $URL"})
-    words = wf.task("words", "word-count", depends_on=[fetch], input={"text": fetch.output("stdout")})
-    definition = wf.build()
+wf = Workflow("report", timeout="1h")
+fetch = wf.task("fetch", "shell", config={"command": "curl -s $URL"})
+words = wf.task("words", "word-count", depends_on=[fetch], input={"text": fetch.output("stdout")})
+definition = wf.build()
 """
 
 from __future__ import annotations
@@ -33,8 +33,14 @@ def input_ref(*path: str | int) -> str:
 
 
 class Workflow:
-    def __init__(self, name: str, *, description: str = "", timeout: str | float | None = None,
-                 input_schema: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        description: str = "",
+        timeout: str | float | None = None,
+        input_schema: dict[str, Any] | None = None,
+    ) -> None:
         self.doc: dict[str, Any] = {"name": name, "steps": []}
         if description:
             self.doc["description"] = description
@@ -43,8 +49,9 @@ class Workflow:
         if input_schema is not None:
             self.doc["input_schema"] = input_schema
 
-    def step(self, id: str, type: str = "task", *, depends_on: list[StepRef | str] | None = None,
-             **fields: Any) -> StepRef:
+    def step(
+        self, id: str, type: str = "task", *, depends_on: list[StepRef | str] | None = None, **fields: Any
+    ) -> StepRef:
         """Add any step; keyword arguments are the definition fields (config, input, retry, ...)."""
         step: dict[str, Any] = {"id": id}
         if type != "task":
@@ -61,7 +68,9 @@ class Workflow:
     def sleep(self, id: str, duration: str | float, **fields: Any) -> StepRef:
         return self.step(id, "sleep", config={"duration": duration}, **fields)
 
-    def wait_for_event(self, id: str, name: str, timeout: str | float | None = None, **fields: Any) -> StepRef:
+    def wait_for_event(
+        self, id: str, name: str, timeout: str | float | None = None, **fields: Any
+    ) -> StepRef:
         config: dict[str, Any] = {"name": name}
         if timeout is not None:
             config["timeout"] = timeout
@@ -73,8 +82,17 @@ class Workflow:
             config["version"] = version
         return self.step(id, "sub_workflow", config=config, **fields)
 
-    def map(self, id: str, task: str, over: StepRef, *, config: dict[str, Any] | None = None,
-            concurrency: int = 0, max_items: int = 1000, **fields: Any) -> StepRef:
+    def map(
+        self,
+        id: str,
+        task: str,
+        over: StepRef,
+        *,
+        config: dict[str, Any] | None = None,
+        concurrency: int = 0,
+        max_items: int = 1000,
+        **fields: Any,
+    ) -> StepRef:
         cfg = {"task": task, "config": config or {}, "concurrency": concurrency, "max_items": max_items}
         return self.step(id, "map", depends_on=[over], config=cfg, **fields)
 

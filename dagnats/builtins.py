@@ -37,8 +37,13 @@ async def shell(ctx: TaskContext) -> dict[str, Any]:
         cfg = msgspec.convert(ctx.config, ShellConfig)
     except msgspec.ValidationError as exc:
         raise NonRetryable(f"shell config: {exc}") from None
-    env = {**os.environ, **cfg.env, "DAGNATS_RUN_ID": ctx.run_id, "DAGNATS_STEP_ID": ctx.step_id,
-           "DAGNATS_ATTEMPT": str(ctx.attempt)}
+    env = {
+        **os.environ,
+        **cfg.env,
+        "DAGNATS_RUN_ID": ctx.run_id,
+        "DAGNATS_STEP_ID": ctx.step_id,
+        "DAGNATS_ATTEMPT": str(ctx.attempt),
+    }
     if isinstance(cfg.command, str):
         argv = ["/bin/sh", "-c", cfg.command]
     else:
@@ -48,8 +53,13 @@ async def shell(ctx: TaskContext) -> dict[str, Any]:
         raise NonRetryable(f"shell: working directory {cwd} does not exist")
     try:
         proc = await asyncio.create_subprocess_exec(
-            *argv, cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
+            *argv,
+            cwd=cwd,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
             preexec_fn=die_with_parent,
         )
     except OSError as exc:

@@ -23,8 +23,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help(sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
     logging.getLogger("nats.js.kv").setLevel(logging.ERROR)  # warns on every filtered watch
     try:
         result = args.handler(args)
@@ -41,15 +44,23 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if os.environ.get("DAGNATS_DEBUG"):
             traceback.print_exc()
-        print(f"internal error: {type(exc).__name__}: {exc} (set DAGNATS_DEBUG=1 for a traceback)",
-              file=sys.stderr)
+        print(
+            f"internal error: {type(exc).__name__}: {exc} (set DAGNATS_DEBUG=1 for a traceback)",
+            file=sys.stderr,
+        )
         return 1
 
 
 def build_parser() -> argparse.ArgumentParser:
     conn = argparse.ArgumentParser(add_help=False)
-    conn.add_argument("--nats", metavar="URL", help="NATS URL (default: $DAGNATS_NATS_URL, else the local server)")
-    conn.add_argument("--data-dir", metavar="D", help="data directory (default: $DAGNATS_DATA_DIR or ~/.local/share/dagnats)")
+    conn.add_argument(
+        "--nats", metavar="URL", help="NATS URL (default: $DAGNATS_NATS_URL, else the local server)"
+    )
+    conn.add_argument(
+        "--data-dir",
+        metavar="D",
+        help="data directory (default: $DAGNATS_DATA_DIR or ~/.local/share/dagnats)",
+    )
     js = argparse.ArgumentParser(add_help=False)
     js.add_argument("--json", action="store_true", help="print one JSON document")
 
@@ -58,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", parents=[conn], help="run NATS, the engine and the built-in workers")
     s.add_argument("--port", type=int, default=4222, help="port of the embedded server (default 4222)")
-    s.add_argument("--worker", action="append", default=[], metavar="MODULE:ATTR", help="also serve these tasks")
+    s.add_argument(
+        "--worker", action="append", default=[], metavar="MODULE:ATTR", help="also serve these tasks"
+    )
     s.add_argument("--concurrency", type=int, default=16, help="tasks run at once by the built-in workers")
     s.add_argument("-v", "--verbose", action="store_true")
     s.set_defaults(handler=cmd_serve)
@@ -72,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     group = sub.add_parser("workflow", help="register, validate, list and show workflows")
     group.set_defaults(handler=_usage(group))
     wf = group.add_subparsers(metavar="ACTION")
-    x = wf.add_parser("register", parents=[conn], help="validate and store definitions (new version if changed)")
+    x = wf.add_parser(
+        "register", parents=[conn], help="validate and store definitions (new version if changed)"
+    )
     x.add_argument("files", nargs="+", metavar="FILE")
     x.add_argument("--json", action="store_true")
     x.set_defaults(handler=cmd_workflow_register)
@@ -157,8 +172,13 @@ def cmd_serve(args: argparse.Namespace) -> Any:
     from .worker import Worker
 
     workers = [_as_worker(load_object(spec), spec, Worker) for spec in args.worker]
-    return serve(data_dir=args.data_dir, port=args.port, nats_url=args.nats, workers=workers,
-                 concurrency=args.concurrency)
+    return serve(
+        data_dir=args.data_dir,
+        port=args.port,
+        nats_url=args.nats,
+        workers=workers,
+        concurrency=args.concurrency,
+    )
 
 
 def _as_worker(obj: Any, spec: str, kind: type) -> Any:
@@ -300,7 +320,9 @@ async def cmd_run_start(args: argparse.Namespace) -> int:
             print(run_id, flush=True)
         state = await client.wait(run_id)
         if args.json:
-            _print_json({"run_id": run_id, "status": state.status, "output": state.output, "error": state.error})
+            _print_json(
+                {"run_id": run_id, "status": state.status, "output": state.output, "error": state.error}
+            )
         else:
             print(f"{state.status}" + (f": {state.error}" if state.error else ""))
         return 0 if state.status == "completed" else 1
@@ -320,8 +342,15 @@ async def cmd_run_list(args: argparse.Namespace) -> int:
         now = time.time()
         rows = []
         for s in states:
-            rows.append([s.run_id, f"{s.workflow}@{s.version}", s.status, f"{s.steps_done}/{s.steps_total}",
-                         views.age(s.created_at, now)])
+            rows.append(
+                [
+                    s.run_id,
+                    f"{s.workflow}@{s.version}",
+                    s.status,
+                    f"{s.steps_done}/{s.steps_total}",
+                    views.age(s.created_at, now),
+                ]
+            )
         print(views.table(rows, ["run id", "workflow", "status", "steps", "age"]))
 
     return await _with_client(args, go)
@@ -335,7 +364,10 @@ async def cmd_run_show(args: argparse.Namespace) -> int:
             _print_json(doc)
             return
         print(f"run {state.run_id}  {state.workflow}@{state.version}  {state.status}")
-        print(f"created {doc['created_at']}" + (f"  finished {doc['finished_at']}" if doc["finished_at"] else ""))
+        print(
+            f"created {doc['created_at']}"
+            + (f"  finished {doc['finished_at']}" if doc["finished_at"] else "")
+        )
         if state.error:
             print(f"error: {state.error}")
         rows = []
@@ -351,8 +383,12 @@ async def cmd_run_events(args: argparse.Namespace) -> int:
     async def go(client: Any) -> None:
         if args.follow:
             async for seq, event in client.follow(args.run_id):
-                print(json.dumps(views.event_doc(seq, event), default=str) if args.json else views.event_line(seq, event),
-                      flush=True)
+                print(
+                    json.dumps(views.event_doc(seq, event), default=str)
+                    if args.json
+                    else views.event_line(seq, event),
+                    flush=True,
+                )
             return
         events = await client.events(args.run_id)
         if args.json:

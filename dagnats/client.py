@@ -46,8 +46,9 @@ class Client:
         self.store = Store(nc)
 
     @classmethod
-    async def connect(cls, nats_url: str | None = None, data_dir: str | None = None,
-                      endpoint: Endpoint | None = None) -> Client:
+    async def connect(
+        cls, nats_url: str | None = None, data_dir: str | None = None, endpoint: Endpoint | None = None
+    ) -> Client:
         nc = await connect(endpoint or resolve_endpoint(nats_url, data_dir), name="dagnats-client")
         return cls(nc)
 
@@ -82,8 +83,13 @@ class Client:
                 raise UserError(f"input does not match {name}'s input_schema: {problem}")
         run_id = run_id or new_run_id()
         event = RunStarted(
-            at=time.time(), run_id=run_id, workflow=wfv.name, version=wfv.version,
-            definition=wfv.definition, input=input, by=operator_identity(),
+            at=time.time(),
+            run_id=run_id,
+            workflow=wfv.name,
+            version=wfv.version,
+            definition=wfv.definition,
+            input=input,
+            by=operator_identity(),
         )
         try:
             await self.store.append(run_id, event, expected_last=0)
@@ -98,8 +104,9 @@ class Client:
             raise NotFound(f"unknown run {run_id!r}: see `dagnats run list`")
         return state
 
-    async def runs(self, status: str | None = None, workflow: str | None = None,
-                   limit: int | None = None) -> list[RunSummary]:
+    async def runs(
+        self, status: str | None = None, workflow: str | None = None, limit: int | None = None
+    ) -> list[RunSummary]:
         """Run summaries, newest first. Unfinished runs are brought up to date from their history,
         since a snapshot may lag it by a few events."""
         summaries = []
@@ -124,7 +131,8 @@ class Client:
     async def follow(self, run_id: str, *, until_terminal: bool = True) -> AsyncIterator[tuple[int, Event]]:
         """Yield the run's events from the first, live, until the run ends."""
         sub = await self.store.js.subscribe(
-            names.history_subject(run_id), ordered_consumer=True,
+            names.history_subject(run_id),
+            ordered_consumer=True,
             deliver_policy=api.DeliverPolicy.ALL,
         )
         state: RunState | None = None
@@ -153,17 +161,21 @@ class Client:
         state = await self.run(run_id)
         if state.terminal:
             raise UserError(f"run {run_id} is already {state.status}; nothing to cancel")
-        await self.store.append(run_id, RunCancelRequested(at=time.time(), reason=reason, by=operator_identity()))
+        await self.store.append(
+            run_id, RunCancelRequested(at=time.time(), reason=reason, by=operator_identity())
+        )
 
     async def signal(self, run_id: str, name: str, data: Any = None) -> None:
         state = await self.run(run_id)
         if state.terminal:
             raise UserError(f"run {run_id} is {state.status}; it cannot receive signals")
-        await self.store.append(run_id, SignalReceived(at=time.time(), name=name, data=data, by=operator_identity()))
+        await self.store.append(
+            run_id, SignalReceived(at=time.time(), name=name, data=data, by=operator_identity())
+        )
 
 
 def parse_workflow_ref(ref: str) -> tuple[str, int | None]:
-    """"name" or "name@3"."""
+    """ "name" or "name@3"."""
     name, _, version = ref.partition("@")
     if not version:
         return name, None

@@ -29,7 +29,9 @@ def resolve_endpoint(nats_url: str | None = None, data_dir: str | os.PathLike[st
     return Endpoint(url=info.url, token=info.token)
 
 
-async def connect(endpoint: Endpoint, *, name: str = "dagnats", long_lived: bool = False, timeout: float = 3.0) -> NATS:
+async def connect(
+    endpoint: Endpoint, *, name: str = "dagnats", long_lived: bool = False, timeout: float = 3.0
+) -> NATS:
     """Connect, failing within about `timeout` seconds with a UserError instead of hanging."""
     seen: list[Exception] = []
 

@@ -159,16 +159,23 @@ class Engine:
                 await self._start_child(state, action)
             case CancelChildRun(child_run_id=child, reason=reason):
                 await self.store.append(
-                    child, RunCancelRequested(at=state.updated_at, reason=reason, by="engine"),
+                    child,
+                    RunCancelRequested(at=state.updated_at, reason=reason, by="engine"),
                     msg_id=f"{child}:cancel:parent",
                 )
             case NotifyParent():
                 p = action.parent
                 await self.store.append(
                     p.run_id,
-                    ChildRunFinished(at=state.updated_at, step_id=p.step_id, attempt=p.attempt,
-                                     child_run_id=action.child_run_id, status=action.status,
-                                     output=action.output, error=action.error),
+                    ChildRunFinished(
+                        at=state.updated_at,
+                        step_id=p.step_id,
+                        attempt=p.attempt,
+                        child_run_id=action.child_run_id,
+                        status=action.status,
+                        output=action.output,
+                        error=action.error,
+                    ),
                     msg_id=f"{p.run_id}:child:{p.step_id}:{p.attempt}:finished",
                 )
             case AppendEvent():
@@ -181,8 +188,14 @@ class Engine:
         except NotFound as exc:
             await self.store.append(
                 p.run_id,
-                ChildRunFinished(at=state.updated_at, step_id=p.step_id, attempt=p.attempt,
-                                 child_run_id=action.child_run_id, status="failed", error=str(exc)),
+                ChildRunFinished(
+                    at=state.updated_at,
+                    step_id=p.step_id,
+                    attempt=p.attempt,
+                    child_run_id=action.child_run_id,
+                    status="failed",
+                    error=str(exc),
+                ),
                 msg_id=f"{p.run_id}:child:{p.step_id}:{p.attempt}:finished",
             )
             return
@@ -191,16 +204,28 @@ class Engine:
         if problem:
             await self.store.append(
                 p.run_id,
-                ChildRunFinished(at=state.updated_at, step_id=p.step_id, attempt=p.attempt,
-                                 child_run_id=action.child_run_id, status="failed",
-                                 error=f"input does not match {wfv.name}'s input_schema: {problem}"),
+                ChildRunFinished(
+                    at=state.updated_at,
+                    step_id=p.step_id,
+                    attempt=p.attempt,
+                    child_run_id=action.child_run_id,
+                    status="failed",
+                    error=f"input does not match {wfv.name}'s input_schema: {problem}",
+                ),
                 msg_id=f"{p.run_id}:child:{p.step_id}:{p.attempt}:finished",
             )
             return
         started = RunStarted(
-            at=state.updated_at, run_id=action.child_run_id, workflow=wfv.name, version=wfv.version,
-            definition=wfv.definition, input=action.input, parent=p, depth=action.depth,
-            root_run_id=action.root_run_id, by=f"run {p.run_id}",
+            at=state.updated_at,
+            run_id=action.child_run_id,
+            workflow=wfv.name,
+            version=wfv.version,
+            definition=wfv.definition,
+            input=action.input,
+            parent=p,
+            depth=action.depth,
+            root_run_id=action.root_run_id,
+            by=f"run {p.run_id}",
         )
         try:
             await self.store.append(action.child_run_id, started, expected_last=0)
@@ -246,6 +271,11 @@ def _too_large(event: Event, exc: TooLarge) -> Event:
     what = type(event).__name__
     if step_id:
         attempt = getattr(event, "attempt", 1)
-        return StepFailed(at=event.at, step_id=step_id, attempt=attempt, retryable=False,
-                          error=f"{what} of {exc.size} bytes exceeds the message limit (input or output too large)")
+        return StepFailed(
+            at=event.at,
+            step_id=step_id,
+            attempt=attempt,
+            retryable=False,
+            error=f"{what} of {exc.size} bytes exceeds the message limit (input or output too large)",
+        )
     return RunFailed(at=event.at, error=f"run output of {exc.size} bytes exceeds the message limit")

@@ -53,8 +53,9 @@ class DataDirLock:
             self.fd = None
 
 
-async def serve(*, data_dir: str | None, port: int, nats_url: str | None, workers: list[Worker],
-                concurrency: int = 16) -> None:
+async def serve(
+    *, data_dir: str | None, port: int, nats_url: str | None, workers: list[Worker], concurrency: int = 16
+) -> None:
     server: EmbeddedServer | None = None
     lock: DataDirLock | None = None
     path = datadir.resolve(data_dir)
@@ -73,7 +74,9 @@ async def serve(*, data_dir: str | None, port: int, nats_url: str | None, worker
         store = Store(nc)
         await store.ensure()
         if server is not None:
-            datadir.write_server_info(path, datadir.ServerInfo(url=server.url, token=server.token, pid=os.getpid()))
+            datadir.write_server_info(
+                path, datadir.ServerInfo(url=server.url, token=server.token, pid=os.getpid())
+            )
         await _run(store, endpoint, server, path, workers, concurrency)
         await _close(nc)
     finally:
@@ -84,8 +87,14 @@ async def serve(*, data_dir: str | None, port: int, nats_url: str | None, worker
             lock.release()
 
 
-async def _run(store: Store, endpoint: Endpoint, server: EmbeddedServer | None, path: Path,
-               workers: list[Worker], concurrency: int) -> None:
+async def _run(
+    store: Store,
+    endpoint: Endpoint,
+    server: EmbeddedServer | None,
+    path: Path,
+    workers: list[Worker],
+    concurrency: int,
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -100,9 +109,12 @@ async def _run(store: Store, endpoint: Endpoint, server: EmbeddedServer | None, 
         asyncio.create_task(combined.run(store, stop, concurrency=concurrency), name="workers"),
     ]
     where = f"embedded NATS at {endpoint.url}, data in {path}" if server else f"NATS at {endpoint.url}"
-    print(f"dagnats serve: {where}; tasks: {', '.join(sorted(combined.handlers))}. Ctrl-C to stop.",
-          flush=True)
-    done, _ = await asyncio.wait([asyncio.create_task(stop.wait()), *tasks], return_when=asyncio.FIRST_COMPLETED)
+    print(
+        f"dagnats serve: {where}; tasks: {', '.join(sorted(combined.handlers))}. Ctrl-C to stop.", flush=True
+    )
+    done, _ = await asyncio.wait(
+        [asyncio.create_task(stop.wait()), *tasks], return_when=asyncio.FIRST_COMPLETED
+    )
     stop.set()
     for task in done:
         if task in tasks and task.exception() is not None:

@@ -62,10 +62,18 @@ class RunSummary(msgspec.Struct, frozen=True, omit_defaults=True):
     @classmethod
     def of(cls, state: RunState) -> RunSummary:
         done, total = state.progress()
-        return cls(run_id=state.run_id, workflow=state.workflow, version=state.version, status=state.status,
-                   created_at=state.created_at, steps_done=done, steps_total=total,
-                   finished_at=state.finished_at, error=state.error,
-                   parent_run_id=state.parent.run_id if state.parent else None)
+        return cls(
+            run_id=state.run_id,
+            workflow=state.workflow,
+            version=state.version,
+            status=state.status,
+            created_at=state.created_at,
+            steps_done=done,
+            steps_total=total,
+            finished_at=state.finished_at,
+            error=state.error,
+            parent_run_id=state.parent.run_id if state.parent else None,
+        )
 
 
 class Snapshot(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -124,18 +132,25 @@ class Store:
         """Create every stream and bucket if missing (idempotent; safe with several engines)."""
         streams = [
             api.StreamConfig(
-                name=names.HISTORY_STREAM, subjects=[f"{names.HISTORY_PREFIX}.>"],
-                storage=api.StorageType.FILE, retention=api.RetentionPolicy.LIMITS,
-                duplicate_window=names.HISTORY_DEDUP_SECONDS, allow_direct=True,
+                name=names.HISTORY_STREAM,
+                subjects=[f"{names.HISTORY_PREFIX}.>"],
+                storage=api.StorageType.FILE,
+                retention=api.RetentionPolicy.LIMITS,
+                duplicate_window=names.HISTORY_DEDUP_SECONDS,
+                allow_direct=True,
             ),
             api.StreamConfig(
-                name=names.TASKS_STREAM, subjects=[f"{names.TASK_PREFIX}.>"],
-                storage=api.StorageType.FILE, retention=api.RetentionPolicy.WORK_QUEUE,
+                name=names.TASKS_STREAM,
+                subjects=[f"{names.TASK_PREFIX}.>"],
+                storage=api.StorageType.FILE,
+                retention=api.RetentionPolicy.WORK_QUEUE,
                 duplicate_window=names.TASKS_DEDUP_SECONDS,
             ),
             api.StreamConfig(
-                name=names.TIMERS_STREAM, subjects=[f"{names.TIMER_PREFIX}.>"],
-                storage=api.StorageType.FILE, retention=api.RetentionPolicy.WORK_QUEUE,
+                name=names.TIMERS_STREAM,
+                subjects=[f"{names.TIMER_PREFIX}.>"],
+                storage=api.StorageType.FILE,
+                retention=api.RetentionPolicy.WORK_QUEUE,
                 duplicate_window=names.TIMERS_DEDUP_SECONDS,
             ),
         ]
@@ -171,8 +186,9 @@ class Store:
 
     # --- history -----------------------------------------------------------------------------
 
-    async def append(self, run_id: str, event: Event, *, expected_last: int | None = None,
-                     msg_id: str | None = None) -> int:
+    async def append(
+        self, run_id: str, event: Event, *, expected_last: int | None = None, msg_id: str | None = None
+    ) -> int:
         """Append one event; return its stream sequence. Raise Conflict if `expected_last` is stale."""
         data = encode_event(event)
         if len(data) > MAX_EVENT_BYTES:
@@ -220,8 +236,9 @@ class Store:
 
     async def last_sequence(self, run_id: str) -> int:
         try:
-            msg = await self.js.get_msg(names.HISTORY_STREAM, subject=names.history_subject(run_id),
-                                        direct=True)
+            msg = await self.js.get_msg(
+                names.HISTORY_STREAM, subject=names.history_subject(run_id), direct=True
+            )
         except NotFoundError:
             return 0
         return msg.seq or 0
@@ -293,7 +310,9 @@ class Store:
         if version is None:
             latest = await self.latest_workflow(name)
             if latest is None:
-                raise NotFound(f"unknown workflow {name!r}: register it with `dagnats workflow register FILE`")
+                raise NotFound(
+                    f"unknown workflow {name!r}: register it with `dagnats workflow register FILE`"
+                )
             return latest
         await self._buckets()
         try:
@@ -316,20 +335,35 @@ class Store:
     # --- tasks and timers --------------------------------------------------------------------
 
     async def dispatch(self, action: DispatchTask) -> None:
-        msg = TaskMessage(run_id=action.run_id, step_id=action.step_id, attempt=action.attempt,
-                          task=action.task, input=action.input, config=action.config,
-                          timeout=action.timeout, checkpoint=action.checkpoint)
-        await self.js.publish(names.task_subject(action.task), _enc.encode(msg),
-                              headers={"Nats-Msg-Id": action.msg_id})
+        msg = TaskMessage(
+            run_id=action.run_id,
+            step_id=action.step_id,
+            attempt=action.attempt,
+            task=action.task,
+            input=action.input,
+            config=action.config,
+            timeout=action.timeout,
+            checkpoint=action.checkpoint,
+        )
+        await self.js.publish(
+            names.task_subject(action.task), _enc.encode(msg), headers={"Nats-Msg-Id": action.msg_id}
+        )
 
     async def cancel_timers(self, run_id: str) -> None:
         await self.js.purge_stream(names.TIMERS_STREAM, subject=names.timer_subject(run_id))
 
     async def start_timer(self, action: StartTimer) -> None:
-        msg = TimerMessage(run_id=action.run_id, kind=action.kind, fire_at=action.fire_at,
-                           msg_id=action.msg_id, step_id=action.step_id, attempt=action.attempt)
-        await self.js.publish(names.timer_subject(action.run_id), _enc.encode(msg),
-                              headers={"Nats-Msg-Id": action.msg_id})
+        msg = TimerMessage(
+            run_id=action.run_id,
+            kind=action.kind,
+            fire_at=action.fire_at,
+            msg_id=action.msg_id,
+            step_id=action.step_id,
+            attempt=action.attempt,
+        )
+        await self.js.publish(
+            names.timer_subject(action.run_id), _enc.encode(msg), headers={"Nats-Msg-Id": action.msg_id}
+        )
 
 
 async def _dump(kv: Any, keys: str, meta_only: bool = False) -> list[Any]:
@@ -341,10 +375,14 @@ async def _dump(kv: Any, keys: str, meta_only: bool = False) -> list[Any]:
     js, stream = kv._js, kv._stream
     prefix = f"$KV.{kv._name}."
     psub = await js.pull_subscribe(
-        prefix + keys, stream=stream,
-        config=api.ConsumerConfig(deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
-                                  ack_policy=api.AckPolicy.NONE, headers_only=meta_only,
-                                  inactive_threshold=30.0),
+        prefix + keys,
+        stream=stream,
+        config=api.ConsumerConfig(
+            deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
+            ack_policy=api.AckPolicy.NONE,
+            headers_only=meta_only,
+            inactive_threshold=30.0,
+        ),
     )
     out: list[Any] = []
     try:
@@ -355,7 +393,7 @@ async def _dump(kv: Any, keys: str, meta_only: bool = False) -> list[Any]:
                 remaining = msg.metadata.num_pending
                 if op in ("DEL", "PURGE"):
                     continue
-                out.append(_KVEntry(key=msg.subject[len(prefix):], value=msg.data))
+                out.append(_KVEntry(key=msg.subject[len(prefix) :], value=msg.data))
     finally:
         await psub.unsubscribe()
     return out

@@ -57,8 +57,9 @@ class TimerService:
         if remaining > EARLY_SLACK:
             await msg.nak(delay=remaining)
             return
-        fired = TimerFired(at=max(time.time(), timer.fire_at), kind=timer.kind,
-                           step_id=timer.step_id, attempt=timer.attempt)
+        fired = TimerFired(
+            at=max(time.time(), timer.fire_at), kind=timer.kind, step_id=timer.step_id, attempt=timer.attempt
+        )
         if await self._matters(timer.run_id, fired):
             await self.store.append(timer.run_id, fired, msg_id=f"{timer.msg_id}:fired")
         await msg.ack()

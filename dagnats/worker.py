@@ -76,14 +76,16 @@ class TaskContext:
         self.checkpoint_data = data
         if self._store is not None:
             await self._store.append(
-                self.run_id, StepCheckpointed(at=time.time(), step_id=self.step_id, attempt=self.attempt, data=data)
+                self.run_id,
+                StepCheckpointed(at=time.time(), step_id=self.step_id, attempt=self.attempt, data=data),
             )
 
     async def log(self, message: str) -> None:
         """Record a line in the run's history, shown by `dagnats run events`."""
         if self._store is not None:
             await self._store.append(
-                self.run_id, StepLog(at=time.time(), step_id=self.step_id, attempt=self.attempt, message=str(message))
+                self.run_id,
+                StepLog(at=time.time(), step_id=self.step_id, attempt=self.attempt, message=str(message)),
             )
 
 
@@ -192,12 +194,21 @@ class _Runtime:
             return
         store = self.store
         await store.append(
-            task.run_id, StepStarted(at=time.time(), step_id=task.step_id, attempt=task.attempt, worker=self.worker.name),
+            task.run_id,
+            StepStarted(at=time.time(), step_id=task.step_id, attempt=task.attempt, worker=self.worker.name),
             msg_id=f"{task.run_id}:started:{task.step_id}:{task.attempt}",
         )
-        ctx = TaskContext(input=task.input, config=task.config, run_id=task.run_id, step_id=task.step_id,
-                          attempt=task.attempt, task=task.task, checkpoint_data=task.checkpoint,
-                          _store=store, _msg=msg)
+        ctx = TaskContext(
+            input=task.input,
+            config=task.config,
+            run_id=task.run_id,
+            step_id=task.step_id,
+            attempt=task.attempt,
+            task=task.task,
+            checkpoint_data=task.checkpoint,
+            _store=store,
+            _msg=msg,
+        )
         handler = asyncio.create_task(self._call(self.worker.handlers[task.task], ctx))
         watcher = asyncio.create_task(self._keep_alive(msg, task, handler))
         if task.timeout is not None:
@@ -244,15 +255,30 @@ class _Runtime:
             try:
                 size = len(msgspec.json.encode(event))
             except (TypeError, msgspec.EncodeError) as exc:
-                event = StepFailed(at=time.time(), step_id=task.step_id, attempt=task.attempt, retryable=False,
-                                   error=f"output is not JSON-serializable: {exc}")
+                event = StepFailed(
+                    at=time.time(),
+                    step_id=task.step_id,
+                    attempt=task.attempt,
+                    retryable=False,
+                    error=f"output is not JSON-serializable: {exc}",
+                )
             else:
                 if size > MAX_EVENT_BYTES:
-                    event = StepFailed(at=time.time(), step_id=task.step_id, attempt=task.attempt, retryable=False,
-                                       error=f"output of {size} bytes exceeds the {MAX_EVENT_BYTES}-byte limit")
+                    event = StepFailed(
+                        at=time.time(),
+                        step_id=task.step_id,
+                        attempt=task.attempt,
+                        retryable=False,
+                        error=f"output of {size} bytes exceeds the {MAX_EVENT_BYTES}-byte limit",
+                    )
         else:
-            event = StepFailed(at=time.time(), step_id=task.step_id, attempt=task.attempt, error=str(value)[:4000],
-                               retryable=retryable)
+            event = StepFailed(
+                at=time.time(),
+                step_id=task.step_id,
+                attempt=task.attempt,
+                error=str(value)[:4000],
+                retryable=retryable,
+            )
         kind = "completed" if isinstance(event, StepCompleted) else "failed"
         await self.store.append(task.run_id, event, msg_id=base % kind)
 
@@ -261,10 +287,17 @@ class _Runtime:
         snap, _ = await self.store.load_snapshot(task.run_id)
         if snap is None:
             return False
-        stale = _superseded(snap.state, task) if snap.state is not None else snap.summary.status in RUN_TERMINAL
+        stale = (
+            _superseded(snap.state, task) if snap.state is not None else snap.summary.status in RUN_TERMINAL
+        )
         if stale:
-            log.info("skipping %s/%s attempt %d: run is %s", task.run_id, task.step_id, task.attempt,
-                     snap.summary.status)
+            log.info(
+                "skipping %s/%s attempt %d: run is %s",
+                task.run_id,
+                task.step_id,
+                task.attempt,
+                snap.summary.status,
+            )
         return stale
 
     async def _keep_alive(self, msg: Any, task: TaskMessage, handler: asyncio.Task[Any]) -> None:
@@ -278,7 +311,9 @@ class _Runtime:
             except Exception:
                 continue
             if snap is not None and (
-                _superseded(snap.state, task) if snap.state is not None else snap.summary.status in RUN_TERMINAL
+                _superseded(snap.state, task)
+                if snap.state is not None
+                else snap.summary.status in RUN_TERMINAL
             ):
                 handler.cancel()
                 return

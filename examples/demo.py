@@ -52,8 +52,14 @@ def main() -> None:
             time.sleep(0.05)
         print("$ dagnats worker examples.worker:worker &", flush=True)
         worker = subprocess.Popen([*DAGNATS, "worker", "examples.worker:worker"], cwd=HERE.parent)
-        sh("workflow", "register", "examples/hello.yaml", "examples/diamond.yaml", "examples/count.yaml",
-           "examples/pipeline.py")
+        sh(
+            "workflow",
+            "register",
+            "examples/hello.yaml",
+            "examples/diamond.yaml",
+            "examples/count.yaml",
+            "examples/pipeline.py",
+        )
         sh("workflow", "list")
         sh("run", "start", "hello-yaml", "--input", '{"name": "operator"}', "--wait")
         diamond = sh("run", "start", "diamond", "--wait").splitlines()[0]

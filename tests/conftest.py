@@ -35,7 +35,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05, what: str = "condition") -> Any:
+def wait_until(
+    predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05, what: str = "condition"
+) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -54,12 +56,21 @@ def cli_env(data_dir: Path | None = None, **extra: str) -> dict[str, str]:
     return env
 
 
-def dagnats(*args: str, data_dir: Path | None = None, timeout: float = 60, env: dict[str, str] | None = None,
-            cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def dagnats(
+    *args: str,
+    data_dir: Path | None = None,
+    timeout: float = 60,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> subprocess.CompletedProcess[str]:
     """Run the CLI exactly as a user would, in a child process."""
     return subprocess.run(
-        [sys.executable, "-m", "dagnats", *args], capture_output=True, text=True, timeout=timeout,
-        env=env or cli_env(data_dir), cwd=cwd or ROOT,
+        [sys.executable, "-m", "dagnats", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env or cli_env(data_dir),
+        cwd=cwd or ROOT,
     )
 
 
@@ -72,8 +83,13 @@ def dagnats_json(*args: str, data_dir: Path | None = None, **kw: Any) -> Any:
 class ServeProcess:
     """`dagnats serve` in a child process, with its own data dir and port."""
 
-    def __init__(self, data_dir: Path, port: int | None = None, args: tuple[str, ...] = (),
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
         self.args = args
@@ -84,9 +100,25 @@ class ServeProcess:
     def start(self, timeout: float = 20.0) -> ServeProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "w")
-        cmd = [sys.executable, "-m", "dagnats", "serve", "--data-dir", str(self.data_dir), "--port", str(self.port), *self.args]
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env=self.env, cwd=ROOT)
-        wait_until(lambda: "Ctrl-C to stop" in self.log() or self.proc.poll() is not None, timeout, what="serve to start")
+        cmd = [
+            sys.executable,
+            "-m",
+            "dagnats",
+            "serve",
+            "--data-dir",
+            str(self.data_dir),
+            "--port",
+            str(self.port),
+            *self.args,
+        ]
+        self.proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env=self.env, cwd=ROOT
+        )
+        wait_until(
+            lambda: "Ctrl-C to stop" in self.log() or self.proc.poll() is not None,
+            timeout,
+            what="serve to start",
+        )
         assert self.proc.poll() is None, f"serve exited: {self.log()}"
         return self
 

@@ -34,8 +34,10 @@ def test_core_imports_only_stdlib_and_msgspec():
 
 
 def test_dagnats_never_imports_tui_or_llm_sdks_at_import_time():
-    code = ("import sys, dagnats, dagnats.cli, dagnats.client, dagnats.engine, dagnats.serve; "
-            "print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in ('tui', 'textual', 'anthropic', 'openai'))))")
+    code = (
+        "import sys, dagnats, dagnats.cli, dagnats.client, dagnats.engine, dagnats.serve; "
+        "print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in ('tui', 'textual', 'anthropic', 'openai'))))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == ""
     for path in sorted((ROOT / "dagnats").rglob("*.py")):

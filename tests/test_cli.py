@@ -25,11 +25,22 @@ def test_diamond_completes_with_outputs_and_ordered_events(serve, data_dir):
 
     shown = dagnats_json("run", "show", run_id, data_dir=data_dir)
     assert shown["status"] == "completed" and shown["workflow"] == "diamond"
-    assert set(shown) >= {"run_id", "workflow", "status", "input", "output", "error", "created_at",
-                          "finished_at", "steps", "lineage"}
+    assert set(shown) >= {
+        "run_id",
+        "workflow",
+        "status",
+        "input",
+        "output",
+        "error",
+        "created_at",
+        "finished_at",
+        "steps",
+        "lineage",
+    }
     steps = shown["steps"]
     assert {sid: s["status"] for sid, s in steps.items()} == dict.fromkeys(
-        ["fetch", "count", "upper", "join", "report"], "completed")
+        ["fetch", "count", "upper", "join", "report"], "completed"
+    )
     assert all(s["attempts"] == 1 for s in steps.values())
     assert steps["fetch"]["output"] == {"words": ["alpha", "beta", "gamma"]}
     assert steps["count"]["output"]["stdout"] == "3\n"
@@ -70,14 +81,22 @@ def test_follow_prints_events_until_the_run_ends(serve, data_dir):
 BAD_DEFINITIONS = {
     "malformed.json": ('{"name": "x", "steps": [', "malformed JSON at line 1"),
     "malformed.yaml": ("name: x\nsteps: [\n  - id: a\n", "malformed YAML"),
-    "unknown-field.json": ('{"name": "x", "steps": [{"id": "a", "task": "echo", "retries": 3}]}',
-                           "steps[0]: unknown field retries"),
-    "cycle.yaml": ("name: x\nsteps:\n  - {id: a, task: echo, depends_on: [b]}\n  - {id: b, task: echo, depends_on: [a]}\n",
-                   "dependency cycle a -> b -> a"),
-    "missing-dep.json": ('{"name": "x", "steps": [{"id": "a", "task": "echo", "depends_on": ["nope"]}]}',
-                         "steps[0].depends_on[0]: unknown step 'nope'"),
-    "bad-duration.json": ('{"name": "x", "steps": [{"id": "a", "task": "echo", "timeout": "10 minutes"}]}',
-                          "steps[0].timeout: invalid duration"),
+    "unknown-field.json": (
+        '{"name": "x", "steps": [{"id": "a", "task": "echo", "retries": 3}]}',
+        "steps[0]: unknown field retries",
+    ),
+    "cycle.yaml": (
+        "name: x\nsteps:\n  - {id: a, task: echo, depends_on: [b]}\n  - {id: b, task: echo, depends_on: [a]}\n",
+        "dependency cycle a -> b -> a",
+    ),
+    "missing-dep.json": (
+        '{"name": "x", "steps": [{"id": "a", "task": "echo", "depends_on": ["nope"]}]}',
+        "steps[0].depends_on[0]: unknown step 'nope'",
+    ),
+    "bad-duration.json": (
+        '{"name": "x", "steps": [{"id": "a", "task": "echo", "timeout": "10 minutes"}]}',
+        "steps[0].timeout: invalid duration",
+    ),
 }
 
 
@@ -147,18 +166,32 @@ def test_client_without_the_secret_is_refused(serve, data_dir):
 
 def test_cancel_stops_pending_steps(serve, data_dir, tmp_path):
     wf = tmp_path / "slow.json"
-    wf.write_text(json.dumps({"name": "slow", "steps": [
-        {"id": "first", "task": "shell", "config": {"command": "sleep 30"}},
-        {"id": "second", "task": "echo", "depends_on": ["first"]}]}))
+    wf.write_text(
+        json.dumps(
+            {
+                "name": "slow",
+                "steps": [
+                    {"id": "first", "task": "shell", "config": {"command": "sleep 30"}},
+                    {"id": "second", "task": "echo", "depends_on": ["first"]},
+                ],
+            }
+        )
+    )
     assert dagnats("workflow", "register", str(wf), data_dir=data_dir).returncode == 0
     run_id = dagnats_json("run", "start", "slow", data_dir=data_dir)["run_id"]
-    wait_until(lambda: dagnats_json("run", "show", run_id, data_dir=data_dir)["steps"]["first"]["status"] == "running",
-               what="first step running")
+    wait_until(
+        lambda: (
+            dagnats_json("run", "show", run_id, data_dir=data_dir)["steps"]["first"]["status"] == "running"
+        ),
+        what="first step running",
+    )
     proc = dagnats("run", "cancel", run_id, "--reason", "not needed", data_dir=data_dir)
     assert proc.returncode == 0, proc.stderr
     shown = dagnats_json("run", "show", run_id, data_dir=data_dir)
     assert shown["status"] == "cancelled" and shown["error"] == "cancelled: not needed"
-    assert shown["steps"]["first"]["status"] == "cancelled" and shown["steps"]["second"]["status"] == "cancelled"
+    assert (
+        shown["steps"]["first"]["status"] == "cancelled" and shown["steps"]["second"]["status"] == "cancelled"
+    )
     time.sleep(1.0)
     events = dagnats_json("run", "events", run_id, data_dir=data_dir)
     assert not [e for e in events if e.get("step_id") == "second"]  # never queued, never started
@@ -172,16 +205,22 @@ def test_signal_reaches_wait_for_event(serve, data_dir, tmp_path):
     wf.write_text("name: gate\nsteps:\n  - {id: w, type: wait_for_event, config: {name: go, timeout: 1m}}\n")
     assert dagnats("workflow", "register", str(wf), data_dir=data_dir).returncode == 0
     run_id = dagnats_json("run", "start", "gate", data_dir=data_dir)["run_id"]
-    wait_until(lambda: dagnats_json("run", "show", run_id, data_dir=data_dir)["status"] == "waiting", what="waiting")
+    wait_until(
+        lambda: dagnats_json("run", "show", run_id, data_dir=data_dir)["status"] == "waiting", what="waiting"
+    )
     proc = dagnats("run", "signal", run_id, "go", '{"ok": true}', data_dir=data_dir)
     assert proc.returncode == 0, proc.stderr
-    wait_until(lambda: dagnats_json("run", "show", run_id, data_dir=data_dir)["status"] == "completed", what="done")
+    wait_until(
+        lambda: dagnats_json("run", "show", run_id, data_dir=data_dir)["status"] == "completed", what="done"
+    )
     assert json.loads(dagnats("run", "output", run_id, data_dir=data_dir).stdout) == {"ok": True}
 
 
 def test_versions_are_kept_and_runs_pin_theirs(serve, data_dir, tmp_path):
     wf = tmp_path / "v.json"
-    wf.write_text(json.dumps({"name": "v", "steps": [{"id": "a", "type": "sleep", "config": {"duration": "2s"}}]}))
+    wf.write_text(
+        json.dumps({"name": "v", "steps": [{"id": "a", "type": "sleep", "config": {"duration": "2s"}}]})
+    )
     assert "registered version 1" in dagnats("workflow", "register", str(wf), data_dir=data_dir).stdout
     assert "unchanged, version 1" in dagnats("workflow", "register", str(wf), data_dir=data_dir).stdout
     run_id = dagnats_json("run", "start", "v", data_dir=data_dir)["run_id"]
@@ -190,7 +229,9 @@ def test_versions_are_kept_and_runs_pin_theirs(serve, data_dir, tmp_path):
     shown = dagnats_json("workflow", "show", "v", data_dir=data_dir)
     assert shown["version"] == 2 and shown["versions"] == [1, 2]
     assert dagnats_json("workflow", "show", "v@1", data_dir=data_dir)["definition"]["steps"][0]["id"] == "a"
-    wait_until(lambda: dagnats_json("run", "show", run_id, data_dir=data_dir)["status"] == "completed", what="v1 run")
+    wait_until(
+        lambda: dagnats_json("run", "show", run_id, data_dir=data_dir)["status"] == "completed", what="v1 run"
+    )
     assert list(dagnats_json("run", "show", run_id, data_dir=data_dir)["steps"]) == ["a"]
     new = dagnats_json("run", "start", "v", "--wait", data_dir=data_dir)
     assert new["status"] == "completed" and new["output"] == 2
@@ -202,11 +243,21 @@ def test_user_worker_process_runs_python_tasks(serve, data_dir):
     import subprocess
     import sys
 
-    worker = subprocess.Popen([sys.executable, "-m", "dagnats", "worker", "examples.worker:worker"],
-                              env=cli_env(data_dir), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "dagnats", "worker", "examples.worker:worker"],
+        env=cli_env(data_dir),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
-        assert dagnats("workflow", "register", str(EXAMPLES / "count.yaml"), data_dir=data_dir).returncode == 0
-        done = dagnats_json("run", "start", "count", "--input", '{"text": "one two three"}', "--wait", data_dir=data_dir)
+        assert (
+            dagnats("workflow", "register", str(EXAMPLES / "count.yaml"), data_dir=data_dir).returncode == 0
+        )
+        done = dagnats_json(
+            "run", "start", "count", "--input", '{"text": "one two three"}', "--wait", data_dir=data_dir
+        )
         assert done["status"] == "completed" and done["output"] == {"words": 3}
         events = dagnats_json("run", "events", done["run_id"], data_dir=data_dir)
         assert any(e["type"] == "step.log" and "counting words" in e["message"] for e in events)
@@ -260,7 +311,9 @@ def test_sigkill_leaves_no_server_behind_and_restart_is_clean(data_dir):
 
 def test_wait_exits_nonzero_when_the_run_fails(serve, data_dir, tmp_path):
     wf = tmp_path / "fails.yaml"
-    wf.write_text("name: fails\nsteps:\n  - {id: boom, task: shell, config: {command: 'echo oops >&2; exit 3'}}\n")
+    wf.write_text(
+        "name: fails\nsteps:\n  - {id: boom, task: shell, config: {command: 'echo oops >&2; exit 3'}}\n"
+    )
     assert dagnats("workflow", "register", str(wf), data_dir=data_dir).returncode == 0
     proc = dagnats("run", "start", "fails", "--wait", data_dir=data_dir)
     assert proc.returncode == 1

@@ -35,13 +35,27 @@ def test_sigkill_serve_mid_step_resumes_without_rerunning_completed_steps(tmp_pa
     marks.mkdir()
     serve = ServeProcess(data_dir, env=env).start()
     try:
-        _register(tmp_path, data_dir, [
-            {"id": "before", "task": "shell", "config": {"command": f"echo ran >> {marks}/before"}},
-            {"id": "slow", "task": "shell", "depends_on": ["before"],
-             "config": {"command": f"echo started >> {marks}/slow; sleep 2; echo finished >> {marks}/slow"}},
-            {"id": "after", "task": "shell", "depends_on": ["slow"],
-             "config": {"command": f"echo ran >> {marks}/after"}},
-        ])
+        _register(
+            tmp_path,
+            data_dir,
+            [
+                {"id": "before", "task": "shell", "config": {"command": f"echo ran >> {marks}/before"}},
+                {
+                    "id": "slow",
+                    "task": "shell",
+                    "depends_on": ["before"],
+                    "config": {
+                        "command": f"echo started >> {marks}/slow; sleep 2; echo finished >> {marks}/slow"
+                    },
+                },
+                {
+                    "id": "after",
+                    "task": "shell",
+                    "depends_on": ["slow"],
+                    "config": {"command": f"echo ran >> {marks}/after"},
+                },
+            ],
+        )
         run_id = dagnats_json("run", "start", "crash", data_dir=data_dir)["run_id"]
         wait_until(lambda: _lines(marks / "slow") == ["started"], what="slow step to start")
         serve.kill(signal.SIGKILL)
@@ -49,7 +63,9 @@ def test_sigkill_serve_mid_step_resumes_without_rerunning_completed_steps(tmp_pa
         serve.kill()
     restarted = ServeProcess(data_dir, port=serve.port, env=env).start()
     try:
-        wait_until(lambda: _status(run_id, data_dir) == "completed", timeout=40, what="run to complete after restart")
+        wait_until(
+            lambda: _status(run_id, data_dir) == "completed", timeout=40, what="run to complete after restart"
+        )
     finally:
         restarted.stop()
     assert _lines(marks / "before") == ["ran"]  # completed before the crash: not run again
@@ -65,16 +81,25 @@ def test_sigkill_worker_mid_task_runs_task_again_elsewhere(tmp_path, data_dir):
     workers: list[subprocess.Popen[str]] = []
 
     def start_worker() -> subprocess.Popen[str]:
-        proc = subprocess.Popen([sys.executable, "-m", "dagnats", "worker", "tests.crash_worker:worker"],
-                                env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dagnats", "worker", "tests.crash_worker:worker"],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         workers.append(proc)
         return proc
 
     try:
-        _register(tmp_path, data_dir, [
-            {"id": "before", "task": "shell", "config": {"command": f"echo ran >> {tmp_path}/before"}},
-            {"id": "work", "task": "crash-test-slow", "depends_on": ["before"]},
-        ])
+        _register(
+            tmp_path,
+            data_dir,
+            [
+                {"id": "before", "task": "shell", "config": {"command": f"echo ran >> {tmp_path}/before"}},
+                {"id": "work", "task": "crash-test-slow", "depends_on": ["before"]},
+            ],
+        )
         first = start_worker()
         run_id = dagnats_json("run", "start", "crash", data_dir=data_dir)["run_id"]
         wait_until(lambda: _lines(tmp_path / "slow") == ["started"], what="worker task to start")
@@ -97,10 +122,14 @@ def test_sigkill_worker_mid_task_runs_task_again_elsewhere(tmp_path, data_dir):
 def test_durable_sleep_survives_sigkill_of_serve(tmp_path, data_dir):
     serve = ServeProcess(data_dir).start()
     try:
-        _register(tmp_path, data_dir, [
-            {"id": "nap", "type": "sleep", "config": {"duration": "3s"}},
-            {"id": "after", "task": "echo", "depends_on": ["nap"], "input": "woke"},
-        ])
+        _register(
+            tmp_path,
+            data_dir,
+            [
+                {"id": "nap", "type": "sleep", "config": {"duration": "3s"}},
+                {"id": "after", "task": "echo", "depends_on": ["nap"], "input": "woke"},
+            ],
+        )
         started = time.time()
         run_id = dagnats_json("run", "start", "crash", data_dir=data_dir)["run_id"]
         wait_until(lambda: _status(run_id, data_dir) == "waiting", what="the sleep to begin")

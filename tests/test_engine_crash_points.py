@@ -52,8 +52,15 @@ class CrashOnce:
 
 
 # The workflow below makes the engine append 5 events, dispatch 3 tasks and start 2 timers.
-WRITES = {"append": (1, 2, 3, 4, 5), "dispatch": (1, 2, 3), "start_timer": (1, 2), "save_snapshot": (1, 2, 3, 6)}
-CASES = [(method, when, nth) for method, nths in WRITES.items() for when in ("before", "after") for nth in nths]
+WRITES = {
+    "append": (1, 2, 3, 4, 5),
+    "dispatch": (1, 2, 3),
+    "start_timer": (1, 2),
+    "save_snapshot": (1, 2, 3, 6),
+}
+CASES = [
+    (method, when, nth) for method, nths in WRITES.items() for when in ("before", "after") for nth in nths
+]
 
 
 @pytest.mark.parametrize(("method", "when", "nth"), CASES, ids=[f"{m}-{w}-{n}" for m, w, n in CASES])
@@ -74,11 +81,21 @@ async def test_engine_crash_point_loses_and_duplicates_nothing(stack, method, wh
     engine = Engine(engine_store)
     fault.engines.append(engine)
     stack.tasks.append(asyncio.create_task(engine.run(stack.stop_event)))
-    await stack.register({"name": "crashy", "steps": [
-        {"id": "a", "task": "counted"},
-        {"id": "nap", "type": "sleep", "depends_on": ["a"], "config": {"duration": "100ms"}},
-        {"id": "c", "task": "counted", "depends_on": ["nap"], "retry": {"max_attempts": 2, "initial": "50ms"}},
-    ]})
+    await stack.register(
+        {
+            "name": "crashy",
+            "steps": [
+                {"id": "a", "task": "counted"},
+                {"id": "nap", "type": "sleep", "depends_on": ["a"], "config": {"duration": "100ms"}},
+                {
+                    "id": "c",
+                    "task": "counted",
+                    "depends_on": ["nap"],
+                    "retry": {"max_attempts": 2, "initial": "50ms"},
+                },
+            ],
+        }
+    )
     state = await stack.run_to_end("crashy", timeout=30)
 
     assert fault.fired, "the crash point was never reached"

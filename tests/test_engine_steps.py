@@ -25,8 +25,18 @@ async def test_retry_until_success_honours_backoff(stack):
         return {"attempt": ctx.attempt}
 
     await stack.start(worker)
-    await stack.register({"name": "retry", "steps": [
-        {"id": "f", "task": "flaky", "retry": {"max_attempts": 3, "backoff": "fixed", "initial": "400ms"}}]})
+    await stack.register(
+        {
+            "name": "retry",
+            "steps": [
+                {
+                    "id": "f",
+                    "task": "flaky",
+                    "retry": {"max_attempts": 3, "backoff": "fixed", "initial": "400ms"},
+                }
+            ],
+        }
+    )
     state = await stack.run_to_end("retry")
     assert state.status == "completed"
     assert state.steps["f"].attempts == 3
@@ -50,8 +60,24 @@ async def test_exponential_backoff_is_capped(stack):
         raise RuntimeError("no")
 
     await stack.start(worker)
-    await stack.register({"name": "expo", "steps": [{"id": "f", "task": "always-fails", "retry": {
-        "max_attempts": 4, "backoff": "exponential", "initial": "200ms", "multiplier": 3, "max": "700ms"}}]})
+    await stack.register(
+        {
+            "name": "expo",
+            "steps": [
+                {
+                    "id": "f",
+                    "task": "always-fails",
+                    "retry": {
+                        "max_attempts": 4,
+                        "backoff": "exponential",
+                        "initial": "200ms",
+                        "multiplier": 3,
+                        "max": "700ms",
+                    },
+                }
+            ],
+        }
+    )
     state = await stack.run_to_end("expo")
     assert state.status == "failed" and state.steps["f"].attempts == 4
     gaps = [b - a for a, b in zip(calls, calls[1:])]
@@ -68,9 +94,15 @@ async def test_non_retryable_fails_at_once(stack):
         raise NonRetryable("bad input, do not retry")
 
     await stack.start(worker)
-    await stack.register({"name": "nr", "steps": [
-        {"id": "a", "task": "fatal", "retry": {"max_attempts": 5}},
-        {"id": "b", "task": "echo", "depends_on": ["a"]}]})
+    await stack.register(
+        {
+            "name": "nr",
+            "steps": [
+                {"id": "a", "task": "fatal", "retry": {"max_attempts": 5}},
+                {"id": "b", "task": "echo", "depends_on": ["a"]},
+            ],
+        }
+    )
     state = await stack.run_to_end("nr")
     assert state.status == "failed"
     assert state.steps["a"].attempts == 1 and state.steps["a"].error == "bad input, do not retry"
@@ -87,8 +119,19 @@ async def test_step_timeout_fails_attempt_and_retries(stack):
         return "fast"
 
     await stack.start(worker)
-    await stack.register({"name": "to", "steps": [
-        {"id": "s", "task": "slow-once", "timeout": "300ms", "retry": {"max_attempts": 2, "initial": "10ms"}}]})
+    await stack.register(
+        {
+            "name": "to",
+            "steps": [
+                {
+                    "id": "s",
+                    "task": "slow-once",
+                    "timeout": "300ms",
+                    "retry": {"max_attempts": 2, "initial": "10ms"},
+                }
+            ],
+        }
+    )
     state = await stack.run_to_end("to")
     assert state.status == "completed" and state.steps["s"].attempts == 2 and state.output == "fast"
     events = [e for _, e in await stack.client.events(state.run_id)]
@@ -97,8 +140,13 @@ async def test_step_timeout_fails_attempt_and_retries(stack):
 
 async def test_run_timeout_fails_the_run(stack):
     await stack.start()
-    await stack.register({"name": "rt", "timeout": "500ms", "steps": [
-        {"id": "nap", "type": "sleep", "config": {"duration": "30s"}}]})
+    await stack.register(
+        {
+            "name": "rt",
+            "timeout": "500ms",
+            "steps": [{"id": "nap", "type": "sleep", "config": {"duration": "30s"}}],
+        }
+    )
     state = await stack.run_to_end("rt")
     assert state.status == "failed"
     assert state.error == "run exceeded its timeout of 500ms"
@@ -107,9 +155,15 @@ async def test_run_timeout_fails_the_run(stack):
 
 async def test_durable_sleep_step(stack):
     await stack.start()
-    await stack.register({"name": "nap", "steps": [
-        {"id": "z", "type": "sleep", "config": {"duration": "600ms"}},
-        {"id": "after", "task": "echo", "depends_on": ["z"], "input": "woke"}]})
+    await stack.register(
+        {
+            "name": "nap",
+            "steps": [
+                {"id": "z", "type": "sleep", "config": {"duration": "600ms"}},
+                {"id": "after", "task": "echo", "depends_on": ["z"], "input": "woke"},
+            ],
+        }
+    )
     t0 = time.time()
     state = await stack.run_to_end("nap")
     assert state.status == "completed" and state.output == "woke"
@@ -118,9 +172,15 @@ async def test_durable_sleep_step(stack):
 
 async def test_wait_for_event_receives_signal_data(stack):
     await stack.start()
-    await stack.register({"name": "gate", "steps": [
-        {"id": "w", "type": "wait_for_event", "config": {"name": "go", "timeout": "30s"}},
-        {"id": "use", "task": "echo", "depends_on": ["w"], "input": "${steps.w.output.colour}"}]})
+    await stack.register(
+        {
+            "name": "gate",
+            "steps": [
+                {"id": "w", "type": "wait_for_event", "config": {"name": "go", "timeout": "30s"}},
+                {"id": "use", "task": "echo", "depends_on": ["w"], "input": "${steps.w.output.colour}"},
+            ],
+        }
+    )
     run_id = await stack.client.start("gate")
     for _ in range(100):
         if (await stack.client.run(run_id)).status == "waiting":
@@ -134,8 +194,12 @@ async def test_wait_for_event_receives_signal_data(stack):
 
 async def test_wait_for_event_times_out(stack):
     await stack.start()
-    await stack.register({"name": "gate2", "steps": [
-        {"id": "w", "type": "wait_for_event", "config": {"name": "go", "timeout": "300ms"}}]})
+    await stack.register(
+        {
+            "name": "gate2",
+            "steps": [{"id": "w", "type": "wait_for_event", "config": {"name": "go", "timeout": "300ms"}}],
+        }
+    )
     state = await stack.run_to_end("gate2")
     assert state.status == "failed"
     assert state.steps["w"].error == "no signal 'go' before the timeout"
@@ -143,11 +207,26 @@ async def test_wait_for_event_times_out(stack):
 
 async def test_sub_workflow_runs_child_and_returns_its_output(stack):
     await stack.start()
-    await stack.register({"name": "child", "steps": [
-        {"id": "double", "task": "shell", "config": {"command": "echo $((${input.n} * 2))"}}]})
-    await stack.register({"name": "parent", "steps": [
-        {"id": "call", "type": "sub_workflow", "config": {"workflow": "child"}, "input": {"n": "${input.n}"}},
-        {"id": "out", "task": "echo", "depends_on": ["call"], "input": "${steps.call.output.stdout}"}]})
+    await stack.register(
+        {
+            "name": "child",
+            "steps": [{"id": "double", "task": "shell", "config": {"command": "echo $((${input.n} * 2))"}}],
+        }
+    )
+    await stack.register(
+        {
+            "name": "parent",
+            "steps": [
+                {
+                    "id": "call",
+                    "type": "sub_workflow",
+                    "config": {"workflow": "child"},
+                    "input": {"n": "${input.n}"},
+                },
+                {"id": "out", "task": "echo", "depends_on": ["call"], "input": "${steps.call.output.stdout}"},
+            ],
+        }
+    )
     state = await stack.run_to_end("parent", {"n": 21})
     assert state.status == "completed" and state.output == "42\n"
     child = await stack.client.run(state.steps["call"].child_run_id)
@@ -157,8 +236,15 @@ async def test_sub_workflow_runs_child_and_returns_its_output(stack):
 
 async def test_cancel_cascades_to_child_run(stack):
     await stack.start()
-    await stack.register({"name": "slow-child", "steps": [{"id": "nap", "type": "sleep", "config": {"duration": "60s"}}]})
-    await stack.register({"name": "p2", "steps": [{"id": "call", "type": "sub_workflow", "config": {"workflow": "slow-child"}}]})
+    await stack.register(
+        {"name": "slow-child", "steps": [{"id": "nap", "type": "sleep", "config": {"duration": "60s"}}]}
+    )
+    await stack.register(
+        {
+            "name": "p2",
+            "steps": [{"id": "call", "type": "sub_workflow", "config": {"workflow": "slow-child"}}],
+        }
+    )
     run_id = await stack.client.start("p2")
     child_id = None
     for _ in range(200):
@@ -178,7 +264,9 @@ async def test_cancel_cascades_to_child_run(stack):
 
 async def test_sub_workflow_of_unknown_workflow_fails_step(stack):
     await stack.start()
-    await stack.register({"name": "p3", "steps": [{"id": "call", "type": "sub_workflow", "config": {"workflow": "ghost"}}]})
+    await stack.register(
+        {"name": "p3", "steps": [{"id": "call", "type": "sub_workflow", "config": {"workflow": "ghost"}}]}
+    )
     state = await stack.run_to_end("p3")
     assert state.status == "failed" and "unknown workflow 'ghost'" in state.error
 
@@ -196,9 +284,20 @@ async def test_map_fans_out_and_collects_in_order(stack):
         return ctx.input * ctx.input
 
     await stack.start(worker)
-    await stack.register({"name": "fan", "steps": [
-        {"id": "nums", "task": "echo", "input": "${input.nums}"},
-        {"id": "sq", "type": "map", "depends_on": ["nums"], "config": {"task": "square", "concurrency": 3}}]})
+    await stack.register(
+        {
+            "name": "fan",
+            "steps": [
+                {"id": "nums", "task": "echo", "input": "${input.nums}"},
+                {
+                    "id": "sq",
+                    "type": "map",
+                    "depends_on": ["nums"],
+                    "config": {"task": "square", "concurrency": 3},
+                },
+            ],
+        }
+    )
     state = await stack.run_to_end("fan", {"nums": list(range(10))})
     assert state.status == "completed"
     assert state.output == [n * n for n in range(10)]
@@ -207,9 +306,20 @@ async def test_map_fans_out_and_collects_in_order(stack):
 
 async def test_map_over_too_many_items_fails(stack):
     await stack.start()
-    await stack.register({"name": "fan2", "steps": [
-        {"id": "nums", "task": "echo"},
-        {"id": "each", "type": "map", "depends_on": ["nums"], "config": {"task": "echo", "max_items": 3}}]})
+    await stack.register(
+        {
+            "name": "fan2",
+            "steps": [
+                {"id": "nums", "task": "echo"},
+                {
+                    "id": "each",
+                    "type": "map",
+                    "depends_on": ["nums"],
+                    "config": {"task": "echo", "max_items": 3},
+                },
+            ],
+        }
+    )
     state = await stack.run_to_end("fan2", [1, 2, 3, 4])
     assert state.status == "failed" and "exceeds max_items 3" in state.error
 
@@ -227,7 +337,12 @@ async def test_checkpoint_reaches_the_next_attempt(stack):
         return ctx.checkpoint_data
 
     await stack.start(worker)
-    await stack.register({"name": "cp", "steps": [{"id": "r", "task": "resumable", "retry": {"max_attempts": 2, "initial": "10ms"}}]})
+    await stack.register(
+        {
+            "name": "cp",
+            "steps": [{"id": "r", "task": "resumable", "retry": {"max_attempts": 2, "initial": "10ms"}}],
+        }
+    )
     state = await stack.run_to_end("cp")
     assert state.status == "completed" and state.output == {"done": 5}
     assert seen == [None, {"done": 5}]
@@ -235,17 +350,30 @@ async def test_checkpoint_reaches_the_next_attempt(stack):
 
 async def test_input_schema_violation_is_rejected(stack):
     await stack.start()
-    await stack.register({"name": "typed", "input_schema": {"type": "object", "required": ["repo"]},
-                          "steps": [{"id": "a", "task": "echo"}]})
+    await stack.register(
+        {
+            "name": "typed",
+            "input_schema": {"type": "object", "required": ["repo"]},
+            "steps": [{"id": "a", "task": "echo"}],
+        }
+    )
     with pytest.raises(UserError, match="missing required field 'repo'"):
         await stack.client.start("typed", {"nope": 1})
 
 
 async def test_sub_workflow_timeout_cancels_the_child(stack):
     await stack.start()
-    await stack.register({"name": "napper", "steps": [{"id": "nap", "type": "sleep", "config": {"duration": "60s"}}]})
-    await stack.register({"name": "impatient", "steps": [
-        {"id": "call", "type": "sub_workflow", "config": {"workflow": "napper"}, "timeout": "300ms"}]})
+    await stack.register(
+        {"name": "napper", "steps": [{"id": "nap", "type": "sleep", "config": {"duration": "60s"}}]}
+    )
+    await stack.register(
+        {
+            "name": "impatient",
+            "steps": [
+                {"id": "call", "type": "sub_workflow", "config": {"workflow": "napper"}, "timeout": "300ms"}
+            ],
+        }
+    )
     state = await stack.run_to_end("impatient")
     assert state.status == "failed" and state.steps["call"].error == "timed out after 300ms"
     child = await asyncio.wait_for(stack.client.wait(state.steps["call"].child_run_id), 10)
@@ -254,8 +382,12 @@ async def test_sub_workflow_timeout_cancels_the_child(stack):
 
 async def test_recursive_sub_workflows_stop_at_the_nesting_bound(stack):
     await stack.start()
-    await stack.register({"name": "forever", "steps": [
-        {"id": "again", "type": "sub_workflow", "config": {"workflow": "forever"}}]})
+    await stack.register(
+        {
+            "name": "forever",
+            "steps": [{"id": "again", "type": "sub_workflow", "config": {"workflow": "forever"}}],
+        }
+    )
     state = await stack.run_to_end("forever", timeout=30)
     assert state.status == "failed"
     depth, run = 0, state
@@ -318,16 +450,30 @@ async def test_oversized_values_fail_clearly_instead_of_breaking_nats(stack):
         return "x" * 600_000
 
     await stack.start(worker)
-    await stack.register({"name": "huge", "steps": [
-        {"id": "a", "task": "big"}, {"id": "b", "task": "big"},
-        {"id": "both", "task": "echo", "depends_on": ["a", "b"]}]})
+    await stack.register(
+        {
+            "name": "huge",
+            "steps": [
+                {"id": "a", "task": "big"},
+                {"id": "b", "task": "big"},
+                {"id": "both", "task": "echo", "depends_on": ["a", "b"]},
+            ],
+        }
+    )
     state = await stack.run_to_end("huge")
     assert state.status == "failed"
     assert state.steps["a"].status == "completed" and state.steps["both"].status == "failed"
     assert "exceeds the message limit" in state.steps["both"].error
-    await stack.register({"name": "chain", "steps": [  # each output fits; the snapshot of all of them does not
-        {"id": "a", "task": "big"}, {"id": "b", "task": "echo", "depends_on": ["a"]},
-        {"id": "c", "task": "echo", "depends_on": ["b"]}]})
+    await stack.register(
+        {
+            "name": "chain",
+            "steps": [  # each output fits; the snapshot of all of them does not
+                {"id": "a", "task": "big"},
+                {"id": "b", "task": "echo", "depends_on": ["a"]},
+                {"id": "c", "task": "echo", "depends_on": ["b"]},
+            ],
+        }
+    )
     chained = await stack.run_to_end("chain")
     assert chained.status == "completed" and len(chained.output) == 600_000
     snap, _rev = await stack.store.load_snapshot(chained.run_id)
@@ -339,9 +485,15 @@ async def test_oversized_values_fail_clearly_instead_of_breaking_nats(stack):
 
 async def test_a_stale_timer_is_not_recorded(stack):
     await stack.start()
-    await stack.register({"name": "stale", "steps": [
-        {"id": "a", "task": "echo", "timeout": "300ms"},  # done long before its timeout is due
-        {"id": "nap", "type": "sleep", "depends_on": ["a"], "config": {"duration": "800ms"}}]})
+    await stack.register(
+        {
+            "name": "stale",
+            "steps": [
+                {"id": "a", "task": "echo", "timeout": "300ms"},  # done long before its timeout is due
+                {"id": "nap", "type": "sleep", "depends_on": ["a"], "config": {"duration": "800ms"}},
+            ],
+        }
+    )
     state = await stack.run_to_end("stale")
     assert state.status == "completed"
     fired = [e.kind for _, e in await stack.client.events(state.run_id) if type(e).__name__ == "TimerFired"]
@@ -350,8 +502,13 @@ async def test_a_stale_timer_is_not_recorded(stack):
 
 async def test_a_finished_run_drops_its_pending_timers(stack):
     await stack.start()
-    await stack.register({"name": "quick-gate", "timeout": "1h", "steps": [
-        {"id": "w", "type": "wait_for_event", "config": {"name": "go", "timeout": "30m"}}]})
+    await stack.register(
+        {
+            "name": "quick-gate",
+            "timeout": "1h",
+            "steps": [{"id": "w", "type": "wait_for_event", "config": {"name": "go", "timeout": "30m"}}],
+        }
+    )
     run_id = await stack.client.start("quick-gate")
     subjects = {}
     for _ in range(100):
@@ -373,10 +530,28 @@ async def test_a_finished_run_drops_its_pending_timers(stack):
 
 async def test_child_input_is_checked_against_the_child_schema(stack):
     await stack.start()
-    await stack.register({"name": "strict-child", "input_schema": {"type": "object", "required": ["n"]},
-                          "steps": [{"id": "a", "task": "echo"}]})
-    await stack.register({"name": "sloppy-parent", "steps": [
-        {"id": "call", "type": "sub_workflow", "config": {"workflow": "strict-child"}, "input": {"m": 1}}]})
+    await stack.register(
+        {
+            "name": "strict-child",
+            "input_schema": {"type": "object", "required": ["n"]},
+            "steps": [{"id": "a", "task": "echo"}],
+        }
+    )
+    await stack.register(
+        {
+            "name": "sloppy-parent",
+            "steps": [
+                {
+                    "id": "call",
+                    "type": "sub_workflow",
+                    "config": {"workflow": "strict-child"},
+                    "input": {"m": 1},
+                }
+            ],
+        }
+    )
     state = await stack.run_to_end("sloppy-parent")
     assert state.status == "failed"
-    assert "input does not match strict-child's input_schema: input: missing required field 'n'" in state.error
+    assert (
+        "input does not match strict-child's input_schema: input: missing required field 'n'" in state.error
+    )

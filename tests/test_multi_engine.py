@@ -24,10 +24,22 @@ async def test_two_serves_share_one_nats_and_run_everything_once(tmp_path):
     ]
     client = await Client.connect(endpoint=Endpoint(url=nats.url, token="shared-secret"))
     try:
-        await client.register(parse_definition({"name": "pair", "steps": [
-            {"id": "a", "task": "echo"},
-            {"id": "b", "task": "echo", "depends_on": ["a"], "input": {"got": "${steps.a.output}"}},
-        ]}))
+        await client.register(
+            parse_definition(
+                {
+                    "name": "pair",
+                    "steps": [
+                        {"id": "a", "task": "echo"},
+                        {
+                            "id": "b",
+                            "task": "echo",
+                            "depends_on": ["a"],
+                            "input": {"got": "${steps.a.output}"},
+                        },
+                    ],
+                }
+            )
+        )
         run_ids = [await client.start("pair", i) for i in range(RUNS)]
         states = await asyncio.wait_for(asyncio.gather(*(client.wait(r) for r in run_ids)), 120)
         assert [s.status for s in states] == ["completed"] * RUNS

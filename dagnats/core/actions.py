@@ -71,4 +71,6 @@ class NotifyParent(_Action, tag="notify_parent", frozen=True):
     error: str | None = None
 
 
-Action = AppendEvent | DispatchTask | StartTimer | CancelTimers | StartChildRun | CancelChildRun | NotifyParent
+Action = (
+    AppendEvent | DispatchTask | StartTimer | CancelTimers | StartChildRun | CancelChildRun | NotifyParent
+)

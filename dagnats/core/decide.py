@@ -169,9 +169,16 @@ def _apply(state: RunState, event: Event) -> RunState:
             if step.status != "pending":
                 return state
             return _put(
-                state, sid,
-                replace(step, status="waiting", attempts=attempt, started_at=event.at,
-                        waiting_until=until, waiting_signal=signal),
+                state,
+                sid,
+                replace(
+                    step,
+                    status="waiting",
+                    attempts=attempt,
+                    started_at=event.at,
+                    waiting_until=until,
+                    waiting_signal=signal,
+                ),
             )
         case StepCompleted():
             return _on_completed(state, event)
@@ -203,8 +210,16 @@ def _on_queued(state: RunState, ev: StepQueued) -> RunState:
     step = state.steps[ev.step_id]
     if step.status != "pending" or ev.attempt != step.attempts + 1:
         return state
-    queued = replace(step, status="queued", attempts=ev.attempt, input=ev.input, queued_at=ev.at,
-                     started_at=None, retry_at=None, error=None)
+    queued = replace(
+        step,
+        status="queued",
+        attempts=ev.attempt,
+        input=ev.input,
+        queued_at=ev.at,
+        started_at=None,
+        retry_at=None,
+        error=None,
+    )
     if parent_of(ev.step_id) is None and state.definition.step(ev.step_id).type == "sub_workflow":
         # The child's id is derived, so the parent knows it without waiting for a reply.
         child = child_run_id(state.run_id, ev.step_id, ev.attempt)
@@ -217,9 +232,11 @@ def _on_completed(state: RunState, ev: StepCompleted) -> RunState:
     if step.status not in STEP_ACTIVE or step.attempts != ev.attempt or step.retry_at is not None:
         return state
     new = _put(
-        state, ev.step_id,
-        replace(step, status="completed", output=ev.output, error=None, finished_at=ev.at,
-                waiting_until=None),
+        state,
+        ev.step_id,
+        replace(
+            step, status="completed", output=ev.output, error=None, finished_at=ev.at, waiting_until=None
+        ),
     )
     if step.waiting_signal is not None:
         new = _consume_signal(new, step.waiting_signal, ev.step_id)
@@ -229,14 +246,18 @@ def _on_completed(state: RunState, ev: StepCompleted) -> RunState:
 def _on_failed(state: RunState, sid: str, attempt: int, error: str, retryable: bool, at: float) -> RunState:
     step = state.steps[sid]
     engine_failure = step.status == "pending" and attempt == step.attempts + 1
-    if not engine_failure and (step.status not in STEP_ACTIVE or step.attempts != attempt or step.retry_at is not None):
+    if not engine_failure and (
+        step.status not in STEP_ACTIVE or step.attempts != attempt or step.retry_at is not None
+    ):
         return state
-    policy = (state.step_def(sid).retry or RetryPolicy())
+    policy = state.step_def(sid).retry or RetryPolicy()
     if retryable and attempt < policy.max_attempts:
         return _put(
-            state, sid,
-            replace(step, status="waiting", attempts=attempt, error=error,
-                    retry_at=at + policy.delay(attempt)),
+            state,
+            sid,
+            replace(
+                step, status="waiting", attempts=attempt, error=error, retry_at=at + policy.delay(attempt)
+            ),
         )
     return _put(state, sid, replace(step, status="failed", attempts=attempt, error=error, finished_at=at))
 
@@ -267,20 +288,34 @@ def _on_timer(state: RunState, ev: TimerFired) -> RunState:
         if step.status not in ("queued", "running"):
             return state
         limit = state.step_def(ev.step_id).timeout_seconds or 0.0
-        return _on_failed(state, ev.step_id, ev.attempt, f"timed out after {format_duration(limit)}", True, ev.at)
+        return _on_failed(
+            state, ev.step_id, ev.attempt, f"timed out after {format_duration(limit)}", True, ev.at
+        )
     if ev.kind == "wake":
         if step.status != "waiting" or step.waiting_until is None:
             return state
         if step.waiting_signal is not None:
             return _put(
-                state, ev.step_id,
-                replace(step, status="failed", error=f"no signal {step.waiting_signal!r} before the timeout",
-                        finished_at=ev.at, waiting_until=None),
+                state,
+                ev.step_id,
+                replace(
+                    step,
+                    status="failed",
+                    error=f"no signal {step.waiting_signal!r} before the timeout",
+                    finished_at=ev.at,
+                    waiting_until=None,
+                ),
             )
         return _put(
-            state, ev.step_id,
-            replace(step, status="completed", output={"slept": ev.at - (step.started_at or ev.at)},
-                    finished_at=ev.at, waiting_until=None),
+            state,
+            ev.step_id,
+            replace(
+                step,
+                status="completed",
+                output={"slept": ev.at - (step.started_at or ev.at)},
+                finished_at=ev.at,
+                waiting_until=None,
+            ),
         )
     raise IllegalEvent(f"unknown timer kind {ev.kind!r}")
 
@@ -297,8 +332,11 @@ def _on_child_finished(state: RunState, ev: ChildRunFinished) -> RunState:
 
 def _end(state: RunState, at: float, status: str, output: Any = None, error: str | None = None) -> RunState:
     steps = {
-        sid: (replace(s, status="cancelled", finished_at=at, retry_at=None, waiting_until=None)
-              if s.status not in STEP_TERMINAL else s)
+        sid: (
+            replace(s, status="cancelled", finished_at=at, retry_at=None, waiting_until=None)
+            if s.status not in STEP_TERMINAL
+            else s
+        )
         for sid, s in state.steps.items()
     }
     return replace(state, status=status, output=output, error=error, finished_at=at, steps=steps)
@@ -355,9 +393,18 @@ def _effects(wf: WorkflowDef, old: RunState | None, new: RunState, event: Event)
         before = old.steps.get(sid) if old is not None else None
         if step.retry_at is not None and (before is None or before.retry_at != step.retry_at):
             yield _timer(run_id, "retry", sid, step.attempts, step.retry_at)
-        if before is not None and before.child_run_id and before.status == "running" and step.status != "running":
+        if (
+            before is not None
+            and before.child_run_id
+            and before.status == "running"
+            and step.status != "running"
+        ):
             if not isinstance(event, ChildRunFinished):  # timed out, or the run ended: stop the child
-                why = f"parent run {new.status}" if new.terminal else f"parent step {sid} {step.error or step.status}"
+                why = (
+                    f"parent run {new.status}"
+                    if new.terminal
+                    else f"parent step {sid} {step.error or step.status}"
+                )
                 yield CancelChildRun(child_run_id=before.child_run_id, reason=why)
     if new.terminal and (old is None or not old.terminal):
         yield from _on_run_end(new)
@@ -411,7 +458,11 @@ def _on_run_end(state: RunState) -> Iterable[Action]:
 
 def _timer(run_id: str, kind: str, sid: str, attempt: int, fire_at: float) -> StartTimer:
     return StartTimer(
-        run_id=run_id, kind=kind, step_id=sid, attempt=attempt, fire_at=fire_at,
+        run_id=run_id,
+        kind=kind,
+        step_id=sid,
+        attempt=attempt,
+        fire_at=fire_at,
         msg_id=f"{run_id}:timer:{kind}:{sid}:{attempt}",
     )
 

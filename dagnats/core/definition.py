@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import msgspec
 
@@ -30,6 +30,8 @@ StepType = Literal["task", "sleep", "wait_for_event", "sub_workflow", "map"]
 # one is refused with a clear message instead of being accepted and never running.
 PLANNED_TYPES = ("agent_loop", "planner", "approval", "continue_as_new")
 CompareOp = Literal["==", "!=", "<", "<=", ">", ">=", "in", "not_in", "exists", "truthy"]
+Backoff = Literal["fixed", "exponential"]
+ENUM_CHOICES: dict[str, tuple[str, ...]] = {"backoff": get_args(Backoff), "op": get_args(CompareOp)}
 
 
 class DefinitionError(ValueError):
@@ -47,7 +49,7 @@ Condition = str | Compare
 
 class RetryPolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
     max_attempts: int = 1
-    backoff: Literal["fixed", "exponential"] = "fixed"
+    backoff: Backoff = "fixed"
     initial: Duration = 1.0
     max: Duration | None = None
     multiplier: float = 2.0
@@ -242,7 +244,9 @@ def _validate_engine_step(step: StepDef, path: str) -> None:
             raise DefinitionError(f"{path}.config.workflow: {cfg.workflow!r} is not a workflow name")
     elif isinstance(cfg, MapConfig):
         if not NAME_RE.match(cfg.task):
-            raise DefinitionError(f"{path}.config.task: {cfg.task!r} must be 1-64 letters, digits, '-' or '_'")
+            raise DefinitionError(
+                f"{path}.config.task: {cfg.task!r} must be 1-64 letters, digits, '-' or '_'"
+            )
         if not 1 <= cfg.max_items <= MAX_MAP_ITEMS:
             raise DefinitionError(f"{path}.config.max_items: must be 1..{MAX_MAP_ITEMS}")
         if cfg.concurrency < 0:
@@ -265,7 +269,12 @@ def _validate_retry(retry: RetryPolicy, path: str) -> None:
 
 
 def _validate_references(step: StepDef, path: str, upstream: set[str]) -> None:
-    for field, value in (("input", step.input), ("config", step.config), ("when", step.when), ("skip_if", step.skip_if)):
+    for field, value in (
+        ("input", step.input),
+        ("config", step.config),
+        ("when", step.when),
+        ("skip_if", step.skip_if),
+    ):
         if value is msgspec.UNSET or value is None:
             continue
         if problem := template.check_syntax(value):
@@ -300,7 +309,7 @@ def _topological_order(wf: WorkflowDef, index: dict[str, int]) -> list[str]:
                 stack.append((sid, pos + 1))
                 dep = deps[pos]
                 if state.get(dep) == 1:
-                    cycle = path[path.index(dep):] + [dep]
+                    cycle = path[path.index(dep) :] + [dep]
                     raise DefinitionError(f"steps[{index[dep]}]: dependency cycle {' -> '.join(cycle)}")
                 if dep not in state:
                     stack.append((dep, 0))
@@ -349,6 +358,10 @@ def _msgspec_message(exc: msgspec.ValidationError, prefix: str) -> str:
         where = where.lstrip(".")
     text = text.replace("`", "")
     text = text[:1].lower() + text[1:]
+    field = where.rsplit(".", 1)[-1]
+    if text.startswith("invalid enum value") and field in ENUM_CHOICES:
+        got = text.removeprefix("invalid enum value ").strip()
+        text = f"expected one of {', '.join(ENUM_CHOICES[field])}, got {got}"
     if text.startswith("object contains unknown field"):
         text = "unknown field " + text.removeprefix("object contains unknown field ").strip()
         text = f"{text!s}"

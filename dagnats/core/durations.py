@@ -12,7 +12,7 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 def parse_duration(value: object) -> float:
     """Return seconds for a duration value; raise ValueError with a user-facing reason."""
     if isinstance(value, bool):
-        raise ValueError(f"expected a duration like \"30s\" or a number of seconds, got {value!r}")
+        raise ValueError(f'expected a duration like "30s" or a number of seconds, got {value!r}')
     if isinstance(value, (int, float)):
         if not math.isfinite(value):
             raise ValueError(f"duration must be a finite number of seconds, got {value!r}")
@@ -20,7 +20,7 @@ def parse_duration(value: object) -> float:
             raise ValueError(f"duration must not be negative, got {value!r}")
         return float(value)
     if not isinstance(value, str):
-        raise ValueError(f"expected a duration like \"30s\" or a number of seconds, got {value!r}")
+        raise ValueError(f'expected a duration like "30s" or a number of seconds, got {value!r}')
     text = value.strip()
     pos, total = 0, 0.0
     while pos < len(text):
@@ -28,7 +28,7 @@ def parse_duration(value: object) -> float:
         if m is None:
             raise ValueError(
                 f"invalid duration {value!r}: use a number of seconds or units ms, s, m, h, d "
-                "(e.g. \"500ms\", \"30s\", \"1h30m\")"
+                '(e.g. "500ms", "30s", "1h30m")'
             )
         total += float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
         pos = m.end()

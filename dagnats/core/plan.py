@@ -75,7 +75,9 @@ def _start_step(state: RunState, sid: str, now: float) -> Event:
             if step.skip_if is not None and _condition(step.skip_if, ctx):
                 return StepSkipped(at=now, step_id=sid, reason="skip_if condition is true")
         except template.TemplateError as exc:
-            return StepFailed(at=now, step_id=sid, attempt=attempt, error=f"condition: {exc}", retryable=False)
+            return StepFailed(
+                at=now, step_id=sid, attempt=attempt, error=f"condition: {exc}", retryable=False
+            )
     try:
         step_input = _step_input(state, step, ctx)
         template.render(step.config, ctx)
@@ -86,8 +88,13 @@ def _start_step(state: RunState, sid: str, now: float) -> Event:
             return StepQueued(at=now, step_id=sid, attempt=attempt, input=step_input)
         case "sub_workflow":
             if state.depth + 1 > MAX_DEPTH:
-                return StepFailed(at=now, step_id=sid, attempt=attempt, retryable=False,
-                                  error=f"sub_workflow nesting is bounded at depth {MAX_DEPTH}")
+                return StepFailed(
+                    at=now,
+                    step_id=sid,
+                    attempt=attempt,
+                    retryable=False,
+                    error=f"sub_workflow nesting is bounded at depth {MAX_DEPTH}",
+                )
             return StepQueued(at=now, step_id=sid, attempt=attempt, input=step_input)
         case "sleep":
             cfg = step_config(step)
@@ -107,11 +114,21 @@ def _expand_map(step: StepDef, sid: str, attempt: int, items: Any, now: float) -
     cfg = step_config(step)
     assert isinstance(cfg, MapConfig)
     if not isinstance(items, list):
-        return StepFailed(at=now, step_id=sid, attempt=attempt, retryable=False,
-                          error=f"map input must be an array, got {type(items).__name__}")
+        return StepFailed(
+            at=now,
+            step_id=sid,
+            attempt=attempt,
+            retryable=False,
+            error=f"map input must be an array, got {type(items).__name__}",
+        )
     if len(items) > cfg.max_items:
-        return StepFailed(at=now, step_id=sid, attempt=attempt, retryable=False,
-                          error=f"map over {len(items)} items exceeds max_items {cfg.max_items}")
+        return StepFailed(
+            at=now,
+            step_id=sid,
+            attempt=attempt,
+            retryable=False,
+            error=f"map over {len(items)} items exceeds max_items {cfg.max_items}",
+        )
     return MapExpanded(at=now, step_id=sid, items=items)
 
 
@@ -120,8 +137,11 @@ def _advance_map(state: RunState, sid: str, now: float) -> list[Event]:
     items = [state.steps[i] for i in ids]
     for iid, item in zip(ids, items):
         if item.status == "failed":
-            return [StepFailed(at=now, step_id=sid, attempt=1, retryable=False,
-                               error=f"item {iid} failed: {item.error}")]
+            return [
+                StepFailed(
+                    at=now, step_id=sid, attempt=1, retryable=False, error=f"item {iid} failed: {item.error}"
+                )
+            ]
     if all(item.status == "completed" for item in items):
         return [StepCompleted(at=now, step_id=sid, attempt=1, output=[item.output for item in items])]
     cfg = step_config(state.step_def(sid))

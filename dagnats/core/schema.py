@@ -11,9 +11,25 @@ from typing import Any
 
 KEYWORDS = frozenset(
     {
-        "type", "properties", "required", "additionalProperties", "items", "enum", "const",
-        "minimum", "maximum", "minLength", "maxLength", "minItems", "maxItems", "pattern",
-        "description", "title", "default", "$schema", "examples",
+        "type",
+        "properties",
+        "required",
+        "additionalProperties",
+        "items",
+        "enum",
+        "const",
+        "minimum",
+        "maximum",
+        "minLength",
+        "maxLength",
+        "minItems",
+        "maxItems",
+        "pattern",
+        "description",
+        "title",
+        "default",
+        "$schema",
+        "examples",
     }
 )
 _TYPES = {

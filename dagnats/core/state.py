@@ -79,7 +79,9 @@ class RunState(msgspec.Struct, frozen=True, omit_defaults=True):
         map_step = self.definition.step(owner)
         cfg = step_config(map_step)
         assert isinstance(cfg, MapConfig)
-        return StepDef(id=sid, task=cfg.task, config=cfg.config, retry=map_step.retry, timeout=map_step.timeout)
+        return StepDef(
+            id=sid, task=cfg.task, config=cfg.config, retry=map_step.retry, timeout=map_step.timeout
+        )
 
     def template_context(self) -> dict[str, Any]:
         """What `${...}` references resolve against: input, finished steps' outputs, run id."""

@@ -43,7 +43,9 @@ def check_syntax(template: Any) -> str | None:
         if "${" in _REF.sub("", template):
             return f"unclosed reference in {template!r} (expected ${{...}})"
         return None
-    items = template if isinstance(template, list) else template.values() if isinstance(template, dict) else []
+    items = (
+        template if isinstance(template, list) else template.values() if isinstance(template, dict) else []
+    )
     return next((p for p in map(check_syntax, items) if p), None)
 
 

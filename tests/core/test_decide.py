@@ -74,8 +74,11 @@ class Run:
         self.effects: list[Action] = []
         self.answered: set[str] = set()
         self.now = T0
-        self.send(RunStarted(at=T0, run_id=run_id, workflow=wf.name, version=1, definition=wf, input=input,
-                             **started))
+        self.send(
+            RunStarted(
+                at=T0, run_id=run_id, workflow=wf.name, version=1, definition=wf, input=input, **started
+            )
+        )
 
     # --- engine ---
     def decide(self, event: Event) -> list[Action]:
@@ -113,7 +116,11 @@ class Run:
         return [event_type(e) for e in self.events]
 
     def of(self, cls: type, /, **match: Any) -> list[Any]:
-        return [a for a in self.effects if isinstance(a, cls) and all(getattr(a, k) == v for k, v in match.items())]
+        return [
+            a
+            for a in self.effects
+            if isinstance(a, cls) and all(getattr(a, k) == v for k, v in match.items())
+        ]
 
     def task(self, sid: str) -> DispatchTask:
         return self.of(DispatchTask, step_id=sid)[-1]
@@ -133,15 +140,20 @@ class Run:
         return self.send(StepStarted(at=self.now, step_id=sid, attempt=self.attempt(sid)))
 
     def complete(self, sid: str, output: Any = None, attempt: int | None = None) -> list[Action]:
-        return self.send(StepCompleted(at=self.now, step_id=sid, attempt=attempt or self.attempt(sid), output=output))
+        return self.send(
+            StepCompleted(at=self.now, step_id=sid, attempt=attempt or self.attempt(sid), output=output)
+        )
 
     def fail(self, sid: str, error: str = "boom", retryable: bool = True) -> list[Action]:
-        return self.send(StepFailed(at=self.now, step_id=sid, attempt=self.attempt(sid), error=error,
-                                    retryable=retryable))
+        return self.send(
+            StepFailed(at=self.now, step_id=sid, attempt=self.attempt(sid), error=error, retryable=retryable)
+        )
 
     def fire(self, timer: StartTimer) -> list[Action]:
         self.now = max(self.now, timer.fire_at)
-        return self.send(TimerFired(at=self.now, kind=timer.kind, step_id=timer.step_id, attempt=timer.attempt))
+        return self.send(
+            TimerFired(at=self.now, kind=timer.kind, step_id=timer.step_id, attempt=timer.attempt)
+        )
 
     def work(self, worker: Worker = echo) -> None:
         """Answer every dispatched task (including ones dispatched while answering)."""
@@ -164,13 +176,16 @@ def test_diamond_inputs_flow_between_steps() -> None:
     wf = flow(
         task("a"),
         task("b", "a"),
-        task("c", "a", input={"v": "${steps.a.output.in.v}", "run": "${run.id}"}, config={"tag": "${input.v}"}),
+        task(
+            "c", "a", input={"v": "${steps.a.output.in.v}", "run": "${run.id}"}, config={"tag": "${input.v}"}
+        ),
         task("d", "b", "c"),
     )
     run = Run(wf, {"v": 7})
     assert run.types() == ["run.started", "step.queued"]
-    assert run.task("a") == DispatchTask(run_id="r1", step_id="a", attempt=1, task="work", input={"v": 7},
-                                         msg_id="r1:task:a:1")
+    assert run.task("a") == DispatchTask(
+        run_id="r1", step_id="a", attempt=1, task="work", input={"v": 7}, msg_id="r1:task:a:1"
+    )
     run.complete("a", {"by": "a", "in": {"v": 7}})
     assert run.types()[-2:] == ["step.queued", "step.queued"]  # b and c, one append at a time
     assert run.task("b").input == {"by": "a", "in": {"v": 7}}  # one dependency: its output
@@ -178,7 +193,10 @@ def test_diamond_inputs_flow_between_steps() -> None:
     assert run.task("c").config == {"tag": 7}  # config templates are rendered for the task
     run.work(tagged)
     d_input = run.task("d").input  # several dependencies: an object keyed by id
-    assert d_input == {"b": {"by": "b", "in": {"by": "a", "in": {"v": 7}}}, "c": {"by": "c", "in": {"v": 7, "run": "r1"}}}
+    assert d_input == {
+        "b": {"by": "b", "in": {"by": "a", "in": {"v": 7}}},
+        "c": {"by": "c", "in": {"v": 7, "run": "r1"}},
+    }
     assert run.st.status == "completed"
     assert run.st.output == {"by": "d", "in": d_input}  # the single leaf's output
     assert run.types()[-1] == "run.completed"
@@ -258,8 +276,11 @@ def test_retry_until_attempts_are_exhausted() -> None:
     a = run.st.steps["a"]
     assert (a.status, a.attempts, a.error, a.retry_at) == ("waiting", 1, "flaky", T0 + 10)
     assert run.st.status == "waiting"
-    assert effects == [StartTimer(run_id="r1", kind="retry", fire_at=T0 + 10, msg_id="r1:timer:retry:a:1",
-                                  step_id="a", attempt=1)]
+    assert effects == [
+        StartTimer(
+            run_id="r1", kind="retry", fire_at=T0 + 10, msg_id="r1:timer:retry:a:1", step_id="a", attempt=1
+        )
+    ]
     # The timer firing makes the engine append attempt 2.
     state, actions = decide(None, run.st, TimerFired(at=T0 + 10, kind="retry", step_id="a", attempt=1))
     assert state.steps["a"].status == "pending"
@@ -322,8 +343,16 @@ def test_checkpoint_is_handed_to_the_next_attempt() -> None:
 def test_step_timeout_is_a_retryable_failure() -> None:
     run = Run(flow(task("a", timeout="30s", retry={"max_attempts": 2, "initial": "5s"})))
     assert run.task("a").timeout == 30.0
-    assert run.start("a") == [StartTimer(run_id="r1", kind="step_timeout", fire_at=T0 + 30,
-                                         msg_id="r1:timer:step_timeout:a:1", step_id="a", attempt=1)]
+    assert run.start("a") == [
+        StartTimer(
+            run_id="r1",
+            kind="step_timeout",
+            fire_at=T0 + 30,
+            msg_id="r1:timer:step_timeout:a:1",
+            step_id="a",
+            attempt=1,
+        )
+    ]
     old_timeout = run.timer("step_timeout", "a")
     run.fire(old_timeout)
     a = run.st.steps["a"]
@@ -347,8 +376,9 @@ def test_step_timeout_after_completion_changes_nothing() -> None:
 
 def test_run_timeout_fails_the_run() -> None:
     run = Run(flow(task("a"), timeout="1h"))
-    assert run.timer("run_timeout") == StartTimer(run_id="r1", kind="run_timeout", fire_at=T0 + 3600,
-                                                  msg_id="r1:timer:run_timeout::0")
+    assert run.timer("run_timeout") == StartTimer(
+        run_id="r1", kind="run_timeout", fire_at=T0 + 3600, msg_id="r1:timer:run_timeout::0"
+    )
     run.fire(run.timer("run_timeout"))
     assert (run.st.status, run.st.error) == ("failed", "run exceeded its timeout of 1h")
     assert run.status("a") == "cancelled"
@@ -363,8 +393,11 @@ def test_cancel_stops_the_run_and_ignores_later_results() -> None:
     run.start("a")
     run.send(RunCancelRequested(at=T0 + 1, reason="user asked", by="alice"))
     assert (run.st.status, run.st.error, run.st.finished_at) == ("cancelled", "cancelled: user asked", T0 + 1)
-    assert {sid: s.status for sid, s in run.st.steps.items()} == {"a": "cancelled", "b": "cancelled",
-                                                                    "nap": "cancelled"}
+    assert {sid: s.status for sid, s in run.st.steps.items()} == {
+        "a": "cancelled",
+        "b": "cancelled",
+        "nap": "cancelled",
+    }
     run.unchanged_by(StepCompleted(at=T0 + 2, step_id="a", attempt=1, output=1))
     run.unchanged_by(TimerFired(at=T0 + 3600, kind="wake", step_id="nap", attempt=1))
     run.unchanged_by(RunCancelRequested(at=T0 + 3))
@@ -400,8 +433,11 @@ def test_duplicate_and_stale_events_change_nothing() -> None:
         (True, StepCompleted(at=T0, step_id="zzz", attempt=1), "unknown step 'zzz'"),
         (True, MapExpanded(at=T0, step_id="a[0]", items=[]), "unknown step 'a[0]'"),
         (True, TimerFired(at=T0, kind="nap", step_id="a", attempt=1), "unknown timer kind 'nap'"),
-        (True, RunStarted(at=T0, run_id="r1", workflow="flow", version=1, definition=flow(task("a"))),
-         "run.started twice"),
+        (
+            True,
+            RunStarted(at=T0, run_id="r1", workflow="flow", version=1, definition=flow(task("a"))),
+            "run.started twice",
+        ),
     ],
 )
 def test_illegal_events_raise_and_replay_skips_them(before: bool, event: Event, message: str) -> None:
@@ -409,8 +445,21 @@ def test_illegal_events_raise_and_replay_skips_them(before: bool, event: Event, 
     state = Run(wf).st if before else None
     with pytest.raises(IllegalEvent, match=message.replace("[", r"\[")):
         decide(None, state, event)
-    assert replay(None, ([RunStarted(at=T0, run_id="r1", workflow="flow", version=1, definition=wf),
-                          StepQueued(at=T0, step_id="a", attempt=1)] if before else []) + [event]) == state
+    assert (
+        replay(
+            None,
+            (
+                [
+                    RunStarted(at=T0, run_id="r1", workflow="flow", version=1, definition=wf),
+                    StepQueued(at=T0, step_id="a", attempt=1),
+                ]
+                if before
+                else []
+            )
+            + [event],
+        )
+        == state
+    )
 
 
 # --- sleep and wait_for_event --------------------------------------------------------------
@@ -419,8 +468,16 @@ def test_illegal_events_raise_and_replay_skips_them(before: bool, event: Event, 
 def test_sleep_waits_for_its_wake_timer() -> None:
     run = Run(flow({"id": "nap", "type": "sleep", "config": {"duration": "1h"}}))
     assert run.events[1] == StepWaiting(at=T0, step_id="nap", attempt=1, until=T0 + 3600)
-    assert run.effects == [StartTimer(run_id="r1", kind="wake", fire_at=T0 + 3600, msg_id="r1:timer:wake:nap:1",
-                                      step_id="nap", attempt=1)]
+    assert run.effects == [
+        StartTimer(
+            run_id="r1",
+            kind="wake",
+            fire_at=T0 + 3600,
+            msg_id="r1:timer:wake:nap:1",
+            step_id="nap",
+            attempt=1,
+        )
+    ]
     assert (run.st.status, run.status("nap")) == ("waiting", "waiting")
     run.fire(run.timer("wake", "nap"))
     assert run.st.steps["nap"].output == {"slept": 3600.0}
@@ -470,21 +527,38 @@ def test_a_signal_is_consumed_once() -> None:
 
 # --- sub-workflows and parents -------------------------------------------------------------
 
-CHILD = {"id": "child", "type": "sub_workflow", "config": {"workflow": "other", "version": 3},
-         "retry": {"max_attempts": 2}}
+CHILD = {
+    "id": "child",
+    "type": "sub_workflow",
+    "config": {"workflow": "other", "version": 3},
+    "retry": {"max_attempts": 2},
+}
 
 
 def test_sub_workflow_starts_a_child_with_a_deterministic_id() -> None:
     run = Run(flow(CHILD), {"x": 1}, root_run_id="root")
     cid = child_run_id("r1", "child", 1)
     assert cid == child_run_id("r1", "child", 1) != child_run_id("r1", "child", 2)
-    assert run.effects == [StartChildRun(child_run_id=cid, workflow="other", version=3, input={"x": 1},
-                                         parent=ParentRef(run_id="r1", step_id="child", attempt=1), depth=1,
-                                         root_run_id="root")]
+    assert run.effects == [
+        StartChildRun(
+            child_run_id=cid,
+            workflow="other",
+            version=3,
+            input={"x": 1},
+            parent=ParentRef(run_id="r1", step_id="child", attempt=1),
+            depth=1,
+            root_run_id="root",
+        )
+    ]
     assert (run.status("child"), run.st.steps["child"].child_run_id) == ("running", cid)
-    run.unchanged_by(ChildRunFinished(at=T0, step_id="child", attempt=1, child_run_id="rother", status="completed"))
-    run.send(ChildRunFinished(at=T0 + 1, step_id="child", attempt=1, child_run_id=cid, status="completed",
-                              output=[1, 2]))
+    run.unchanged_by(
+        ChildRunFinished(at=T0, step_id="child", attempt=1, child_run_id="rother", status="completed")
+    )
+    run.send(
+        ChildRunFinished(
+            at=T0 + 1, step_id="child", attempt=1, child_run_id=cid, status="completed", output=[1, 2]
+        )
+    )
     assert run.st.steps["child"].output == [1, 2]
     assert (run.st.status, run.st.output) == ("completed", [1, 2])
 
@@ -492,7 +566,9 @@ def test_sub_workflow_starts_a_child_with_a_deterministic_id() -> None:
 def test_failed_child_is_retried_with_a_new_child_and_cancelled_child_is_not() -> None:
     run = Run(flow(CHILD))
     first = child_run_id("r1", "child", 1)
-    run.send(ChildRunFinished(at=T0, step_id="child", attempt=1, child_run_id=first, status="failed", error="x"))
+    run.send(
+        ChildRunFinished(at=T0, step_id="child", attempt=1, child_run_id=first, status="failed", error="x")
+    )
     assert run.st.steps["child"].error == f"child run {first} failed: x"
     run.fire(run.timer("retry", "child"))
     second = child_run_id("r1", "child", 2)
@@ -514,15 +590,19 @@ def test_a_child_run_notifies_its_parent_when_it_ends(finish: str, status: str) 
     assert run.st.root_run_id == "p1"
     effects = run.complete("a", 42) if finish == "complete" else run.fail("a", "nope", retryable=False)
     output, error = (42, None) if finish == "complete" else (None, "step a failed: nope")
-    assert effects == [CancelTimers(run_id="c1"),
-                       NotifyParent(parent=parent, child_run_id="c1", status=status, output=output, error=error)]
+    assert effects == [
+        CancelTimers(run_id="c1"),
+        NotifyParent(parent=parent, child_run_id="c1", status=status, output=output, error=error),
+    ]
 
 
 def test_cancelling_a_parent_cancels_its_running_child() -> None:
     run = Run(flow(task("a"), CHILD))
     effects = run.send(RunCancelRequested(at=T0 + 5))
-    assert effects == [CancelChildRun(child_run_id=child_run_id("r1", "child", 1), reason="parent run cancelled"),
-                       CancelTimers(run_id="r1")]
+    assert effects == [
+        CancelChildRun(child_run_id=child_run_id("r1", "child", 1), reason="parent run cancelled"),
+        CancelTimers(run_id="r1"),
+    ]
     assert run.st.error == "cancelled"
 
 
@@ -531,8 +611,10 @@ def test_cancelling_a_parent_cancels_its_running_child() -> None:
 
 def mapflow(**cfg: Any) -> WorkflowDef:
     extra = {k: cfg.pop(k) for k in ("retry", "input") if k in cfg}
-    return flow(task("list"), {"id": "m", "type": "map", "depends_on": ["list"], "config": {"task": "sq", **cfg},
-                               **extra})
+    return flow(
+        task("list"),
+        {"id": "m", "type": "map", "depends_on": ["list"], "config": {"task": "sq", **cfg}, **extra},
+    )
 
 
 def square(t: DispatchTask, at: float) -> Event:
@@ -594,6 +676,8 @@ def test_map_input_checks(items: Any, outcome: tuple[str, Any]) -> None:
 
 
 def test_map_over_an_input_template() -> None:
-    run = Run(flow({"id": "m", "type": "map", "input": "${input.xs}", "config": {"task": "sq"}}), {"xs": [2, 3]})
+    run = Run(
+        flow({"id": "m", "type": "map", "input": "${input.xs}", "config": {"task": "sq"}}), {"xs": [2, 3]}
+    )
     run.work(square)
     assert run.st.output == [4, 9]

@@ -38,12 +38,27 @@ BAD = [
     ("wrong field type", wf(task("a"), {"id": 5, "task": "t"}), "steps[1].id: expected str, got int"),
     ("missing step id", wf({"task": "t"}), "steps[0]: missing required field id"),
     ("bad step id", wf(task("a b")), "steps[0].id: 'a b' must be"),
-    ("bad backoff", wf(task("a"), task("b", retry={"backoff": "linear"})),
-     "steps[1].retry.backoff: invalid enum value 'linear'"),
+    (
+        "bad backoff",
+        wf(task("a"), task("b", retry={"backoff": "linear"})),
+        "steps[1].retry.backoff: expected one of fixed, exponential, got 'linear'",
+    ),
     ("retry unknown field", wf(task("a", retry={"tries": 3})), "steps[0].retry: unknown field tries"),
-    ("max_attempts zero", wf(task("a", retry={"max_attempts": 0})), "steps[0].retry.max_attempts: must be 1.."),
-    ("multiplier below 1", wf(task("a", retry={"multiplier": 0.5})), "steps[0].retry.multiplier: must be >= 1"),
-    ("bad retry initial", wf(task("a", retry={"initial": "soon"})), "steps[0].retry.initial: invalid duration 'soon'"),
+    (
+        "max_attempts zero",
+        wf(task("a", retry={"max_attempts": 0})),
+        "steps[0].retry.max_attempts: must be 1..",
+    ),
+    (
+        "multiplier below 1",
+        wf(task("a", retry={"multiplier": 0.5})),
+        "steps[0].retry.multiplier: must be >= 1",
+    ),
+    (
+        "bad retry initial",
+        wf(task("a", retry={"initial": "soon"})),
+        "steps[0].retry.initial: invalid duration 'soon'",
+    ),
     ("bad retry max", wf(task("a", retry={"max": -1})), "steps[0].retry.max: duration must not be negative"),
     ("bad step timeout", wf(task("a", timeout="5x")), "steps[0].timeout: invalid duration '5x'"),
     ("bad run timeout", wf(task("a"), timeout="1y"), "timeout: invalid duration '1y'"),
@@ -51,71 +66,161 @@ BAD = [
     ("self dependency", wf(task("a", "a")), "steps[0].depends_on[0]: a step cannot depend on itself"),
     ("dependency twice", wf(task("a"), task("b", "a", "a")), "steps[1].depends_on: lists a step twice"),
     ("cycle of two", wf(task("a", "b"), task("b", "a")), "steps[0]: dependency cycle a -> b -> a"),
-    ("cycle of three", wf(task("x"), task("a", "c"), task("b", "a"), task("c", "b")),
-     "steps[1]: dependency cycle a -> c -> b -> a"),
+    (
+        "cycle of three",
+        wf(task("x"), task("a", "c"), task("b", "a"), task("c", "b")),
+        "steps[1]: dependency cycle a -> c -> b -> a",
+    ),
     ("duplicate ids", wf(task("a"), task("b"), task("a")), "steps[2].id: duplicate id 'a' (also steps[0])"),
     ("unknown step type", wf({"id": "a", "type": "bogus"}), "steps[0].type: unknown step type 'bogus'"),
-    ("planned step type", wf({"id": "a", "type": "approval"}),
-     "steps[0].type: step type 'approval' is not available in this version"),
+    (
+        "planned step type",
+        wf({"id": "a", "type": "approval"}),
+        "steps[0].type: step type 'approval' is not available in this version",
+    ),
     ("task without task name", wf({"id": "a"}), "steps[0].task: a task step needs the name of its task"),
-    ("engine step with task", wf({"id": "a", "type": "sleep", "task": "t", "config": {"duration": "1s"}}),
-     "steps[0].task: only task steps name a task"),
-    ("shell unknown config field", wf(task("a", task="shell", config={"command": "ls", "shel": "sh"})),
-     "steps[0].config: unknown field shel"),
+    (
+        "engine step with task",
+        wf({"id": "a", "type": "sleep", "task": "t", "config": {"duration": "1s"}}),
+        "steps[0].task: only task steps name a task",
+    ),
+    (
+        "shell unknown config field",
+        wf(task("a", task="shell", config={"command": "ls", "shel": "sh"})),
+        "steps[0].config: unknown field shel",
+    ),
     ("shell missing command", wf(task("a", task="shell")), "steps[0].config: missing required field command"),
-    ("shell bad env value", wf(task("a", task="shell", config={"command": "ls", "env": {"A": 1}})),
-     "steps[0].config.env[...]: expected str, got int"),  # msgspec does not name dict keys
-    ("shell bad timeout", wf(task("a", task="shell", config={"command": "ls", "timeout": "x"})),
-     "steps[0].config.timeout: invalid duration 'x'"),
+    (
+        "shell bad env value",
+        wf(task("a", task="shell", config={"command": "ls", "env": {"A": 1}})),
+        "steps[0].config.env[...]: expected str, got int",
+    ),  # msgspec does not name dict keys
+    (
+        "shell bad timeout",
+        wf(task("a", task="shell", config={"command": "ls", "timeout": "x"})),
+        "steps[0].config.timeout: invalid duration 'x'",
+    ),
     ("echo takes no config", wf(task("a", task="echo", config={"x": 1})), "steps[0].config: unknown field x"),
-    ("sleep bad duration", wf({"id": "a", "type": "sleep", "config": {"duration": "forever"}}),
-     "steps[0].config.duration: invalid duration 'forever'"),
-    ("sleep too long", wf({"id": "a", "type": "sleep", "config": {"duration": "400d"}}),
-     "steps[0].config.duration: at most 365d"),
-    ("wait without name", wf({"id": "a", "type": "wait_for_event", "config": {}}),
-     "steps[0].config: missing required field name"),
-    ("sub_workflow bad name", wf({"id": "a", "type": "sub_workflow", "config": {"workflow": "a b"}}),
-     "steps[0].config.workflow: 'a b' is not a workflow name"),
-    ("map without dependency", wf({"id": "m", "type": "map", "config": {"task": "t"}}),
-     "steps[0]: a map step needs exactly one dependency or an input template"),
-    ("map with two dependencies", wf(task("a"), task("b"), {"id": "m", "type": "map", "depends_on": ["a", "b"],
-                                                           "config": {"task": "t"}}),
-     "steps[2]: a map step needs exactly one dependency"),
-    ("map max_items zero", wf(task("a"), {"id": "m", "type": "map", "depends_on": ["a"],
-                                         "config": {"task": "t", "max_items": 0}}),
-     "steps[1].config.max_items: must be 1..10000"),
-    ("map negative concurrency", wf(task("a"), {"id": "m", "type": "map", "depends_on": ["a"],
-                                               "config": {"task": "t", "concurrency": -1}}),
-     "steps[1].config.concurrency: must be >= 0"),
-    ("map item config checked", wf(task("a"), {"id": "m", "type": "map", "depends_on": ["a"],
-                                              "config": {"task": "shell", "config": {}}}),
-     "steps[1].config.config: missing required field command"),
-    ("template reads non-upstream step", wf(task("a"), task("b", input="${steps.c.output}"), task("c")),
-     "steps[1].input: ${steps.c.output} reads step 'c', which is not upstream of 'b'"),
-    ("template reads downstream step", wf(task("a", input={"x": "${steps.b.output.x}"}), task("b", "a")),
-     "steps[0].input: ${steps.b.output.x} reads step 'b', which is not upstream of 'a'"),
-    ("config template reads sibling", wf(task("a"), task("b"), task("c", "a", config={"v": "${steps.b.output}"})),
-     "steps[2].config: ${steps.b.output} reads step 'b'"),
-    ("when reads non-upstream", wf(task("a"), task("b", when="${steps.a.output.ok}")),
-     "steps[1].when: ${steps.a.output.ok} reads step 'a'"),
-    ("compare reads non-upstream", wf(task("a"), task("b", skip_if={"ref": "steps.a.output", "op": "exists"})),
-     "steps[1].skip_if: ${steps.a.output} reads step 'a'"),
-    ("malformed reference", wf(task("a", input="${input..x}")), "steps[0].input: malformed reference ${input..x}"),
-    ("unknown reference root", wf(task("a", input="${env.HOME}")),
-     "steps[0].input: reference ${env.HOME} must start with one of: input, steps, run"),
-    ("steps reference without output", wf(task("a"), task("b", "a", input="${steps.a.result}")),
-     "steps[1].input: reference ${steps.a.result} must look like steps.<id>.output"),
+    (
+        "sleep bad duration",
+        wf({"id": "a", "type": "sleep", "config": {"duration": "forever"}}),
+        "steps[0].config.duration: invalid duration 'forever'",
+    ),
+    (
+        "sleep too long",
+        wf({"id": "a", "type": "sleep", "config": {"duration": "400d"}}),
+        "steps[0].config.duration: at most 365d",
+    ),
+    (
+        "wait without name",
+        wf({"id": "a", "type": "wait_for_event", "config": {}}),
+        "steps[0].config: missing required field name",
+    ),
+    (
+        "sub_workflow bad name",
+        wf({"id": "a", "type": "sub_workflow", "config": {"workflow": "a b"}}),
+        "steps[0].config.workflow: 'a b' is not a workflow name",
+    ),
+    (
+        "map without dependency",
+        wf({"id": "m", "type": "map", "config": {"task": "t"}}),
+        "steps[0]: a map step needs exactly one dependency or an input template",
+    ),
+    (
+        "map with two dependencies",
+        wf(
+            task("a"),
+            task("b"),
+            {"id": "m", "type": "map", "depends_on": ["a", "b"], "config": {"task": "t"}},
+        ),
+        "steps[2]: a map step needs exactly one dependency",
+    ),
+    (
+        "map max_items zero",
+        wf(
+            task("a"),
+            {"id": "m", "type": "map", "depends_on": ["a"], "config": {"task": "t", "max_items": 0}},
+        ),
+        "steps[1].config.max_items: must be 1..10000",
+    ),
+    (
+        "map negative concurrency",
+        wf(
+            task("a"),
+            {"id": "m", "type": "map", "depends_on": ["a"], "config": {"task": "t", "concurrency": -1}},
+        ),
+        "steps[1].config.concurrency: must be >= 0",
+    ),
+    (
+        "map item config checked",
+        wf(
+            task("a"),
+            {"id": "m", "type": "map", "depends_on": ["a"], "config": {"task": "shell", "config": {}}},
+        ),
+        "steps[1].config.config: missing required field command",
+    ),
+    (
+        "template reads non-upstream step",
+        wf(task("a"), task("b", input="${steps.c.output}"), task("c")),
+        "steps[1].input: ${steps.c.output} reads step 'c', which is not upstream of 'b'",
+    ),
+    (
+        "template reads downstream step",
+        wf(task("a", input={"x": "${steps.b.output.x}"}), task("b", "a")),
+        "steps[0].input: ${steps.b.output.x} reads step 'b', which is not upstream of 'a'",
+    ),
+    (
+        "config template reads sibling",
+        wf(task("a"), task("b"), task("c", "a", config={"v": "${steps.b.output}"})),
+        "steps[2].config: ${steps.b.output} reads step 'b'",
+    ),
+    (
+        "when reads non-upstream",
+        wf(task("a"), task("b", when="${steps.a.output.ok}")),
+        "steps[1].when: ${steps.a.output.ok} reads step 'a'",
+    ),
+    (
+        "compare reads non-upstream",
+        wf(task("a"), task("b", skip_if={"ref": "steps.a.output", "op": "exists"})),
+        "steps[1].skip_if: ${steps.a.output} reads step 'a'",
+    ),
+    (
+        "malformed reference",
+        wf(task("a", input="${input..x}")),
+        "steps[0].input: malformed reference ${input..x}",
+    ),
+    (
+        "unknown reference root",
+        wf(task("a", input="${env.HOME}")),
+        "steps[0].input: reference ${env.HOME} must start with one of: input, steps, run",
+    ),
+    (
+        "steps reference without output",
+        wf(task("a"), task("b", "a", input="${steps.a.result}")),
+        "steps[1].input: reference ${steps.a.result} must look like steps.<id>.output",
+    ),
     ("bad compare op", wf(task("a", when={"ref": "input.x", "op": "~="})), "steps[0].when"),
-    ("schema unsupported keyword", wf(task("a"), input_schema={"type": "object", "oneOf": []}),
-     "input_schema: unsupported keyword 'oneOf'"),
-    ("schema nested unsupported keyword",
-     wf(task("a"), input_schema={"type": "object", "properties": {"x": {"format": "uri"}}}),
-     "input_schema.properties.x: unsupported keyword 'format'"),
-    ("schema unknown type", wf(task("a"), input_schema={"type": "dict"}), "input_schema.type: unknown type 'dict'"),
+    (
+        "schema unsupported keyword",
+        wf(task("a"), input_schema={"type": "object", "oneOf": []}),
+        "input_schema: unsupported keyword 'oneOf'",
+    ),
+    (
+        "schema nested unsupported keyword",
+        wf(task("a"), input_schema={"type": "object", "properties": {"x": {"format": "uri"}}}),
+        "input_schema.properties.x: unsupported keyword 'format'",
+    ),
+    (
+        "schema unknown type",
+        wf(task("a"), input_schema={"type": "dict"}),
+        "input_schema.type: unknown type 'dict'",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("doc", "prefix"), [(doc, prefix) for _, doc, prefix in BAD], ids=[b[0] for b in BAD])
+@pytest.mark.parametrize(
+    ("doc", "prefix"), [(doc, prefix) for _, doc, prefix in BAD], ids=[b[0] for b in BAD]
+)
 def test_bad_definition_names_exact_path(doc: Any, prefix: str) -> None:
     with pytest.raises(DefinitionError) as info:
         parse_definition(doc)
@@ -131,27 +236,87 @@ def test_bad_schema_keyword_value_is_a_definition_error() -> None:
 
 GOOD = [
     ("single task", wf(task("a"))),
-    ("retry policies", wf(task("a", retry={"max_attempts": 3}),
-                          task("b", "a", retry={"max_attempts": 5, "backoff": "exponential", "initial": "500ms",
-                                                "max": "10s", "multiplier": 3}))),
-    ("when and skip_if", wf(task("a"), task("b", "a", when="${steps.a.output.ok}"),
-                            task("c", "a", skip_if={"ref": "steps.a.output.n", "op": ">", "value": 3}),
-                            task("d", when={"ref": "input.flag", "op": "exists"}))),
-    ("templates", wf(task("a"), task("b", "a"),
-                     task("c", "b", input={"first": "${steps.a.output}", "run": "${run.id}", "txt": "x-${input.y}"},
-                          config={"v": "${steps.b.output.v}"}))),
-    ("sub_workflow", wf({"id": "child", "type": "sub_workflow", "config": {"workflow": "other", "version": 2}})),
-    ("map over dependency", wf(task("list"), {"id": "m", "type": "map", "depends_on": ["list"],
-                                              "config": {"task": "work", "concurrency": 2, "max_items": 10}})),
-    ("map over input template", wf({"id": "m", "type": "map", "input": "${input.items}", "config": {"task": "echo"}})),
+    (
+        "retry policies",
+        wf(
+            task("a", retry={"max_attempts": 3}),
+            task(
+                "b",
+                "a",
+                retry={
+                    "max_attempts": 5,
+                    "backoff": "exponential",
+                    "initial": "500ms",
+                    "max": "10s",
+                    "multiplier": 3,
+                },
+            ),
+        ),
+    ),
+    (
+        "when and skip_if",
+        wf(
+            task("a"),
+            task("b", "a", when="${steps.a.output.ok}"),
+            task("c", "a", skip_if={"ref": "steps.a.output.n", "op": ">", "value": 3}),
+            task("d", when={"ref": "input.flag", "op": "exists"}),
+        ),
+    ),
+    (
+        "templates",
+        wf(
+            task("a"),
+            task("b", "a"),
+            task(
+                "c",
+                "b",
+                input={"first": "${steps.a.output}", "run": "${run.id}", "txt": "x-${input.y}"},
+                config={"v": "${steps.b.output.v}"},
+            ),
+        ),
+    ),
+    (
+        "sub_workflow",
+        wf({"id": "child", "type": "sub_workflow", "config": {"workflow": "other", "version": 2}}),
+    ),
+    (
+        "map over dependency",
+        wf(
+            task("list"),
+            {
+                "id": "m",
+                "type": "map",
+                "depends_on": ["list"],
+                "config": {"task": "work", "concurrency": 2, "max_items": 10},
+            },
+        ),
+    ),
+    (
+        "map over input template",
+        wf({"id": "m", "type": "map", "input": "${input.items}", "config": {"task": "echo"}}),
+    ),
     ("sleep", wf({"id": "nap", "type": "sleep", "config": {"duration": "1h30m"}})),
     ("wait_for_event", wf({"id": "w", "type": "wait_for_event", "config": {"name": "go", "timeout": "2d"}})),
-    ("builtin tasks", wf(task("e", task="echo"), task("s", task="shell", config={"command": ["ls", "-l"],
-                                                                               "timeout": "30s"}),
-                         task("z", task="sleep", config={"duration": 2}))),
-    ("timeouts and schema", wf(task("a", timeout="5m"), timeout="1d",
-                               input_schema={"type": "object", "required": ["x"],
-                                             "properties": {"x": {"type": "integer", "minimum": 0}}})),
+    (
+        "builtin tasks",
+        wf(
+            task("e", task="echo"),
+            task("s", task="shell", config={"command": ["ls", "-l"], "timeout": "30s"}),
+            task("z", task="sleep", config={"duration": 2}),
+        ),
+    ),
+    (
+        "timeouts and schema",
+        wf(
+            task("a", timeout="5m"),
+            timeout="1d",
+            input_schema={
+                "type": "object",
+                "required": ["x"],
+                "properties": {"x": {"type": "integer", "minimum": 0}},
+            },
+        ),
+    ),
 ]
 
 
@@ -165,14 +330,16 @@ def test_valid_definitions_parse(doc: dict[str, Any]) -> None:
 
 
 def test_parsed_fields_and_typed_configs() -> None:
-    parsed = parse_definition(wf(
-        task("a", retry={"max_attempts": 3, "initial": "2s"}, timeout="5m"),
-        {"id": "nap", "type": "sleep", "depends_on": ["a"], "config": {"duration": "1m"}},
-        {"id": "w", "type": "wait_for_event", "config": {"name": "go"}},
-        {"id": "c", "type": "sub_workflow", "config": {"workflow": "other"}},
-        {"id": "m", "type": "map", "depends_on": ["a"], "config": {"task": "echo", "concurrency": 2}},
-        timeout="1h",
-    ))
+    parsed = parse_definition(
+        wf(
+            task("a", retry={"max_attempts": 3, "initial": "2s"}, timeout="5m"),
+            {"id": "nap", "type": "sleep", "depends_on": ["a"], "config": {"duration": "1m"}},
+            {"id": "w", "type": "wait_for_event", "config": {"name": "go"}},
+            {"id": "c", "type": "sub_workflow", "config": {"workflow": "other"}},
+            {"id": "m", "type": "map", "depends_on": ["a"], "config": {"task": "echo", "concurrency": 2}},
+            timeout="1h",
+        )
+    )
     a = parsed.step("a")
     assert a.retry == RetryPolicy(max_attempts=3, initial="2s")
     assert a.timeout_seconds == 300.0
@@ -195,7 +362,10 @@ def test_parsed_fields_and_typed_configs() -> None:
         (RetryPolicy(backoff="exponential", initial=1), [1.0, 2.0, 4.0, 8.0]),
         (RetryPolicy(backoff="exponential", initial="500ms", multiplier=3), [0.5, 1.5, 4.5]),
         (RetryPolicy(backoff="exponential", initial="1s", max="5s"), [1.0, 2.0, 4.0, 5.0, 5.0]),
-        (RetryPolicy(backoff="exponential", initial="10m"), [600.0, 1200.0, 2400.0, 3600.0]),  # default cap 1h
+        (
+            RetryPolicy(backoff="exponential", initial="10m"),
+            [600.0, 1200.0, 2400.0, 3600.0],
+        ),  # default cap 1h
         (RetryPolicy(backoff="fixed", initial="10s", max="3s"), [3.0]),
     ],
 )
@@ -237,5 +407,6 @@ def test_non_finite_multiplier_is_rejected(multiplier: float) -> None:
     event that carries the definition no longer decodes (`Expected float, got null - at
     $.definition.steps[0].retry.multiplier`); with NaN, delay() also returns NaN."""
     with pytest.raises(DefinitionError, match=r"^steps\[0\]\.retry\.multiplier: "):
-        parse_definition(wf(task("a", retry={"max_attempts": 3, "backoff": "exponential",
-                                             "multiplier": multiplier})))
+        parse_definition(
+            wf(task("a", retry={"max_attempts": 3, "backoff": "exponential", "multiplier": multiplier}))
+        )

@@ -79,8 +79,9 @@ def test_format_parse_round_trip(text: str) -> None:
     assert format_duration(parse_duration(text)) == text
 
 
-@pytest.mark.parametrize("value", [float("nan"), float("inf"), "nan", "inf"],
-                         ids=["float-nan", "float-inf", "str-nan", "str-inf"])
+@pytest.mark.parametrize(
+    "value", [float("nan"), float("inf"), "nan", "inf"], ids=["float-nan", "float-inf", "str-nan", "str-inf"]
+)
 def test_non_finite_durations_are_rejected(value: object) -> None:
     """Regression: NaN and infinity used to be accepted. YAML can spell them (`.nan`, `.inf`) and
     JSON encodes them as null, so a run.started event carrying one no longer decoded."""

@@ -57,8 +57,15 @@ def random_definition(rng: random.Random) -> tuple[WorkflowDef, dict[str, Any]]:
         deps = rng.sample(earlier, rng.randint(0, min(3, len(earlier))))
         roll = rng.random()
         if roll < 0.2:
-            step = {"id": sid, "type": "map",
-                    "config": {"task": "echo", "concurrency": rng.choice([0, 1, 2]), "max_items": rng.choice([3, 10])}}
+            step = {
+                "id": sid,
+                "type": "map",
+                "config": {
+                    "task": "echo",
+                    "concurrency": rng.choice([0, 1, 2]),
+                    "max_items": rng.choice([3, 10]),
+                },
+            }
             if list_steps and rng.random() < 0.7:
                 step["depends_on"] = [rng.choice(list_steps)]
             else:
@@ -69,7 +76,12 @@ def random_definition(rng: random.Random) -> tuple[WorkflowDef, dict[str, Any]]:
             step = {"id": sid, "task": "echo", "depends_on": deps, "input": items}
             list_steps.append(sid)
         elif roll < 0.47:
-            step = {"id": sid, "type": "sleep", "depends_on": deps, "config": {"duration": rng.choice(["1s", "1m"])}}
+            step = {
+                "id": sid,
+                "type": "sleep",
+                "depends_on": deps,
+                "config": {"duration": rng.choice(["1s", "1m"])},
+            }
         elif roll < 0.6:
             step = {"id": sid, "type": "sub_workflow", "depends_on": deps, "config": {"workflow": "child"}}
         elif roll < 0.67:
@@ -81,14 +93,20 @@ def random_definition(rng: random.Random) -> tuple[WorkflowDef, dict[str, Any]]:
             step = {"id": sid, "task": "work", "depends_on": deps}
         if step.get("type") in (None, "map", "sub_workflow"):
             if rng.random() < 0.7:
-                step["retry"] = {"max_attempts": rng.randint(1, 5), "backoff": rng.choice(["fixed", "exponential"]),
-                                 "initial": rng.choice([0, 1, "500ms", "2s"])}
+                step["retry"] = {
+                    "max_attempts": rng.randint(1, 5),
+                    "backoff": rng.choice(["fixed", "exponential"]),
+                    "initial": rng.choice([0, 1, "500ms", "2s"]),
+                }
                 if rng.random() < 0.5:
                     step["retry"]["max"] = "3s"
             if rng.random() < 0.2:
                 step["timeout"] = "30s"
         if rng.random() < 0.2:
-            conditions: list[Any] = ["${input.flag}", {"ref": "input.n", "op": ">", "value": rng.randint(0, 5)}]
+            conditions: list[Any] = [
+                "${input.flag}",
+                {"ref": "input.n", "op": ">", "value": rng.randint(0, 5)},
+            ]
             if step["depends_on"]:
                 conditions.append({"ref": f"steps.{step['depends_on'][0]}.output", "op": "exists"})
             step[rng.choice(["when", "skip_if"])] = rng.choice(conditions)
@@ -96,8 +114,11 @@ def random_definition(rng: random.Random) -> tuple[WorkflowDef, dict[str, Any]]:
     doc: dict[str, Any] = {"name": f"prop-{rng.randint(0, 999)}", "steps": steps}
     if rng.random() < 0.1:
         doc["timeout"] = rng.choice(["1m", "1h"])
-    run_input = {"flag": rng.random() < 0.5, "n": rng.randint(0, 5),
-                 "items": [rng.randint(0, 9) for _ in range(rng.randint(0, 4))] if rng.random() < 0.9 else "oops"}
+    run_input = {
+        "flag": rng.random() < 0.5,
+        "n": rng.randint(0, 5),
+        "items": [rng.randint(0, 9) for _ in range(rng.randint(0, 4))] if rng.random() < 0.9 else "oops",
+    }
     return parse_definition(doc), run_input
 
 
@@ -124,8 +145,16 @@ class World:
         self.appended: list[Event] = []  # events the engine derived
         self.early_signals = 2
         self.cancel_sent = False
-        self.apply(RunStarted(at=self.now, run_id=f"run{seed}", workflow=self.wf.name, version=1,
-                              definition=self.wf, input=run_input))
+        self.apply(
+            RunStarted(
+                at=self.now,
+                run_id=f"run{seed}",
+                workflow=self.wf.name,
+                version=1,
+                definition=self.wf,
+                input=run_input,
+            )
+        )
 
     @property
     def st(self) -> RunState:
@@ -228,8 +257,13 @@ class World:
         if roll < 0.8:
             outcome: Event = StepCompleted(at=at, step_id=task.step_id, attempt=task.attempt, output=output)
         else:
-            outcome = StepFailed(at=at, step_id=task.step_id, attempt=task.attempt, error=f"error {roll:.2f}",
-                                 retryable=roll < 0.97)
+            outcome = StepFailed(
+                at=at,
+                step_id=task.step_id,
+                attempt=task.attempt,
+                error=f"error {roll:.2f}",
+                retryable=roll < 0.97,
+            )
         self.inbox.append(outcome)
         if rng.random() < 0.2:
             self.inbox.append(outcome)  # at-least-once delivery
@@ -237,9 +271,15 @@ class World:
     def child(self, start: StartChildRun) -> None:
         """A child run ends: completed, failed or cancelled; its notice may arrive twice."""
         status = self.rng.choices(["completed", "failed", "cancelled"], weights=[8, 2, 1])[0]
-        notice = ChildRunFinished(at=self.now, step_id=start.parent.step_id, attempt=start.parent.attempt,
-                                  child_run_id=start.child_run_id, status=status, output={"child": start.input},
-                                  error=None if status == "completed" else "child said no")
+        notice = ChildRunFinished(
+            at=self.now,
+            step_id=start.parent.step_id,
+            attempt=start.parent.attempt,
+            child_run_id=start.child_run_id,
+            status=status,
+            output={"child": start.input},
+            error=None if status == "completed" else "child said no",
+        )
         self.inbox += [notice] * self.rng.choice([1, 1, 2])
 
 
@@ -269,8 +309,9 @@ def test_decide_agrees_with_replay(seed: int) -> None:
     ended_at = len(world.recorded)
     # Everything still in flight arrives after the end and must change nothing.
     final = world.st
-    for event in world.inbox + [TimerFired(at=t.fire_at, kind=t.kind, step_id=t.step_id, attempt=t.attempt)
-                                for t in world.timers]:
+    for event in world.inbox + [
+        TimerFired(at=t.fire_at, kind=t.kind, step_id=t.step_id, attempt=t.attempt) for t in world.timers
+    ]:
         assert world.apply(event) == final
 
     state = world.st
@@ -306,14 +347,32 @@ def test_the_generator_covers_the_interesting_cases() -> None:
             pass
         seen[world.st.status] = seen.get(world.st.status, 0) + 1
         types = {type(e).__name__ for e in world.recorded}
-        for name in ("MapExpanded", "StepSkipped", "StepWaiting", "SignalReceived", "TimerFired",
-                     "ChildRunFinished", "StepCheckpointed"):
+        for name in (
+            "MapExpanded",
+            "StepSkipped",
+            "StepWaiting",
+            "SignalReceived",
+            "TimerFired",
+            "ChildRunFinished",
+            "StepCheckpointed",
+        ):
             if name in types:
                 seen[name] = seen.get(name, 0) + 1
         if any(isinstance(e, TimerFired) and e.kind == "step_timeout" for e in world.recorded):
             seen["step_timeout"] = seen.get("step_timeout", 0) + 1
         if any(isinstance(e, TimerFired) and e.kind == "retry" for e in world.recorded):
             seen["retry"] = seen.get("retry", 0) + 1
-    for key in ("completed", "failed", "cancelled", "MapExpanded", "StepSkipped", "StepWaiting",
-                "SignalReceived", "ChildRunFinished", "StepCheckpointed", "step_timeout", "retry"):
+    for key in (
+        "completed",
+        "failed",
+        "cancelled",
+        "MapExpanded",
+        "StepSkipped",
+        "StepWaiting",
+        "SignalReceived",
+        "ChildRunFinished",
+        "StepCheckpointed",
+        "step_timeout",
+        "retry",
+    ):
         assert seen.get(key, 0) >= 3, (key, seen)

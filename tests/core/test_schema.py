@@ -68,8 +68,14 @@ def test_valid_values(value: Any) -> None:
         ({"repo": "acme/app", "tags": ["a", "b", "c", "d"]}, "input.tags: allows at most 3 items"),
         ({"repo": "acme/app", "tags": ["a", 2]}, "input.tags[1]: expected string, got integer"),
         ({"repo": "acme/app", "meta": {}}, "input.meta: missing required field 'owner'"),
-        ({"repo": "acme/app", "meta": {"owner": {"id": "x"}}}, "input.meta.owner.id: expected integer, got string"),
-        ({"repo": "acme/app", "meta": {"owner": {}, "note": 3}}, "input.meta.note: expected string, got integer"),
+        (
+            {"repo": "acme/app", "meta": {"owner": {"id": "x"}}},
+            "input.meta.owner.id: expected integer, got string",
+        ),
+        (
+            {"repo": "acme/app", "meta": {"owner": {}, "note": 3}},
+            "input.meta.note: expected string, got integer",
+        ),
     ],
 )
 def test_invalid_values(value: Any, problem: str) -> None:
@@ -77,7 +83,9 @@ def test_invalid_values(value: Any, problem: str) -> None:
 
 
 def test_custom_root_path() -> None:
-    assert validate({"type": "string"}, 1, path="steps.a.input") == "steps.a.input: expected string, got integer"
+    assert (
+        validate({"type": "string"}, 1, path="steps.a.input") == "steps.a.input: expected string, got integer"
+    )
 
 
 def test_empty_schema_accepts_anything() -> None:
@@ -87,7 +95,9 @@ def test_empty_schema_accepts_anything() -> None:
 
 def test_check_schema_accepts_supported_schema() -> None:
     assert check_schema(SCHEMA) is None
-    assert check_schema({"$schema": "x", "title": "t", "description": "d", "default": 1, "examples": []}) is None
+    assert (
+        check_schema({"$schema": "x", "title": "t", "description": "d", "default": 1, "examples": []}) is None
+    )
 
 
 @pytest.mark.parametrize(
@@ -97,12 +107,20 @@ def test_check_schema_accepts_supported_schema() -> None:
         ({"oneOf": []}, "input_schema: unsupported keyword 'oneOf'"),
         ({"type": "dict"}, "input_schema.type: unknown type 'dict'"),
         ({"type": ["string", "int"]}, "input_schema.type: unknown type 'int'"),
-        ({"properties": {"a": {"format": "email"}}}, "input_schema.properties.a: unsupported keyword 'format'"),
+        (
+            {"properties": {"a": {"format": "email"}}},
+            "input_schema.properties.a: unsupported keyword 'format'",
+        ),
         ({"properties": {"a": "string"}}, "input_schema.properties.a: expected an object"),
         ({"items": {"type": "set"}}, "input_schema.items.type: unknown type 'set'"),
-        ({"additionalProperties": {"anyOf": []}}, "input_schema.additionalProperties: unsupported keyword 'anyOf'"),
-        ({"properties": {"a": {"properties": {"b": {"$ref": "#"}}}}},
-         "input_schema.properties.a.properties.b: unsupported keyword '$ref'"),
+        (
+            {"additionalProperties": {"anyOf": []}},
+            "input_schema.additionalProperties: unsupported keyword 'anyOf'",
+        ),
+        (
+            {"properties": {"a": {"properties": {"b": {"$ref": "#"}}}}},
+            "input_schema.properties.a.properties.b: unsupported keyword '$ref'",
+        ),
         ({"pattern": "("}, "input_schema.pattern: invalid regular expression"),
     ],
 )

@@ -65,7 +65,11 @@ def test_render_missing_raises(template: Any, message: str) -> None:
 
 
 def test_references_in_document_order() -> None:
-    doc = {"a": "${input.x} and ${steps.s.output.y}", "b": ["${run.id}", {"c": "${ steps.t.output }"}], "d": 5}
+    doc = {
+        "a": "${input.x} and ${steps.s.output.y}",
+        "b": ["${run.id}", {"c": "${ steps.t.output }"}],
+        "d": 5,
+    }
     assert references(doc) == ["input.x", "steps.s.output.y", "run.id", "steps.t.output"]
     assert references("plain") == []
     assert references(None) == []
