@@ -318,7 +318,10 @@ async def cmd_run_start(args: argparse.Namespace) -> int:
             return 0
         if not args.json:
             print(run_id, flush=True)
-        state = await client.wait(run_id)
+        async for _seq, event in client.follow(run_id):
+            if not args.json and (line := views.progress_line(event)):
+                print(line, file=sys.stderr, flush=True)
+        state = await client.run(run_id)
         if args.json:
             _print_json(
                 {"run_id": run_id, "status": state.status, "output": state.output, "error": state.error}

@@ -100,7 +100,9 @@ class EmbeddedServer:
         deadline = time.monotonic() + timeout
         while not ready.wait(0.02):
             if self.proc.poll() is not None:
-                raise UserError(f"nats-server exited at start: {self._reason()}")
+                reason = self._reason()
+                self.stop()
+                raise UserError(f"nats-server exited at start: {reason}")
             if time.monotonic() > deadline:
                 self.stop()
                 raise UserError(f"nats-server did not become ready within {timeout:.0f}s: {self._reason()}")

@@ -95,6 +95,23 @@ def event_line(seq: int, event: Event) -> str:
     return f"{seq:>8}  {stamp}  {kind:<22} {detail}".rstrip()
 
 
+def progress_line(event: Event) -> str | None:
+    """A short line for `run start --wait` to show while a run goes on, or None."""
+    body = msgspec.to_builtins(event)
+    kind, sid = body["type"], body.get("step_id", "")
+    if kind == "step.completed":
+        return f"  {sid}: completed"
+    if kind == "step.failed":
+        return f"  {sid}: attempt {body['attempt']} failed: {body['error']}"
+    if kind == "step.skipped":
+        return f"  {sid}: skipped ({body.get('reason', '')})"
+    if kind == "step.waiting":
+        return f"  {sid}: waiting" + (f" for signal {body['signal']!r}" if body.get("signal") else "")
+    if kind == "map.expanded":
+        return f"  {sid}: {len(body['items'])} items"
+    return None
+
+
 def workflow_doc(wfv: WorkflowVersion, versions: list[int] | None = None) -> dict[str, Any]:
     doc = {
         "name": wfv.name,
