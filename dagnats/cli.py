@@ -13,7 +13,7 @@ import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from . import views
+from . import names, views
 from .errors import UserError
 
 
@@ -199,9 +199,10 @@ async def cmd_worker(args: argparse.Namespace) -> int:
     worker = _as_worker(load_object(args.spec), args.spec, Worker)
     if not worker.handlers:
         raise UserError(f"{args.spec} registers no tasks")
-    nc = await connect(resolve_endpoint(args.nats, args.data_dir), name="dagnats-worker", long_lived=True)
-    store = Store(nc)
-    await store.ensure()
+    endpoint = resolve_endpoint(args.nats, args.data_dir, role="worker")
+    nc = await connect(endpoint, name="dagnats-worker", long_lived=True)
+    store = Store(nc, source=names.SOURCE_WORKER)
+    await store.require()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

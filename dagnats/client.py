@@ -22,10 +22,10 @@ from .connection import Endpoint, connect, resolve_endpoint
 from .core import schema
 from .core.decide import fold
 from .core.definition import WorkflowDef
-from .core.events import Event, RunCancelRequested, RunStarted, SignalReceived, decode_event
+from .core.events import Event, RunCancelRequested, RunStarted, SignalReceived
 from .core.state import RUN_TERMINAL, RunState
 from .errors import NotFound, UserError
-from .store import Conflict, RunSummary, Store, WorkflowVersion
+from .store import Conflict, RunSummary, Store, WorkflowVersion, decode_recorded
 
 
 def operator_identity() -> str:
@@ -43,7 +43,7 @@ def new_run_id() -> str:
 class Client:
     def __init__(self, nc: NATS) -> None:
         self.nc = nc
-        self.store = Store(nc)
+        self.store = Store(nc, source=names.SOURCE_OPERATOR)
 
     @classmethod
     async def connect(
@@ -131,7 +131,7 @@ class Client:
     async def follow(self, run_id: str, *, until_terminal: bool = True) -> AsyncIterator[tuple[int, Event]]:
         """Yield the run's events from the first, live, until the run ends."""
         sub = await self.store.js.subscribe(
-            names.history_subject(run_id),
+            names.history_filter(run_id),
             ordered_consumer=True,
             deliver_policy=api.DeliverPolicy.ALL,
         )
@@ -144,7 +144,7 @@ class Client:
                     if state is None:
                         await self.run(run_id)  # raises NotFound for an unknown run
                     continue
-                event = decode_event(msg.data)
+                event = decode_recorded(msg.subject, msg.data)
                 state = fold(None, state, event)
                 yield msg.metadata.sequence.stream, event
                 if until_terminal and state is not None and state.terminal:

@@ -18,15 +18,28 @@ from .errors import UserError
 class Endpoint:
     url: str
     token: str | None = None
+    user: str | None = None
+    password: str | None = None
 
 
-def resolve_endpoint(nats_url: str | None = None, data_dir: str | os.PathLike[str] | None = None) -> Endpoint:
-    """--nats / DAGNATS_NATS_URL first, else the local server recorded in the data dir."""
+def resolve_endpoint(
+    nats_url: str | None = None, data_dir: str | os.PathLike[str] | None = None, role: str = "operator"
+) -> Endpoint:
+    """--nats / DAGNATS_NATS_URL first, else the local server recorded in the data dir.
+
+    `role` picks the credentials: "operator" (server.json) or "worker" (worker.json). For an
+    external NATS they come from DAGNATS_NATS_TOKEN or DAGNATS_NATS_USER/DAGNATS_NATS_PASSWORD.
+    """
     url = nats_url or os.environ.get("DAGNATS_NATS_URL")
     if url:
-        return Endpoint(url=url, token=os.environ.get("DAGNATS_NATS_TOKEN") or None)
-    info = datadir.read_server_info(datadir.resolve(data_dir))
-    return Endpoint(url=info.url, token=info.token)
+        return Endpoint(
+            url=url,
+            token=os.environ.get("DAGNATS_NATS_TOKEN") or None,
+            user=os.environ.get("DAGNATS_NATS_USER") or None,
+            password=os.environ.get("DAGNATS_NATS_PASSWORD") or None,
+        )
+    info = datadir.read_server_info(datadir.resolve(data_dir), role)
+    return Endpoint(url=info.url, user=info.user, password=info.password)
 
 
 async def connect(
@@ -43,6 +56,8 @@ async def connect(
             nats.connect(
                 endpoint.url,
                 token=endpoint.token,
+                user=endpoint.user,
+                password=endpoint.password,
                 name=name,
                 connect_timeout=timeout,
                 max_reconnect_attempts=1,
@@ -66,7 +81,7 @@ def _explain(endpoint: Endpoint, errors: list[Exception]) -> str:
     if any("authorization" in str(e).lower() for e in errors):
         return (
             f"NATS at {endpoint.url} refused the connection: authorization violation "
-            "(wrong or missing secret; clients on this host find it through --data-dir)"
+            "(wrong or missing credentials; clients on this host find them through --data-dir)"
         )
     text = str(errors[-1]) or type(errors[-1]).__name__
     return (

@@ -11,6 +11,7 @@ from pathlib import Path
 from .errors import UserError
 
 SERVER_FILE = "server.json"
+WORKER_FILE = "worker.json"
 SECRET_FILE = "secret"
 LOCK_FILE = "serve.lock"
 
@@ -42,28 +43,45 @@ def write_private(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def load_or_create_secret(path: Path) -> str:
+@dataclass(frozen=True)
+class Credentials:
+    """Passwords of the embedded server's two NATS users."""
+
+    operator: str  # full access: serve's engine, the CLI, the console
+    worker: str  # tasks only: pull work, report results, read state; never approve or steer
+
+    @classmethod
+    def generate(cls) -> Credentials:
+        return cls(operator=secrets.token_urlsafe(32), worker=secrets.token_urlsafe(32))
+
+
+def load_or_create_credentials(path: Path) -> Credentials:
     secret_path = path / SECRET_FILE
     if secret_path.exists():
-        return secret_path.read_text().strip()
-    token = secrets.token_urlsafe(32)
-    write_private(secret_path, token + "\n")
-    return token
+        raw = json.loads(secret_path.read_text())
+        return Credentials(operator=raw["operator"], worker=raw["worker"])
+    creds = Credentials.generate()
+    write_private(secret_path, json.dumps({"operator": creds.operator, "worker": creds.worker}))
+    return creds
 
 
 @dataclass(frozen=True)
 class ServerInfo:
     url: str
-    token: str | None
+    user: str | None
+    password: str | None
     pid: int | None = None
 
 
-def write_server_info(path: Path, info: ServerInfo) -> None:
-    write_private(path / SERVER_FILE, json.dumps({"url": info.url, "token": info.token, "pid": info.pid}))
+def write_server_info(path: Path, url: str, creds: Credentials) -> None:
+    """server.json lets operators' clients find the server; worker.json does the same for workers."""
+    pid = os.getpid()
+    write_private(path / SERVER_FILE, json.dumps({"url": url, "user": "operator", "password": creds.operator, "pid": pid}))
+    write_private(path / WORKER_FILE, json.dumps({"url": url, "user": "worker", "password": creds.worker, "pid": pid}))
 
 
-def read_server_info(path: Path) -> ServerInfo:
-    file = path / SERVER_FILE
+def read_server_info(path: Path, role: str = "operator") -> ServerInfo:
+    file = path / (SERVER_FILE if role == "operator" else WORKER_FILE)
     try:
         raw = json.loads(file.read_text())
     except FileNotFoundError:
@@ -73,11 +91,12 @@ def read_server_info(path: Path) -> ServerInfo:
         ) from None
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot read {file}: {exc}") from None
-    return ServerInfo(url=raw["url"], token=raw.get("token"), pid=raw.get("pid"))
+    return ServerInfo(url=raw["url"], user=raw.get("user"), password=raw.get("password"), pid=raw.get("pid"))
 
 
 def remove_server_info(path: Path) -> None:
-    try:
-        (path / SERVER_FILE).unlink()
-    except FileNotFoundError:
-        pass
+    for name in (SERVER_FILE, WORKER_FILE):
+        try:
+            (path / name).unlink()
+        except FileNotFoundError:
+            pass

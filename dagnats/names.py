@@ -21,12 +21,28 @@ TASKS_DEDUP_SECONDS = 24 * 3600
 TIMERS_DEDUP_SECONDS = 24 * 3600
 
 
-def history_subject(run_id: str) -> str:
-    return f"{HISTORY_PREFIX}.{run_id}"
+# Who wrote an event is the last token of its subject. NATS permissions confine workers to
+# their own token, so a worker can never write what only an operator or the engine may.
+SOURCE_ENGINE = "e"
+SOURCE_OPERATOR = "o"
+SOURCE_WORKER = "w"
+
+
+def history_subject(run_id: str, source: str) -> str:
+    return f"{HISTORY_PREFIX}.{run_id}.{source}"
+
+
+def history_filter(run_id: str) -> str:
+    """Every subject of one run's history (all sources); optimistic concurrency spans them all."""
+    return f"{HISTORY_PREFIX}.{run_id}.*"
 
 
 def run_of_history_subject(subject: str) -> str:
-    return subject[len(HISTORY_PREFIX) + 1 :]
+    return subject.split(".")[2]
+
+
+def source_of_history_subject(subject: str) -> str:
+    return subject.rsplit(".", 1)[1]
 
 
 def task_subject(task: str) -> str:

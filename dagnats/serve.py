@@ -10,9 +10,9 @@ import signal
 import sys
 from pathlib import Path
 
-from . import datadir
+from . import datadir, names
 from .builtins import builtin
-from .connection import Endpoint, connect
+from .connection import Endpoint, connect, resolve_endpoint
 from .connection import close as _close
 from .engine import Engine
 from .errors import UserError
@@ -60,24 +60,28 @@ async def serve(
     lock: DataDirLock | None = None
     path = datadir.resolve(data_dir)
     if nats_url:
-        endpoint = Endpoint(url=nats_url, token=os.environ.get("DAGNATS_NATS_TOKEN") or None)
+        endpoint = worker_endpoint = resolve_endpoint(nats_url)
     else:
         datadir.ensure(path)
         lock = DataDirLock(path)
         lock.acquire()
-        token = datadir.load_or_create_secret(path)
-        server = EmbeddedServer(path, port, token)
+        creds = datadir.load_or_create_credentials(path)
+        server = EmbeddedServer(path, port, creds)
         server.start()
-        endpoint = Endpoint(url=server.url, token=token)
+        endpoint = Endpoint(url=server.url, user="operator", password=creds.operator)
+        worker_endpoint = Endpoint(url=server.url, user="worker", password=creds.worker)
     try:
         nc = await connect(endpoint, name="dagnats-serve", long_lived=True)
         store = Store(nc)
         await store.ensure()
+        # The built-in workers (and, with them, agents and their tools) get a worker's
+        # connection: they can report on their tasks but never approve, cancel or signal.
+        worker_nc = await connect(worker_endpoint, name="dagnats-serve-workers", long_lived=True)
+        worker_store = Store(worker_nc, source=names.SOURCE_WORKER)
         if server is not None:
-            datadir.write_server_info(
-                path, datadir.ServerInfo(url=server.url, token=server.token, pid=os.getpid())
-            )
-        await _run(store, endpoint, server, path, workers, concurrency)
+            datadir.write_server_info(path, server.url, creds)
+        await _run(store, worker_store, endpoint, server, path, workers, concurrency)
+        await _close(worker_nc)
         await _close(nc)
     finally:
         if server is not None:
@@ -89,6 +93,7 @@ async def serve(
 
 async def _run(
     store: Store,
+    worker_store: Store,
     endpoint: Endpoint,
     server: EmbeddedServer | None,
     path: Path,
@@ -106,7 +111,7 @@ async def _run(
     tasks = [
         asyncio.create_task(engine.run(stop), name="engine"),
         asyncio.create_task(TimerService(store).run(stop), name="timers"),
-        asyncio.create_task(combined.run(store, stop, concurrency=concurrency), name="workers"),
+        asyncio.create_task(combined.run(worker_store, stop, concurrency=concurrency), name="workers"),
     ]
     where = f"embedded NATS at {endpoint.url}, data in {path}" if server else f"NATS at {endpoint.url}"
     print(

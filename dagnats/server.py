@@ -19,6 +19,7 @@ import threading
 import time
 from pathlib import Path
 
+from .datadir import Credentials
 from .errors import UserError
 
 PID_FILE = "nats-server.pid"
@@ -49,11 +50,41 @@ def die_with_parent(sig: int = signal.SIGTERM) -> None:
         pass
 
 
+# What a worker may do: pull its tasks, read run state, and write under its own history
+# token. It cannot append to the operator's or engine's tokens (approvals, cancels, signals),
+# create or change streams, or touch other consumers.
+WORKER_PUBLISH = [
+    "dagnats.history.*.w",
+    "dagnats.live.>",
+    "$JS.API.INFO",
+    "$JS.API.STREAM.INFO.*",
+    "$JS.API.CONSUMER.CREATE.DAGNATS_TASKS.>",
+    "$JS.API.CONSUMER.DURABLE.CREATE.DAGNATS_TASKS.>",
+    "$JS.API.CONSUMER.INFO.DAGNATS_TASKS.>",
+    "$JS.API.CONSUMER.MSG.NEXT.DAGNATS_TASKS.>",
+    "$JS.ACK.DAGNATS_TASKS.>",
+    "$JS.API.DIRECT.GET.DAGNATS_HISTORY",
+    "$JS.API.DIRECT.GET.KV_dagnats_runs.>",
+    "$JS.API.STREAM.MSG.GET.KV_dagnats_runs",
+]
+
+
+def _users(creds: Credentials) -> str:
+    publish = ", ".join(f'"{s}"' for s in WORKER_PUBLISH)
+    return (
+        f'  users = [\n    {{user: "operator", password: "{creds.operator}"}}\n'
+        f'    {{user: "worker", password: "{creds.worker}", permissions: {{\n'
+        f"      publish: {{allow: [{publish}]}}\n"
+        '      subscribe: {allow: ["_INBOX.>"]}\n'
+        "    }}\n  ]\n"
+    )
+
+
 class EmbeddedServer:
-    def __init__(self, data_dir: Path, port: int, token: str) -> None:
+    def __init__(self, data_dir: Path, port: int, creds: Credentials) -> None:
         self.data_dir = data_dir
         self.port = port
-        self.token = token
+        self.creds = creds
         self.proc: subprocess.Popen[str] | None = None
         self._log: collections.deque[str] = collections.deque(maxlen=50)
 
@@ -71,7 +102,7 @@ class EmbeddedServer:
             f.write(
                 f'listen: "127.0.0.1:{self.port}"\n'
                 f'jetstream {{ store_dir: "{store}" }}\n'
-                f'authorization {{ token: "{self.token}" }}\n'
+                f"authorization {{\n{_users(self.creds)}}}\n"
                 "max_payload: 1MB\n"
             )
         self.proc = subprocess.Popen(

@@ -120,8 +120,9 @@ _enc = msgspec.json.Encoder()
 
 
 class Store:
-    def __init__(self, nc: NATS) -> None:
+    def __init__(self, nc: NATS, source: str = names.SOURCE_ENGINE) -> None:
         self.nc = nc
+        self.source = source  # the history subject token this store writes under
         self.js = nc.jetstream()
         self._runs: Any = None
         self._workflows: Any = None
@@ -165,6 +166,14 @@ class Store:
                     pass  # another process created it meanwhile
         await self._buckets(create=True)
 
+    async def require(self) -> None:
+        """Check that dagnats' streams and buckets exist (for workers, which may not create them)."""
+        try:
+            await self.js.stream_info(names.TASKS_STREAM)
+        except NotFoundError:
+            raise UserError("this NATS has no dagnats data yet: start `dagnats serve` against it first") from None
+        await self._buckets()
+
     async def _buckets(self, create: bool = False) -> None:
         if self._runs is not None:
             return
@@ -196,10 +205,12 @@ class Store:
         headers = {}
         if expected_last is not None:
             headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_last)
+            headers["Nats-Expected-Last-Subject-Sequence-Subject"] = names.history_filter(run_id)
         if msg_id is not None:
             headers["Nats-Msg-Id"] = msg_id
         try:
-            ack = await self.js.publish(names.history_subject(run_id), data, headers=headers or None)
+            subject = names.history_subject(run_id, self.source)
+            ack = await self.js.publish(subject, data, headers=headers or None)
         except APIError as exc:
             if exc.err_code == WRONG_LAST_SEQUENCE:
                 raise Conflict(run_id) from None
@@ -208,7 +219,7 @@ class Store:
 
     async def read_history(self, run_id: str, after: int = 0) -> list[tuple[int, Event]]:
         """Every event of a run with sequence > `after`, in order (batched direct get)."""
-        subject = names.history_subject(run_id)
+        subject = names.history_filter(run_id)
         out: list[tuple[int, Event]] = []
         inbox = self.nc.new_inbox()
         sub = await self.nc.subscribe(inbox)
@@ -227,21 +238,12 @@ class Store:
                         break
                     got += 1
                     seq = int(headers["Nats-Sequence"])
-                    out.append((seq, decode_event(msg.data)))
+                    out.append((seq, decode_recorded(headers["Nats-Subject"], msg.data)))
                     seq += 1
                 if got == 0 or pending == 0:
                     return out
         finally:
             await sub.unsubscribe()
-
-    async def last_sequence(self, run_id: str) -> int:
-        try:
-            msg = await self.js.get_msg(
-                names.HISTORY_STREAM, subject=names.history_subject(run_id), direct=True
-            )
-        except NotFoundError:
-            return 0
-        return msg.seq or 0
 
     # --- snapshots ---------------------------------------------------------------------------
 
@@ -402,6 +404,12 @@ async def _dump(kv: Any, keys: str, meta_only: bool = False) -> list[Any]:
 class _KVEntry(msgspec.Struct, frozen=True):
     key: str
     value: bytes
+
+
+def decode_recorded(subject: str, data: bytes) -> Event:
+    """An event as read back from the history, stamped with the source its subject proves."""
+    event = decode_event(data)
+    return msgspec.structs.replace(event, source=names.source_of_history_subject(subject))
 
 
 def decode_task(data: bytes) -> TaskMessage:

@@ -21,7 +21,9 @@ from dagnats.builtins import builtin
 from dagnats.client import Client
 from dagnats.connection import Endpoint, connect
 from dagnats.core.definition import parse_definition
+from dagnats.datadir import Credentials
 from dagnats.engine import Engine
+from dagnats.names import SOURCE_WORKER
 from dagnats.server import EmbeddedServer
 from dagnats.store import Store
 from dagnats.timers import TimerService
@@ -151,8 +153,9 @@ class Stack:
 
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
-        self.server = EmbeddedServer(tmp, free_port(), "test-secret")
-        self.endpoint = Endpoint(url="", token="test-secret")
+        self.creds = Credentials(operator="operator-secret", worker="worker-secret")
+        self.server = EmbeddedServer(tmp, free_port(), self.creds)
+        self.endpoint = Endpoint(url="")
         self.stop_event = asyncio.Event()
         self.tasks: list[asyncio.Task[None]] = []
         self.client: Client
@@ -160,17 +163,19 @@ class Stack:
 
     async def start(self, *workers: Worker, engines: int = 1) -> Stack:
         self.server.start()
-        self.endpoint = Endpoint(url=self.server.url, token="test-secret")
+        self.endpoint = Endpoint(url=self.server.url, user="operator", password=self.creds.operator)
+        self.worker_endpoint = Endpoint(url=self.server.url, user="worker", password=self.creds.worker)
         nc = await connect(self.endpoint, long_lived=True)
         self.store = Store(nc)
         await self.store.ensure()
+        self.worker_store = Store(await connect(self.worker_endpoint, long_lived=True), source=SOURCE_WORKER)
         combined = Worker(name="test-worker")
         for w in (builtin, *workers):
             combined.include(w)
         for _ in range(engines):
             self.tasks.append(asyncio.create_task(Engine(self.store).run(self.stop_event)))
         self.tasks.append(asyncio.create_task(TimerService(self.store).run(self.stop_event)))
-        self.tasks.append(asyncio.create_task(combined.run(self.store, self.stop_event, concurrency=16)))
+        self.tasks.append(asyncio.create_task(combined.run(self.worker_store, self.stop_event, concurrency=16)))
         self.client = await Client.connect(endpoint=self.endpoint)
         return self
 
@@ -188,6 +193,7 @@ class Stack:
         await asyncio.wait_for(asyncio.gather(*self.tasks, return_exceptions=True), 10)
         await self.client.close()
         await self.store.nc.close()
+        await self.worker_store.nc.close()
         self.server.stop()
 
 

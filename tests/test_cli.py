@@ -153,14 +153,17 @@ def test_unreachable_server_fails_fast(tmp_path):
 
 def test_client_without_the_secret_is_refused(serve, data_dir):
     info = json.loads((data_dir / "server.json").read_text())
-    assert stat.S_IMODE(os.stat(data_dir / "server.json").st_mode) == 0o600
-    assert stat.S_IMODE(os.stat(data_dir / "secret").st_mode) == 0o600
-    assert info["token"] and info["url"] == f"nats://127.0.0.1:{serve.port}"
+    for name in ("server.json", "worker.json", "secret"):
+        assert stat.S_IMODE(os.stat(data_dir / name).st_mode) == 0o600
+    assert info["user"] == "operator" and info["password"]
+    assert info["url"] == f"nats://127.0.0.1:{serve.port}"
     proc = dagnats("run", "list", "--nats", info["url"])
     assert proc.returncode == 1 and "authorization violation" in proc.stderr
-    wrong = dagnats("run", "list", "--nats", info["url"], env=cli_env(DAGNATS_NATS_TOKEN="wrong"))
+    wrong = dagnats("run", "list", "--nats", info["url"], env=cli_env(DAGNATS_NATS_USER="operator",
+                                                                      DAGNATS_NATS_PASSWORD="wrong"))
     assert wrong.returncode == 1 and "authorization violation" in wrong.stderr
-    right = dagnats("run", "list", "--nats", info["url"], env=cli_env(DAGNATS_NATS_TOKEN=info["token"]))
+    right = dagnats("run", "list", "--nats", info["url"], env=cli_env(DAGNATS_NATS_USER="operator",
+                                                                      DAGNATS_NATS_PASSWORD=info["password"]))
     assert right.returncode == 0, right.stderr
 
 

@@ -10,19 +10,20 @@ from conftest import ServeProcess, cli_env, free_port
 from dagnats.client import Client
 from dagnats.connection import Endpoint
 from dagnats.core.definition import parse_definition
+from dagnats.datadir import Credentials
 from dagnats.server import EmbeddedServer
 
 RUNS = 200
 
 
 async def test_two_serves_share_one_nats_and_run_everything_once(tmp_path):
-    nats = EmbeddedServer(tmp_path, free_port(), "shared-secret")
+    nats = EmbeddedServer(tmp_path, free_port(), Credentials(operator="shared-secret", worker="w"))
     nats.start()
-    env = cli_env(DAGNATS_NATS_TOKEN="shared-secret")
+    env = cli_env(DAGNATS_NATS_USER="operator", DAGNATS_NATS_PASSWORD="shared-secret")
     engines = [
         ServeProcess(tmp_path / f"engine{i}", args=("--nats", nats.url), env=env).start() for i in range(2)
     ]
-    client = await Client.connect(endpoint=Endpoint(url=nats.url, token="shared-secret"))
+    client = await Client.connect(endpoint=Endpoint(url=nats.url, user="operator", password="shared-secret"))
     try:
         await client.register(
             parse_definition(

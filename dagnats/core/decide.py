@@ -117,6 +117,8 @@ def transition(state: RunState | None, event: Event) -> RunState:
     step_id = getattr(event, "step_id", "")
     if step_id and step_id not in state.steps:
         raise IllegalEvent(f"unknown step {step_id!r}")
+    if event.source == "w":
+        _admit_from_worker(state, event)
     new = _apply(state, event)
     return new if new is state else _settle(new, event.at)
 
@@ -140,6 +142,19 @@ def _start(ev: RunStarted) -> RunState:
         steps=steps,
         events=1,
     )
+
+
+WORKER_EVENTS = (StepStarted, StepCompleted, StepFailed, StepLog, StepCheckpointed)
+WORKER_STEP_TYPES = frozenset({"task"})
+
+
+def _admit_from_worker(state: RunState, event: Event) -> None:
+    """Workers may only report on the steps they execute; anything else is forged or a bug."""
+    if not isinstance(event, WORKER_EVENTS):
+        raise IllegalEvent(f"{type(event).__name__} may not come from a worker")
+    kind = state.step_def(event.step_id).type
+    if kind not in WORKER_STEP_TYPES:
+        raise IllegalEvent(f"a worker may not report on {kind} step {event.step_id!r}")
 
 
 def _apply(state: RunState, event: Event) -> RunState:

@@ -15,6 +15,9 @@ from .definition import WorkflowDef
 
 class _Event(msgspec.Struct, frozen=True, tag_field="type", omit_defaults=True, kw_only=True):
     at: float
+    # Who recorded it: "e" engine, "o" operator, "w" worker, "" not read from a history. Set
+    # on reading from the subject the event was published on, never trusted from the payload.
+    source: str = ""
 
 
 class ParentRef(msgspec.Struct, frozen=True, omit_defaults=True):

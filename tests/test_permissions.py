@@ -1,0 +1,77 @@
+"""Workers get their own NATS credentials: they report on their tasks and can do nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from dagnats.connection import connect
+from dagnats.core.events import RunCancelRequested, SignalReceived, StepCompleted, encode_event
+from dagnats.names import history_subject
+from dagnats.store import Store
+
+
+async def _violations(endpoint, subject: str, data: bytes) -> list[str]:
+    """Publish as `endpoint` and return the server's permission errors."""
+    errors: list[str] = []
+    nc = await connect(endpoint)
+
+    async def remember(exc: Exception) -> None:
+        errors.append(str(exc))
+
+    nc._error_cb = remember  # the connect helper installs its own quiet callback
+    await nc.publish(subject, data)
+    await nc.flush()
+    for _ in range(40):
+        if errors:
+            break
+        await asyncio.sleep(0.025)
+    await nc.close()
+    return errors
+
+
+async def test_worker_credentials_cannot_steer_runs(stack):
+    await stack.start()
+    await stack.register({"name": "gate", "steps": [{"id": "w", "type": "wait_for_event", "config": {"name": "go"}}]})
+    run_id = await stack.client.start("gate")
+    for _ in range(100):
+        if (await stack.client.run(run_id)).status == "waiting":
+            break
+        await asyncio.sleep(0.05)
+    forged = encode_event(RunCancelRequested(at=time.time(), reason="forged", by="worker"))
+    for source in ("o", "e"):  # the operator's and the engine's subjects are closed to workers
+        errors = await _violations(stack.worker_endpoint, history_subject(run_id, source), forged)
+        assert any("permissions violation" in e.lower() for e in errors), errors
+    with pytest.raises(Exception):  # and so is changing streams
+        nc = await connect(stack.worker_endpoint)
+        try:
+            await nc.jetstream().delete_stream("DAGNATS_HISTORY")
+        finally:
+            await nc.close()
+    assert (await stack.client.run(run_id)).status == "waiting"
+
+
+async def test_events_a_worker_may_not_write_are_ignored(stack):
+    await stack.start()
+    await stack.register({"name": "gate2", "steps": [
+        {"id": "w", "type": "wait_for_event", "config": {"name": "go"}},
+        {"id": "after", "task": "echo", "depends_on": ["w"], "input": "done"}]})
+    run_id = await stack.client.start("gate2")
+    for _ in range(100):
+        if (await stack.client.run(run_id)).status == "waiting":
+            break
+        await asyncio.sleep(0.05)
+    worker = stack.worker_store  # publishes on the worker's own subject, which it may
+    await worker.append(run_id, RunCancelRequested(at=time.time(), reason="forged"))
+    await worker.append(run_id, SignalReceived(at=time.time(), name="go", data="forged"))
+    await worker.append(run_id, StepCompleted(at=time.time(), step_id="w", attempt=1, output="forged"))
+    await asyncio.sleep(0.3)
+    state = await stack.client.run(run_id)
+    assert state.status == "waiting" and state.steps["w"].status == "waiting"
+    await stack.client.signal(run_id, "go", "real")
+    state = await asyncio.wait_for(stack.client.wait(run_id), 10)
+    assert state.status == "completed" and state.steps["w"].output == "real"
+    sources = {type(e).__name__: e.source for _, e in await stack.client.events(run_id)}
+    assert sources["RunStarted"] == "o" and sources["StepQueued"] == "e" and sources["StepStarted"] == "w"
