@@ -135,6 +135,23 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("name", metavar="NAME")
     x.add_argument("data", metavar="JSON", nargs="?", default=None)
     x.set_defaults(handler=cmd_run_signal)
+    group = sub.add_parser("approval", help="what waits for an operator: list, approve, deny")
+    group.set_defaults(handler=_usage(group))
+    a = group.add_subparsers(metavar="ACTION")
+    x = a.add_parser("list", parents=[conn, js], help="pending approvals across all runs, oldest first")
+    x.set_defaults(handler=cmd_approval_list)
+    x = a.add_parser("approve", parents=[conn], help="approve what a step waits for")
+    x.add_argument("run_id", metavar="RUN_ID")
+    x.add_argument("step_id", metavar="STEP")
+    x.add_argument("--id", dest="approval_id", help="which approval, when the step has several")
+    x.add_argument("--comment", default="")
+    x.set_defaults(handler=cmd_approval_approve)
+    x = a.add_parser("deny", parents=[conn], help="deny what a step waits for")
+    x.add_argument("run_id", metavar="RUN_ID")
+    x.add_argument("step_id", metavar="STEP")
+    x.add_argument("--id", dest="approval_id", help="which approval, when the step has several")
+    x.add_argument("--reason", required=True)
+    x.set_defaults(handler=cmd_approval_deny)
     return p
 
 
@@ -431,6 +448,50 @@ async def cmd_run_signal(args: argparse.Namespace) -> int:
     async def go(client: Any) -> None:
         await client.signal(args.run_id, args.name, data)
         print(f"signal {args.name!r} sent to run {args.run_id}")
+
+    return await _with_client(args, go)
+
+
+async def cmd_approval_list(args: argparse.Namespace) -> int:
+    async def go(client: Any) -> None:
+        pending = await client.approvals()
+        if args.json:
+            _print_json([views.approval_doc(p.run_id, p.workflow, p.approval) for p in pending])
+            return
+        if not pending:
+            print("nothing waits for approval")
+            return
+        now = time.time()
+        rows = [
+            [
+                p.run_id,
+                p.approval.step_id,
+                p.approval.kind,
+                views.age(p.approval.requested_at, now),
+                views.approval_summary(p.approval)[:60],
+            ]
+            for p in pending
+        ]
+        print(views.table(rows, ["run id", "step", "kind", "age", "asks"]))
+
+    return await _with_client(args, go)
+
+
+async def cmd_approval_approve(args: argparse.Namespace) -> int:
+    return await _decide(args, approved=True, comment=args.comment)
+
+
+async def cmd_approval_deny(args: argparse.Namespace) -> int:
+    return await _decide(args, approved=False, comment=args.reason)
+
+
+async def _decide(args: argparse.Namespace, *, approved: bool, comment: str) -> int:
+    async def go(client: Any) -> None:
+        approval = await client.decide(
+            args.run_id, args.step_id, approved=approved, comment=comment, approval_id=args.approval_id
+        )
+        verb = "approved" if approved else "denied"
+        print(f"{verb} {approval.kind} {approval.approval_id} of run {args.run_id}")
 
     return await _with_client(args, go)
 

@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import msgspec
 from nats.aio.client import Client as NATS
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import api
@@ -22,8 +23,8 @@ from .connection import Endpoint, connect, resolve_endpoint
 from .core import schema
 from .core.decide import fold
 from .core.definition import WorkflowDef
-from .core.events import Event, RunCancelRequested, RunStarted, SignalReceived
-from .core.state import RUN_TERMINAL, RunState
+from .core.events import ApprovalDecided, Event, RunCancelRequested, RunStarted, SignalReceived
+from .core.state import RUN_TERMINAL, Approval, RunState
 from .errors import NotFound, UserError
 from .store import Conflict, RunSummary, Store, WorkflowVersion, decode_recorded
 
@@ -165,6 +166,41 @@ class Client:
             run_id, RunCancelRequested(at=time.time(), reason=reason, by=operator_identity())
         )
 
+    async def approvals(self) -> list[PendingApproval]:
+        """Everything waiting for an operator, across all unfinished runs, oldest first."""
+        pending = []
+        for snap in await self.store.all_snapshots():
+            if snap.summary.status in RUN_TERMINAL:
+                continue
+            state = await self.store.current_state(snap.summary.run_id)
+            if state is not None:
+                pending += [
+                    PendingApproval(state.run_id, state.workflow, a) for a in state.pending_approvals()
+                ]
+        return sorted(pending, key=lambda p: p.approval.requested_at)
+
+    async def decide(
+        self, run_id: str, step_id: str, *, approved: bool, comment: str = "", approval_id: str | None = None
+    ) -> Approval:
+        """Approve or deny what a step waits for; a clear UserError if it is not pending."""
+        for _ in range(10):
+            state, last = await self.store.current(run_id)
+            approval = _pending_approval(run_id, state, step_id, approval_id)
+            decision = ApprovalDecided(
+                at=time.time(),
+                approval_id=approval.approval_id,
+                step_id=step_id,
+                approved=approved,
+                by=operator_identity(),
+                comment=comment,
+            )
+            try:
+                await self.store.append(run_id, decision, expected_last=last)
+            except Conflict:
+                continue  # the run moved on meanwhile: check again that it is still pending
+            return approval
+        raise UserError(f"run {run_id} is too busy to decide on right now; try again")
+
     async def signal(self, run_id: str, name: str, data: Any = None) -> None:
         state = await self.run(run_id)
         if state.terminal:
@@ -172,6 +208,36 @@ class Client:
         await self.store.append(
             run_id, SignalReceived(at=time.time(), name=name, data=data, by=operator_identity())
         )
+
+
+class PendingApproval(msgspec.Struct, frozen=True):
+    run_id: str
+    workflow: str
+    approval: Approval
+
+
+def _pending_approval(run_id: str, state: RunState | None, step_id: str, approval_id: str | None) -> Approval:
+    if state is None:
+        raise NotFound(f"unknown run {run_id!r}: see `dagnats run list`")
+    if step_id not in state.steps:
+        raise NotFound(f"run {run_id} has no step {step_id!r}")
+    if state.terminal:
+        raise UserError(f"run {run_id} is {state.status}; there is nothing to decide")
+    of_step = [a for a in state.approvals.values() if a.step_id == step_id]
+    pending = [a for a in of_step if a.status == "pending" and approval_id in (None, a.approval_id)]
+    if len(pending) == 1:
+        return pending[0]
+    if len(pending) > 1:
+        ids = ", ".join(a.approval_id for a in pending)
+        raise UserError(f"step {step_id} has several pending approvals ({ids}): pick one with --id")
+    decided = [a for a in of_step if approval_id in (None, a.approval_id)]
+    if decided:
+        last = decided[-1]
+        raise UserError(
+            f"approval {last.approval_id} of step {step_id} is already {last.status}"
+            + (f" by {last.by}" if last.by else "")
+        )
+    raise UserError(f"step {step_id} of run {run_id} is not waiting for an approval")
 
 
 def parse_workflow_ref(ref: str) -> tuple[str, int | None]:

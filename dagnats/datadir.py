@@ -76,8 +76,13 @@ class ServerInfo:
 def write_server_info(path: Path, url: str, creds: Credentials) -> None:
     """server.json lets operators' clients find the server; worker.json does the same for workers."""
     pid = os.getpid()
-    write_private(path / SERVER_FILE, json.dumps({"url": url, "user": "operator", "password": creds.operator, "pid": pid}))
-    write_private(path / WORKER_FILE, json.dumps({"url": url, "user": "worker", "password": creds.worker, "pid": pid}))
+    write_private(
+        path / SERVER_FILE,
+        json.dumps({"url": url, "user": "operator", "password": creds.operator, "pid": pid}),
+    )
+    write_private(
+        path / WORKER_FILE, json.dumps({"url": url, "user": "worker", "password": creds.worker, "pid": pid})
+    )
 
 
 def read_server_info(path: Path, role: str = "operator") -> ServerInfo:

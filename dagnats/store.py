@@ -171,7 +171,9 @@ class Store:
         try:
             await self.js.stream_info(names.TASKS_STREAM)
         except NotFoundError:
-            raise UserError("this NATS has no dagnats data yet: start `dagnats serve` against it first") from None
+            raise UserError(
+                "this NATS has no dagnats data yet: start `dagnats serve` against it first"
+            ) from None
         await self._buckets()
 
     async def _buckets(self, create: bool = False) -> None:
@@ -274,11 +276,15 @@ class Store:
 
     async def current_state(self, run_id: str) -> RunState | None:
         """The run's state now: its snapshot plus a replay of the newer history (None if no run)."""
+        return (await self.current(run_id))[0]
+
+    async def current(self, run_id: str) -> tuple[RunState | None, int]:
+        """The run's state now and the last history sequence it includes."""
         snap, _ = await self.load_snapshot(run_id)
-        state, after = (snap.state, snap.applied) if snap and snap.state else (None, 0)
-        for _seq, event in await self.read_history(run_id, after=after):
-            state = fold(None, state, event)
-        return state
+        state, last = (snap.state, snap.applied) if snap and snap.state else (None, 0)
+        for seq, event in await self.read_history(run_id, after=last):
+            state, last = fold(None, state, event), seq
+        return state, last
 
     async def all_snapshots(self) -> list[Snapshot]:
         """Every run's snapshot (the basis of `run list`)."""

@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 
 from .core.events import Event
-from .core.state import RunState
+from .core.state import Approval, RunState
 from .store import RunSummary, WorkflowVersion
 
 
@@ -110,6 +110,29 @@ def progress_line(event: Event) -> str | None:
     if kind == "map.expanded":
         return f"  {sid}: {len(body['items'])} items"
     return None
+
+
+def approval_doc(run_id: str, workflow: str, a: Approval) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "workflow": workflow,
+        "step_id": a.step_id,
+        "approval_id": a.approval_id,
+        "kind": a.kind,
+        "prompt": a.prompt,
+        "details": a.details,
+        "requested_at": iso(a.requested_at),
+        "expires_at": iso(a.expires_at),
+    }
+
+
+def approval_summary(a: Approval) -> str:
+    """One line saying what is asked."""
+    if a.kind == "tool_call" and isinstance(a.details, dict):
+        return f"{a.details.get('name')}({_short(a.details.get('arguments'), 50)})"
+    if a.kind == "plan" and isinstance(a.details, dict):
+        return f"plan of {len(a.details.get('steps', []))} steps"
+    return a.prompt
 
 
 def workflow_doc(wfv: WorkflowVersion, versions: list[int] | None = None) -> dict[str, Any]:

@@ -34,7 +34,9 @@ async def _violations(endpoint, subject: str, data: bytes) -> list[str]:
 
 async def test_worker_credentials_cannot_steer_runs(stack):
     await stack.start()
-    await stack.register({"name": "gate", "steps": [{"id": "w", "type": "wait_for_event", "config": {"name": "go"}}]})
+    await stack.register(
+        {"name": "gate", "steps": [{"id": "w", "type": "wait_for_event", "config": {"name": "go"}}]}
+    )
     run_id = await stack.client.start("gate")
     for _ in range(100):
         if (await stack.client.run(run_id)).status == "waiting":
@@ -55,9 +57,15 @@ async def test_worker_credentials_cannot_steer_runs(stack):
 
 async def test_events_a_worker_may_not_write_are_ignored(stack):
     await stack.start()
-    await stack.register({"name": "gate2", "steps": [
-        {"id": "w", "type": "wait_for_event", "config": {"name": "go"}},
-        {"id": "after", "task": "echo", "depends_on": ["w"], "input": "done"}]})
+    await stack.register(
+        {
+            "name": "gate2",
+            "steps": [
+                {"id": "w", "type": "wait_for_event", "config": {"name": "go"}},
+                {"id": "after", "task": "echo", "depends_on": ["w"], "input": "done"},
+            ],
+        }
+    )
     run_id = await stack.client.start("gate2")
     for _ in range(100):
         if (await stack.client.run(run_id)).status == "waiting":
@@ -75,3 +83,25 @@ async def test_events_a_worker_may_not_write_are_ignored(stack):
     assert state.status == "completed" and state.steps["w"].output == "real"
     sources = {type(e).__name__: e.source for _, e in await stack.client.events(run_id)}
     assert sources["RunStarted"] == "o" and sources["StepQueued"] == "e" and sources["StepStarted"] == "w"
+
+
+async def test_a_worker_cannot_approve(stack):
+    from dagnats.core.events import ApprovalDecided
+
+    await stack.start()
+    await stack.register(
+        {"name": "gated", "steps": [{"id": "ok", "type": "approval", "config": {"prompt": "?"}}]}
+    )
+    run_id = await stack.client.start("gated")
+    for _ in range(100):
+        if (await stack.client.run(run_id)).status == "waiting":
+            break
+        await asyncio.sleep(0.05)
+    decision = ApprovalDecided(at=time.time(), approval_id="ok.1", step_id="ok", approved=True, by="agent")
+    errors = await _violations(stack.worker_endpoint, history_subject(run_id, "o"), encode_event(decision))
+    assert any("permissions violation" in e.lower() for e in errors), errors
+    await stack.worker_store.append(run_id, decision)  # its own subject: recorded, and ignored
+    await asyncio.sleep(0.3)
+    state = await stack.client.run(run_id)
+    assert state.steps["ok"].status == "waiting" and state.approvals["ok.1"].status == "pending"
+    assert [p.approval.approval_id for p in await stack.client.approvals()] == ["ok.1"]

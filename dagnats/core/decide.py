@@ -42,6 +42,8 @@ from .definition import (
 )
 from .durations import format_duration
 from .events import (
+    ApprovalDecided,
+    ApprovalRequested,
     ChildRunFinished,
     Event,
     MapExpanded,
@@ -65,6 +67,7 @@ from .plan import next_events
 from .state import (
     STEP_ACTIVE,
     STEP_TERMINAL,
+    Approval,
     RunState,
     Signal,
     StepState,
@@ -206,6 +209,10 @@ def _apply(state: RunState, event: Event) -> RunState:
             return _put(state, sid, replace(step, status="skipped", finished_at=event.at))
         case StepLog():
             return state
+        case ApprovalRequested():
+            return _on_approval_requested(state, event)
+        case ApprovalDecided():
+            return _on_approval_decided(state, event)
         case MapExpanded(step_id=sid, items=items):
             return _on_map_expanded(state, sid, items, event.at)
         case TimerFired():
@@ -277,6 +284,73 @@ def _on_failed(state: RunState, sid: str, attempt: int, error: str, retryable: b
     return _put(state, sid, replace(step, status="failed", attempts=attempt, error=error, finished_at=at))
 
 
+def _on_approval_requested(state: RunState, ev: ApprovalRequested) -> RunState:
+    if ev.approval_id in state.approvals:
+        return state
+    approval = Approval(
+        approval_id=ev.approval_id,
+        step_id=ev.step_id,
+        kind=ev.kind,
+        attempt=ev.attempt,
+        prompt=ev.prompt,
+        details=ev.details,
+        requested_at=ev.at,
+        expires_at=ev.expires_at,
+    )
+    new = replace(state, approvals={**state.approvals, ev.approval_id: approval})
+    step = state.steps[ev.step_id]
+    if ev.kind == "step":
+        if step.status != "pending":
+            return state
+        waiting = replace(
+            step, status="waiting", attempts=ev.attempt, started_at=ev.at, waiting_until=ev.expires_at
+        )
+        return _put(new, ev.step_id, waiting)
+    return new
+
+
+def _on_approval_decided(state: RunState, ev: ApprovalDecided) -> RunState:
+    approval = state.approvals.get(ev.approval_id)
+    if approval is None or approval.status != "pending" or approval.step_id != ev.step_id:
+        return state
+    decided = replace(
+        approval,
+        status="approved" if ev.approved else "denied",
+        by=ev.by,
+        comment=ev.comment,
+        decided_at=ev.at,
+    )
+    new = replace(state, approvals={**state.approvals, ev.approval_id: decided})
+    step = new.steps[ev.step_id]
+    if approval.kind != "step" or step.status != "waiting":
+        return new
+    if ev.approved:
+        output = {"approved": True, "by": ev.by, "comment": ev.comment}
+        return _put(
+            new,
+            ev.step_id,
+            replace(step, status="completed", output=output, finished_at=ev.at, waiting_until=None),
+        )
+    reason = f": {ev.comment}" if ev.comment else ""
+    return _put(
+        new,
+        ev.step_id,
+        replace(
+            step, status="failed", error=f"denied by {ev.by}{reason}", finished_at=ev.at, waiting_until=None
+        ),
+    )
+
+
+def _expire_approvals(state: RunState, step_id: str, at: float) -> RunState:
+    approvals = {
+        aid: replace(a, status="expired", decided_at=at)
+        if a.step_id == step_id and a.status == "pending"
+        else a
+        for aid, a in state.approvals.items()
+    }
+    return replace(state, approvals=approvals)
+
+
 def _on_map_expanded(state: RunState, sid: str, items: list[Any], at: float) -> RunState:
     step = state.steps[sid]
     if step.status != "pending":
@@ -309,6 +383,17 @@ def _on_timer(state: RunState, ev: TimerFired) -> RunState:
     if ev.kind == "wake":
         if step.status != "waiting" or step.waiting_until is None:
             return state
+        if state.step_def(ev.step_id).type == "approval":
+            waited = format_duration((step.waiting_until or ev.at) - (step.started_at or ev.at))
+            expired = _expire_approvals(state, ev.step_id, ev.at)
+            failed = replace(
+                step,
+                status="failed",
+                error=f"no decision within {waited}",
+                finished_at=ev.at,
+                waiting_until=None,
+            )
+            return _put(expired, ev.step_id, failed)
         if step.waiting_signal is not None:
             return _put(
                 state,
@@ -346,6 +431,12 @@ def _on_child_finished(state: RunState, ev: ChildRunFinished) -> RunState:
 
 
 def _end(state: RunState, at: float, status: str, output: Any = None, error: str | None = None) -> RunState:
+    if any(a.status == "pending" for a in state.approvals.values()):
+        approvals = {
+            aid: replace(a, status="cancelled", decided_at=at) if a.status == "pending" else a
+            for aid, a in state.approvals.items()
+        }
+        state = replace(state, approvals=approvals)
     steps = {
         sid: (
             replace(s, status="cancelled", finished_at=at, retry_at=None, waiting_until=None)
@@ -401,6 +492,10 @@ def _effects(wf: WorkflowDef, old: RunState | None, new: RunState, event: Event)
             if (limit := new.step_def(sid).timeout_seconds) is not None:
                 yield _timer(run_id, "step_timeout", sid, attempt, event.at + limit)
         case StepWaiting(step_id=sid, attempt=attempt, until=until) if until is not None:
+            yield _timer(run_id, "wake", sid, attempt, until)
+        case ApprovalRequested(kind="step", step_id=sid, attempt=attempt, expires_at=until) if (
+            until is not None
+        ):
             yield _timer(run_id, "wake", sid, attempt, until)
         case _:
             pass

@@ -24,11 +24,11 @@ MAX_STEPS = 1000
 MAX_ATTEMPTS = 100_000
 MAX_MAP_ITEMS = 10_000
 MAX_SLEEP = 365 * 86400.0
+MAX_APPROVAL_WAIT = 30 * 86400.0
 
-StepType = Literal["task", "sleep", "wait_for_event", "sub_workflow", "map"]
 # Step types named in the design whose runtime is delivered separately; a definition using
 # one is refused with a clear message instead of being accepted and never running.
-PLANNED_TYPES = ("agent_loop", "planner", "approval", "continue_as_new")
+PLANNED_TYPES = ("agent_loop", "planner", "continue_as_new")
 CompareOp = Literal["==", "!=", "<", "<=", ">", ">=", "in", "not_in", "exists", "truthy"]
 Backoff = Literal["fixed", "exponential"]
 ENUM_CHOICES: dict[str, tuple[str, ...]] = {"backoff": get_args(Backoff), "op": get_args(CompareOp)}
@@ -117,6 +117,11 @@ class SubWorkflowConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
     version: int | None = None
 
 
+class ApprovalConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    prompt: str
+    timeout: Duration | None = None
+
+
 class MapConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     task: str
     config: dict[str, Any] = {}
@@ -144,6 +149,7 @@ STEP_CONFIGS: dict[str, type[msgspec.Struct]] = {
     "wait_for_event": WaitConfig,
     "sub_workflow": SubWorkflowConfig,
     "map": MapConfig,
+    "approval": ApprovalConfig,
 }
 BUILTIN_TASK_CONFIGS: dict[str, type[msgspec.Struct]] = {
     "echo": EmptyConfig,
@@ -215,9 +221,9 @@ def _validate_step(step: StepDef, path: str, index: dict[str, int]) -> None:
             raise DefinitionError(f"{path}.task: only task steps name a task (this is {step.type!r})")
         _check_config(step.config, STEP_CONFIGS[step.type], f"{path}.config")
         _validate_engine_step(step, path)
-        if step.type in ("sleep", "wait_for_event") and step.timeout is not None:
+        if step.type in ("sleep", "wait_for_event", "approval") and step.timeout is not None:
             raise DefinitionError(f"{path}.timeout: not used by {step.type} steps (see its config)")
-        if step.type in ("sleep", "wait_for_event") and step.retry is not None:
+        if step.type in ("sleep", "wait_for_event", "approval") and step.retry is not None:
             raise DefinitionError(f"{path}.retry: {step.type} steps are not retried")
     for j, dep in enumerate(step.depends_on):
         if dep == step.id:
@@ -239,6 +245,10 @@ def _validate_engine_step(step: StepDef, path: str) -> None:
             raise DefinitionError(f"{path}.config.duration: at most 365d")
     elif isinstance(cfg, WaitConfig):
         _check_duration(cfg.timeout, f"{path}.config.timeout")
+    elif isinstance(cfg, ApprovalConfig):
+        seconds = _check_duration(cfg.timeout, f"{path}.config.timeout")
+        if seconds is not None and seconds > MAX_APPROVAL_WAIT:
+            raise DefinitionError(f"{path}.config.timeout: at most 30d")
     elif isinstance(cfg, SubWorkflowConfig):
         if not NAME_RE.match(cfg.workflow):
             raise DefinitionError(f"{path}.config.workflow: {cfg.workflow!r} is not a workflow name")

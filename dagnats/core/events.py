@@ -107,6 +107,26 @@ class MapExpanded(_Event, tag="map.expanded", frozen=True):
     items: list[Any]
 
 
+class ApprovalRequested(_Event, tag="approval.requested", frozen=True):
+    """Something waits for an operator: a step (`step`), a tool call (`tool_call`) or a plan (`plan`)."""
+
+    approval_id: str
+    step_id: str
+    kind: str
+    attempt: int = 1
+    prompt: str = ""
+    details: Any = None
+    expires_at: float | None = None
+
+
+class ApprovalDecided(_Event, tag="approval.decided", frozen=True):
+    approval_id: str
+    step_id: str
+    approved: bool
+    by: str = ""
+    comment: str = ""
+
+
 class TimerFired(_Event, tag="timer.fired", frozen=True):
     kind: str  # "retry" | "step_timeout" | "run_timeout" | "wake"
     step_id: str = ""
@@ -144,6 +164,8 @@ Event = (
     | StepSkipped
     | StepLog
     | MapExpanded
+    | ApprovalRequested
+    | ApprovalDecided
     | TimerFired
     | StepCheckpointed
     | ChildRunFinished

@@ -13,6 +13,7 @@ import msgspec
 
 from . import template
 from .definition import (
+    ApprovalConfig,
     Compare,
     Condition,
     MapConfig,
@@ -24,6 +25,7 @@ from .definition import (
 )
 from .durations import parse_duration
 from .events import (
+    ApprovalRequested,
     Event,
     MapExpanded,
     RunCompleted,
@@ -107,6 +109,26 @@ def _start_step(state: RunState, sid: str, now: float) -> Event:
             return StepWaiting(at=now, step_id=sid, attempt=attempt, until=until, signal=cfg.name)
         case "map":
             return _expand_map(step, sid, attempt, step_input, now)
+        case "approval":
+            cfg = step_config(step)
+            assert isinstance(cfg, ApprovalConfig)
+            try:
+                prompt = template.render(cfg.prompt, ctx)
+            except template.TemplateError as exc:
+                return StepFailed(
+                    at=now, step_id=sid, attempt=attempt, error=f"prompt: {exc}", retryable=False
+                )
+            until = None if cfg.timeout is None else now + parse_duration(cfg.timeout)
+            return ApprovalRequested(
+                at=now,
+                approval_id=f"{sid}.{attempt}",
+                step_id=sid,
+                kind="step",
+                attempt=attempt,
+                prompt=str(prompt),
+                details=step_input,
+                expires_at=until,
+            )
     raise AssertionError(f"step {sid!r} has unsupported type {step.type!r}")  # validation prevents it
 
 

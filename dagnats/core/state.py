@@ -32,6 +32,21 @@ class StepState(msgspec.Struct, frozen=True, omit_defaults=True):
     checkpoint: Any = None
 
 
+class Approval(msgspec.Struct, frozen=True, omit_defaults=True):
+    approval_id: str
+    step_id: str
+    kind: str  # "step" | "tool_call" | "plan"
+    attempt: int = 1
+    prompt: str = ""
+    details: Any = None
+    requested_at: float = 0.0
+    expires_at: float | None = None
+    status: str = "pending"  # pending | approved | denied | expired | cancelled
+    by: str = ""
+    comment: str = ""
+    decided_at: float | None = None
+
+
 class Signal(msgspec.Struct, frozen=True, omit_defaults=True):
     name: str
     data: Any = None
@@ -55,6 +70,7 @@ class RunState(msgspec.Struct, frozen=True, omit_defaults=True):
     root_run_id: str = ""
     steps: dict[str, StepState] = {}
     signals: list[Signal] = []
+    approvals: dict[str, Approval] = {}
     events: int = 0
 
     @property
@@ -66,6 +82,11 @@ class RunState(msgspec.Struct, frozen=True, omit_defaults=True):
         ids = self.static_ids()
         done = sum(1 for sid in ids if self.steps[sid].status in STEP_TERMINAL)
         return done, len(ids)
+
+    def pending_approvals(self) -> list[Approval]:
+        if self.terminal:
+            return []
+        return [a for a in self.approvals.values() if a.status == "pending"]
 
     def static_ids(self) -> list[str]:
         """Ids of the definition's own steps, in definition order (map items excluded)."""

@@ -75,8 +75,8 @@ BAD = [
     ("unknown step type", wf({"id": "a", "type": "bogus"}), "steps[0].type: unknown step type 'bogus'"),
     (
         "planned step type",
-        wf({"id": "a", "type": "approval"}),
-        "steps[0].type: step type 'approval' is not available in this version",
+        wf({"id": "a", "type": "planner"}),
+        "steps[0].type: step type 'planner' is not available in this version",
     ),
     ("task without task name", wf({"id": "a"}), "steps[0].task: a task step needs the name of its task"),
     (
