@@ -10,7 +10,6 @@ import pytest
 from dagnats.connection import connect
 from dagnats.core.events import RunCancelRequested, SignalReceived, StepCompleted, encode_event
 from dagnats.names import history_subject
-from dagnats.store import Store
 
 
 async def _violations(endpoint, subject: str, data: bytes) -> list[str]:
