@@ -130,6 +130,16 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("run_id", metavar="RUN_ID")
     x.add_argument("--reason", default="")
     x.set_defaults(handler=cmd_run_cancel)
+    x = r.add_parser("fork", parents=[conn, js], help="re-run a run from one of its steps, as a new run")
+    x.add_argument("run_id", metavar="RUN_ID")
+    x.add_argument(
+        "--from", dest="from_step", required=True, metavar="STEP", help="the first step to run again"
+    )
+    x.add_argument("--input", metavar="JSON", help="a new input for that step")
+    x.add_argument(
+        "--turn", type=int, metavar="N", help="agent_loop: keep the first N turns of its transcript"
+    )
+    x.set_defaults(handler=cmd_run_fork)
     x = r.add_parser("signal", parents=[conn], help="send a named signal (for wait_for_event steps)")
     x.add_argument("run_id", metavar="RUN_ID")
     x.add_argument("name", metavar="NAME")
@@ -436,6 +446,20 @@ async def cmd_run_cancel(args: argparse.Namespace) -> int:
     async def go(client: Any) -> None:
         await client.cancel(args.run_id, args.reason)
         print(f"cancel requested for run {args.run_id}")
+
+    return await _with_client(args, go)
+
+
+async def cmd_run_fork(args: argparse.Namespace) -> int:
+    import msgspec
+
+    from .loader import parse_json_arg
+
+    new_input = parse_json_arg(args.input, "--input") if args.input is not None else msgspec.UNSET
+
+    async def go(client: Any) -> None:
+        new_id = await client.fork(args.run_id, args.from_step, input=new_input, turn=args.turn)
+        _print_json({"run_id": new_id}) if args.json else print(new_id)
 
     return await _with_client(args, go)
 

@@ -23,7 +23,7 @@ from .connection import Endpoint, connect, resolve_endpoint
 from .core import schema
 from .core.decide import fold
 from .core.definition import WorkflowDef
-from .core.events import ApprovalDecided, Event, RunCancelRequested, RunStarted, SignalReceived
+from .core.events import ApprovalDecided, Event, ForkOf, RunCancelRequested, RunStarted, SignalReceived
 from .core.state import RUN_TERMINAL, Approval, RunState
 from .errors import NotFound, UserError
 from .store import Conflict, RunSummary, Store, WorkflowVersion, decode_recorded
@@ -165,6 +165,42 @@ class Client:
         await self.store.append(
             run_id, RunCancelRequested(at=time.time(), reason=reason, by=operator_identity())
         )
+
+    async def fork(
+        self, run_id: str, from_step: str, *, input: Any = msgspec.UNSET, turn: int | None = None
+    ) -> str:
+        """A new run of the same definition version that keeps what lies upstream of `from_step`
+        and runs `from_step` (with a new input, if given) and everything after it again."""
+        state = await self.run(run_id)
+        wf = state.definition
+        if from_step not in state.static_ids():
+            raise NotFound(f"run {run_id} has no step {from_step!r} (steps: {', '.join(state.static_ids())})")
+        if turn is not None:
+            raise UserError(
+                f"--turn applies to agent_loop steps; {from_step} is a {wf.step(from_step).type} step"
+            )
+        rerun = wf.downstream(from_step) | {from_step}
+        kept = {
+            sid: state.steps[sid].output
+            for sid in state.static_ids()
+            if sid not in rerun and state.steps[sid].status == "completed"
+        }
+        skipped = [
+            sid for sid in state.static_ids() if sid not in rerun and state.steps[sid].status == "skipped"
+        ]
+        new_id = new_run_id()
+        event = RunStarted(
+            at=time.time(),
+            run_id=new_id,
+            workflow=state.workflow,
+            version=state.version,
+            definition=wf,
+            input=state.input,
+            by=operator_identity(),
+            fork=ForkOf(run_id=run_id, step_id=from_step, kept=kept, skipped=skipped, input=input),
+        )
+        await self.store.append(new_id, event, expected_last=0)
+        return new_id
 
     async def approvals(self) -> list[PendingApproval]:
         """Everything waiting for an operator, across all unfinished runs, oldest first."""

@@ -24,13 +24,22 @@ from .core.actions import (
     AppendEvent,
     CancelChildRun,
     CancelTimers,
+    ContinueRun,
     DispatchTask,
     NotifyParent,
     StartChildRun,
     StartTimer,
 )
 from .core.decide import IllegalEvent, decide
-from .core.events import ChildRunFinished, Event, RunCancelRequested, RunFailed, RunStarted, StepFailed
+from .core.events import (
+    ChildRunFinished,
+    Event,
+    RunCancelRequested,
+    RunContinued,
+    RunFailed,
+    RunStarted,
+    StepFailed,
+)
 from .core.plan import next_events
 from .core.state import RunState
 from .errors import NotFound
@@ -157,6 +166,8 @@ class Engine:
                 await self.store.cancel_timers(run_id)
             case StartChildRun():
                 await self._start_child(state, action)
+            case ContinueRun():
+                await self._continue(state, action)
             case CancelChildRun(child_run_id=child, reason=reason):
                 await self.store.append(
                     child,
@@ -231,6 +242,46 @@ class Engine:
             await self.store.append(action.child_run_id, started, expected_last=0)
         except Conflict:
             pass  # already started by an earlier attempt at this effect
+
+    async def _continue(self, state: RunState, action: ContinueRun) -> None:
+        """Start the next run of a continue_as_new chain, then mark this one continued."""
+        failed_id = f"{action.run_id}:continue:failed"
+
+        async def fail(error: str) -> None:
+            event = StepFailed(
+                at=state.updated_at, step_id=action.step_id, attempt=1, retryable=False, error=error
+            )
+            await self.store.append(action.run_id, event, msg_id=failed_id)
+
+        try:
+            wfv = await self.store.get_workflow(action.workflow, action.version)
+        except NotFound as exc:
+            await fail(str(exc))
+            return
+        schema = wfv.definition.input_schema
+        if schema is not None and (problem := input_schema.validate(schema, action.input)):
+            await fail(f"input does not match {wfv.name}'s input_schema: {problem}")
+            return
+        started = RunStarted(
+            at=state.updated_at,
+            run_id=action.next_run_id,
+            workflow=wfv.name,
+            version=wfv.version,
+            definition=wfv.definition,
+            input=action.input,
+            parent=action.parent,
+            depth=action.depth,
+            root_run_id=action.root_run_id,
+            generation=action.generation,
+            continued_from=action.run_id,
+            by=f"run {action.run_id}",
+        )
+        try:
+            await self.store.append(action.next_run_id, started, expected_last=0)
+        except Conflict:
+            pass  # started by an earlier attempt at this effect
+        continued = RunContinued(at=state.updated_at, step_id=action.step_id, next_run_id=action.next_run_id)
+        await self.store.append(action.run_id, continued, msg_id=f"{action.run_id}:continued")
 
     async def _load(self, run_id: str) -> _Cached:
         cached = self._cache.get(run_id)

@@ -20,7 +20,14 @@ def iso(ts: float | None) -> str | None:
 
 
 def run_doc(state: RunState) -> dict[str, Any]:
-    lineage: dict[str, Any] = {"root_run_id": state.root_run_id}
+    lineage: dict[str, Any] = {
+        "root_run_id": state.root_run_id,
+        "generation": state.generation,
+        "continued_from": state.continued_from,
+        "continued_to": state.continued_to,
+        "forked_from": state.forked_from,
+        "fork_step": state.fork_step,
+    }
     if state.parent is not None:
         lineage["parent_run_id"] = state.parent.run_id
         lineage["parent_step_id"] = state.parent.step_id

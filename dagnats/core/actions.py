@@ -58,6 +58,21 @@ class StartChildRun(_Action, tag="start_child_run", frozen=True):
     input: Any = None
 
 
+class ContinueRun(_Action, tag="continue_run", frozen=True):
+    """Start the next run of a continue_as_new chain."""
+
+    run_id: str
+    step_id: str
+    next_run_id: str
+    workflow: str
+    generation: int
+    root_run_id: str
+    depth: int
+    version: int | None = None
+    input: Any = None
+    parent: ParentRef | None = None
+
+
 class CancelChildRun(_Action, tag="cancel_child_run", frozen=True):
     child_run_id: str
     reason: str
@@ -72,5 +87,12 @@ class NotifyParent(_Action, tag="notify_parent", frozen=True):
 
 
 Action = (
-    AppendEvent | DispatchTask | StartTimer | CancelTimers | StartChildRun | CancelChildRun | NotifyParent
+    AppendEvent
+    | DispatchTask
+    | StartTimer
+    | CancelTimers
+    | StartChildRun
+    | ContinueRun
+    | CancelChildRun
+    | NotifyParent
 )

@@ -29,12 +29,14 @@ from .actions import (
     AppendEvent,
     CancelChildRun,
     CancelTimers,
+    ContinueRun,
     DispatchTask,
     NotifyParent,
     StartChildRun,
     StartTimer,
 )
 from .definition import (
+    ContinueAsNewConfig,
     RetryPolicy,
     SubWorkflowConfig,
     WorkflowDef,
@@ -50,6 +52,7 @@ from .events import (
     ParentRef,
     RunCancelRequested,
     RunCompleted,
+    RunContinued,
     RunFailed,
     RunStarted,
     SignalReceived,
@@ -131,6 +134,14 @@ def transition(state: RunState | None, event: Event) -> RunState:
 
 def _start(ev: RunStarted) -> RunState:
     steps = {s.id: StepState() for s in ev.definition.steps}
+    fork = ev.fork
+    if fork is not None:
+        for sid, output in fork.kept.items():
+            steps[sid] = StepState(status="completed", output=output, finished_at=ev.at)
+        for sid in fork.skipped:
+            steps[sid] = StepState(status="skipped", finished_at=ev.at)
+        if fork.input is not msgspec.UNSET:
+            steps[fork.step_id] = replace(steps[fork.step_id], input_override=fork.input)
     return RunState(
         run_id=ev.run_id,
         workflow=ev.workflow,
@@ -142,6 +153,10 @@ def _start(ev: RunStarted) -> RunState:
         parent=ev.parent,
         depth=ev.depth,
         root_run_id=ev.root_run_id or ev.run_id,
+        generation=ev.generation,
+        continued_from=ev.continued_from,
+        forked_from=fork.run_id if fork else None,
+        fork_step=fork.step_id if fork else None,
         steps=steps,
         events=1,
     )
@@ -173,6 +188,21 @@ def _apply(state: RunState, event: Event) -> RunState:
             return _end(state, event.at, "completed", output=output)
         case RunFailed(error=error):
             return _end(state, event.at, "failed", error=error)
+        case RunContinued(step_id=sid, next_run_id=next_id):
+            step = state.steps[sid]
+            if step.status != "queued" or state.step_def(sid).type != "continue_as_new":
+                return state
+            done = _put(
+                state,
+                sid,
+                replace(
+                    step,
+                    status="completed",
+                    output={"continued_to": next_id},
+                    finished_at=event.at,
+                ),
+            )
+            return replace(_end(done, event.at, "continued"), continued_to=next_id)
         case SignalReceived(name=name, data=data):
             return replace(state, signals=[*state.signals, Signal(name=name, data=data)])
         case StepQueued():
@@ -517,12 +547,29 @@ def _effects(wf: WorkflowDef, old: RunState | None, new: RunState, event: Event)
                 )
                 yield CancelChildRun(child_run_id=before.child_run_id, reason=why)
     if new.terminal and (old is None or not old.terminal):
-        yield from _on_run_end(new)
+        yield from _on_run_end(new, event)
 
 
 def _dispatch(state: RunState, sid: str, attempt: int) -> Iterable[Action]:
     step = state.step_def(sid)
     queued = state.steps[sid]
+    if step.type == "continue_as_new":
+        cfg = step_config(step)
+        assert isinstance(cfg, ContinueAsNewConfig)
+        same = cfg.workflow is None
+        yield ContinueRun(
+            run_id=state.run_id,
+            step_id=sid,
+            next_run_id=continuation_run_id(state.run_id),
+            workflow=state.workflow if same else str(cfg.workflow),
+            version=state.version if same else cfg.version,
+            input=queued.input,
+            generation=state.generation + 1,
+            root_run_id=state.root_run_id,
+            parent=state.parent,
+            depth=state.depth,
+        )
+        return
     if step.type == "sub_workflow":
         cfg = step_config(step)
         assert isinstance(cfg, SubWorkflowConfig)
@@ -554,8 +601,10 @@ def _dispatch(state: RunState, sid: str, attempt: int) -> Iterable[Action]:
     )
 
 
-def _on_run_end(state: RunState) -> Iterable[Action]:
+def _on_run_end(state: RunState, event: Event) -> Iterable[Action]:
     yield CancelTimers(run_id=state.run_id)
+    if isinstance(event, RunContinued):
+        return  # a parent hears from the last run of the chain, not from this one
     if state.parent is not None:
         yield NotifyParent(
             parent=state.parent,
@@ -575,6 +624,11 @@ def _timer(run_id: str, kind: str, sid: str, attempt: int, fire_at: float) -> St
         fire_at=fire_at,
         msg_id=f"{run_id}:timer:{kind}:{sid}:{attempt}",
     )
+
+
+def continuation_run_id(run_id: str) -> str:
+    """Deterministic id of the run a continue_as_new step hands over to."""
+    return f"r{hashlib.sha256(f'{run_id}/continue'.encode()).hexdigest()[:15]}"
 
 
 def child_run_id(run_id: str, step_id: str, attempt: int) -> str:

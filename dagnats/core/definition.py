@@ -28,7 +28,8 @@ MAX_APPROVAL_WAIT = 30 * 86400.0
 
 # Step types named in the design whose runtime is delivered separately; a definition using
 # one is refused with a clear message instead of being accepted and never running.
-PLANNED_TYPES = ("agent_loop", "planner", "continue_as_new")
+PLANNED_TYPES = ("agent_loop", "planner")
+MAX_GENERATIONS = 100
 CompareOp = Literal["==", "!=", "<", "<=", ">", ">=", "in", "not_in", "exists", "truthy"]
 Backoff = Literal["fixed", "exponential"]
 ENUM_CHOICES: dict[str, tuple[str, ...]] = {"backoff": get_args(Backoff), "op": get_args(CompareOp)}
@@ -101,6 +102,18 @@ class WorkflowDef(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_
     def timeout_seconds(self) -> float | None:
         return None if self.timeout is None else parse_duration(self.timeout)
 
+    def downstream(self, step_id: str) -> set[str]:
+        """Every step that depends on `step_id`, directly or not."""
+        found: set[str] = set()
+        changed = True
+        while changed:
+            changed = False
+            for step in self.steps:
+                if step.id not in found and any(d == step_id or d in found for d in step.depends_on):
+                    found.add(step.id)
+                    changed = True
+        return found
+
 
 # Per-type config schemas: checked at validation, read by the engine and built-in tasks.
 class SleepConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -120,6 +133,13 @@ class SubWorkflowConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
 class ApprovalConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     prompt: str
     timeout: Duration | None = None
+
+
+class ContinueAsNewConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    input: Any = msgspec.UNSET  # template; by default the step's own input
+    workflow: str | None = None  # by default the same workflow and version as this run
+    version: int | None = None
+    max_generations: int = MAX_GENERATIONS
 
 
 class MapConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -150,6 +170,7 @@ STEP_CONFIGS: dict[str, type[msgspec.Struct]] = {
     "sub_workflow": SubWorkflowConfig,
     "map": MapConfig,
     "approval": ApprovalConfig,
+    "continue_as_new": ContinueAsNewConfig,
 }
 BUILTIN_TASK_CONFIGS: dict[str, type[msgspec.Struct]] = {
     "echo": EmptyConfig,
@@ -221,9 +242,12 @@ def _validate_step(step: StepDef, path: str, index: dict[str, int]) -> None:
             raise DefinitionError(f"{path}.task: only task steps name a task (this is {step.type!r})")
         _check_config(step.config, STEP_CONFIGS[step.type], f"{path}.config")
         _validate_engine_step(step, path)
-        if step.type in ("sleep", "wait_for_event", "approval") and step.timeout is not None:
+        if (
+            step.type in ("sleep", "wait_for_event", "approval", "continue_as_new")
+            and step.timeout is not None
+        ):
             raise DefinitionError(f"{path}.timeout: not used by {step.type} steps (see its config)")
-        if step.type in ("sleep", "wait_for_event", "approval") and step.retry is not None:
+        if step.type in ("sleep", "wait_for_event", "approval", "continue_as_new") and step.retry is not None:
             raise DefinitionError(f"{path}.retry: {step.type} steps are not retried")
     for j, dep in enumerate(step.depends_on):
         if dep == step.id:
@@ -245,6 +269,11 @@ def _validate_engine_step(step: StepDef, path: str) -> None:
             raise DefinitionError(f"{path}.config.duration: at most 365d")
     elif isinstance(cfg, WaitConfig):
         _check_duration(cfg.timeout, f"{path}.config.timeout")
+    elif isinstance(cfg, ContinueAsNewConfig):
+        if cfg.workflow is not None and not NAME_RE.match(cfg.workflow):
+            raise DefinitionError(f"{path}.config.workflow: {cfg.workflow!r} is not a workflow name")
+        if not 1 <= cfg.max_generations <= 1_000_000:
+            raise DefinitionError(f"{path}.config.max_generations: must be 1..1000000")
     elif isinstance(cfg, ApprovalConfig):
         seconds = _check_duration(cfg.timeout, f"{path}.config.timeout")
         if seconds is not None and seconds > MAX_APPROVAL_WAIT:

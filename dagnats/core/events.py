@@ -26,6 +26,17 @@ class ParentRef(msgspec.Struct, frozen=True, omit_defaults=True):
     attempt: int
 
 
+class ForkOf(msgspec.Struct, frozen=True, omit_defaults=True):
+    """Where a forked run comes from, and what it keeps of the original."""
+
+    run_id: str
+    step_id: str
+    kept: dict[str, Any] = {}  # step id -> recorded output, for steps not downstream of step_id
+    skipped: list[str] = []  # steps the original skipped, kept skipped
+    input: Any = msgspec.UNSET  # a new input for step_id, if given
+    turns: list[Any] = []  # an agent_loop step_id's transcript to continue from
+
+
 class RunStarted(_Event, tag="run.started", frozen=True):
     run_id: str
     workflow: str
@@ -36,6 +47,16 @@ class RunStarted(_Event, tag="run.started", frozen=True):
     depth: int = 0
     root_run_id: str = ""
     by: str = ""
+    generation: int = 1  # 1 for a fresh run, +1 with each continue_as_new
+    continued_from: str | None = None
+    fork: ForkOf | None = None
+
+
+class RunContinued(_Event, tag="run.continued", frozen=True):
+    """A continue_as_new step ended this run; `next_run_id` carries on with `input`."""
+
+    step_id: str
+    next_run_id: str
 
 
 class RunCancelRequested(_Event, tag="run.cancel_requested", frozen=True):
@@ -154,6 +175,7 @@ Event = (
     RunStarted
     | RunCancelRequested
     | RunCompleted
+    | RunContinued
     | RunFailed
     | SignalReceived
     | StepQueued

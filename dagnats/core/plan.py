@@ -16,6 +16,7 @@ from .definition import (
     ApprovalConfig,
     Compare,
     Condition,
+    ContinueAsNewConfig,
     MapConfig,
     SleepConfig,
     StepDef,
@@ -109,6 +110,8 @@ def _start_step(state: RunState, sid: str, now: float) -> Event:
             return StepWaiting(at=now, step_id=sid, attempt=attempt, until=until, signal=cfg.name)
         case "map":
             return _expand_map(step, sid, attempt, step_input, now)
+        case "continue_as_new":
+            return _continue(state, step, sid, attempt, step_input, ctx, now)
         case "approval":
             cfg = step_config(step)
             assert isinstance(cfg, ApprovalConfig)
@@ -130,6 +133,27 @@ def _start_step(state: RunState, sid: str, now: float) -> Event:
                 expires_at=until,
             )
     raise AssertionError(f"step {sid!r} has unsupported type {step.type!r}")  # validation prevents it
+
+
+def _continue(
+    state: RunState, step: StepDef, sid: str, attempt: int, step_input: Any, ctx: dict[str, Any], now: float
+) -> Event:
+    """Queue the hand-over; the shell starts the next run, then records run.continued."""
+    cfg = step_config(step)
+    assert isinstance(cfg, ContinueAsNewConfig)
+    if state.generation >= cfg.max_generations:
+        return StepFailed(
+            at=now,
+            step_id=sid,
+            attempt=attempt,
+            retryable=False,
+            error=f"continue_as_new reached max_generations ({cfg.max_generations})",
+        )
+    try:
+        next_input = step_input if cfg.input is msgspec.UNSET else template.render(cfg.input, ctx)
+    except template.TemplateError as exc:
+        return StepFailed(at=now, step_id=sid, attempt=attempt, error=f"input: {exc}", retryable=False)
+    return StepQueued(at=now, step_id=sid, attempt=attempt, input=next_input)
 
 
 def _expand_map(step: StepDef, sid: str, attempt: int, items: Any, now: float) -> Event:
@@ -189,6 +213,9 @@ def _buffered_signal(state: RunState, name: str) -> Signal | None:
 
 
 def _step_input(state: RunState, step: StepDef, ctx: dict[str, Any]) -> Any:
+    override = state.steps[step.id].input_override if step.id in state.steps else msgspec.UNSET
+    if override is not msgspec.UNSET:
+        return override
     if step.input is not msgspec.UNSET:
         return template.render(step.input, ctx)
     deps = step.depends_on

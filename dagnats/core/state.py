@@ -30,6 +30,7 @@ class StepState(msgspec.Struct, frozen=True, omit_defaults=True):
     child_run_id: str | None = None
     items: int | None = None
     checkpoint: Any = None
+    input_override: Any = msgspec.UNSET  # a fork's new input for this step
 
 
 class Approval(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -68,6 +69,11 @@ class RunState(msgspec.Struct, frozen=True, omit_defaults=True):
     parent: ParentRef | None = None
     depth: int = 0
     root_run_id: str = ""
+    generation: int = 1
+    continued_from: str | None = None
+    continued_to: str | None = None
+    forked_from: str | None = None
+    fork_step: str | None = None
     steps: dict[str, StepState] = {}
     signals: list[Signal] = []
     approvals: dict[str, Approval] = {}
