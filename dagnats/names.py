@@ -57,6 +57,11 @@ def timer_subject(run_id: str) -> str:
     return f"{TIMER_PREFIX}.{run_id}"
 
 
+def tool_subject(tool: str) -> str:
+    """Where a worker serving a user tool answers (request/reply, queue group per tool)."""
+    return f"dagnats.tool.{tool}"
+
+
 def live_subject(run_id: str, step_id: str) -> str:
     return f"{LIVE_PREFIX}.{run_id}.{step_id}"
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from . import datadir, names
+from .agent.runtime import agent_worker
 from .builtins import builtin
 from .connection import Endpoint, connect, resolve_endpoint
 from .connection import close as _close
@@ -105,7 +106,7 @@ async def _run(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     combined = Worker(name=f"serve:{os.getpid()}")
-    for w in [builtin, *workers]:
+    for w in [builtin, agent_worker(path / "workspaces"), *workers]:
         combined.include(w)
     engine = Engine(store)
     tasks = [

@@ -56,6 +56,8 @@ def die_with_parent(sig: int = signal.SIGTERM) -> None:
 WORKER_PUBLISH = [
     "dagnats.history.*.w",
     "dagnats.live.>",
+    "dagnats.tool.>",
+    "_INBOX.>",
     "$JS.API.INFO",
     "$JS.API.STREAM.INFO.*",
     "$JS.API.CONSUMER.CREATE.DAGNATS_TASKS.>",
@@ -75,7 +77,7 @@ def _users(creds: Credentials) -> str:
         f'  users = [\n    {{user: "operator", password: "{creds.operator}"}}\n'
         f'    {{user: "worker", password: "{creds.worker}", permissions: {{\n'
         f"      publish: {{allow: [{publish}]}}\n"
-        '      subscribe: {allow: ["_INBOX.>"]}\n'
+        '      subscribe: {allow: ["_INBOX.>", "dagnats.tool.>"]}\n'
         "    }}\n  ]\n"
     )
 

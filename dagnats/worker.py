@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 import inspect
+import json
 import logging
 import os
 import socket
@@ -35,6 +36,7 @@ from .store import MAX_EVENT_BYTES, Store, TaskMessage, decode_task
 
 log = logging.getLogger("dagnats.worker")
 Handler = Callable[["TaskContext"], Awaitable[Any] | Any]
+ToolHandler = Callable[[dict[str, Any]], Awaitable[Any] | Any]
 
 
 def _env_seconds(name: str, default: float) -> float:
@@ -42,6 +44,9 @@ def _env_seconds(name: str, default: float) -> float:
         return float(os.environ.get(name, default))
     except ValueError:
         return default
+
+
+SUSPEND = object()  # returned by a built-in handler that parks its step (the engine resumes it)
 
 
 class NonRetryable(Exception):
@@ -104,6 +109,7 @@ class Worker:
     def __init__(self, name: str | None = None) -> None:
         self.name = name or f"{getpass.getuser()}@{socket.gethostname()}:{os.getpid()}"
         self.handlers: dict[str, Handler] = {}
+        self.tools: dict[str, tuple[dict[str, Any], str, ToolHandler]] = {}
 
     def task(self, name: str) -> Callable[[Handler], Handler]:
         """Register the decorated function as the handler of task `name`."""
@@ -116,9 +122,28 @@ class Worker:
 
         return register
 
+    def tool(
+        self, name: str, schema: dict[str, Any], description: str = ""
+    ) -> Callable[[ToolHandler], ToolHandler]:
+        """Register the decorated function as a tool agents may call: `fn(arguments) -> result`.
+
+        `schema` is the JSON schema of the arguments; what the function returns (a string, or any
+        JSON value) is handed to the model, and what it raises becomes an error result.
+        """
+
+        def register(fn: ToolHandler) -> ToolHandler:
+            if name in self.tools:
+                raise ValueError(f"tool {name!r} is registered twice")
+            self.tools[name] = (schema, description or (fn.__doc__ or "").strip(), fn)
+            return fn
+
+        return register
+
     def include(self, other: Worker) -> None:
         for name, fn in other.handlers.items():
             self.task(name)(fn)
+        for name, (schema, description, tool) in other.tools.items():
+            self.tool(name, schema, description)(tool)
 
     async def run(self, store: Store, stop: asyncio.Event, *, concurrency: int = 8) -> None:
         """Pull and run tasks until `stop` is set, then finish the ones in hand."""
@@ -136,12 +161,38 @@ class _Runtime:
         self.ack_wait = _env_seconds("DAGNATS_TASK_ACK_WAIT", 30.0)
 
     async def run(self, stop: asyncio.Event) -> None:
-        pullers = [asyncio.create_task(self._pull(task, stop)) for task in sorted(self.worker.handlers)]
+        pullers: list[asyncio.Task[Any]] = [
+            asyncio.create_task(self._pull(task, stop)) for task in sorted(self.worker.handlers)
+        ]
+        subs = [await self._serve_tool(name) for name in sorted(self.worker.tools)]
+        if subs and not pullers:
+            pullers.append(asyncio.create_task(stop.wait()))
         try:
             await asyncio.gather(*pullers)
         finally:
+            for sub in subs:
+                await sub.unsubscribe()
             if self.inflight:
                 await asyncio.gather(*self.inflight, return_exceptions=True)
+
+    async def _serve_tool(self, name: str) -> Any:
+        schema, description, fn = self.worker.tools[name]
+
+        async def answer(msg: Any) -> None:
+            try:
+                request = json.loads(msg.data)
+                if request.get("op") == "spec":
+                    reply: dict[str, Any] = {"description": description, "parameters": schema}
+                else:
+                    result = fn(request.get("arguments") or {})
+                    if inspect.isawaitable(result):
+                        result = await result
+                    reply = {"result": result}
+            except Exception as exc:  # the model gets the error, the worker keeps going
+                reply = {"result": f"{type(exc).__name__}: {exc}", "is_error": True}
+            await msg.respond(json.dumps(reply, default=str).encode())
+
+        return await self.store.nc.subscribe(names.tool_subject(name), queue=f"tool-{name}", cb=answer)
 
     async def _pull(self, task: str, stop: asyncio.Event) -> None:
         psub = await self.store.js.pull_subscribe(
@@ -223,7 +274,8 @@ class _Runtime:
             raise
         finally:
             watcher.cancel()
-        await self._report(task, outcome)
+        if not (outcome[0] and outcome[1] is SUSPEND):
+            await self._report(task, outcome)
         await msg.ack()
 
     async def _call(self, fn: Handler, ctx: TaskContext) -> tuple[bool, Any, bool]:

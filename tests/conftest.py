@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from dagnats import Worker
+from dagnats.agent.runtime import agent_worker
 from dagnats.builtins import builtin
 from dagnats.client import Client
 from dagnats.connection import Endpoint, connect
@@ -170,12 +171,14 @@ class Stack:
         await self.store.ensure()
         self.worker_store = Store(await connect(self.worker_endpoint, long_lived=True), source=SOURCE_WORKER)
         combined = Worker(name="test-worker")
-        for w in (builtin, *workers):
+        for w in (builtin, agent_worker(self.tmp / "workspaces"), *workers):
             combined.include(w)
         for _ in range(engines):
             self.tasks.append(asyncio.create_task(Engine(self.store).run(self.stop_event)))
         self.tasks.append(asyncio.create_task(TimerService(self.store).run(self.stop_event)))
-        self.tasks.append(asyncio.create_task(combined.run(self.worker_store, self.stop_event, concurrency=16)))
+        self.tasks.append(
+            asyncio.create_task(combined.run(self.worker_store, self.stop_event, concurrency=16))
+        )
         self.client = await Client.connect(endpoint=self.endpoint)
         return self
 

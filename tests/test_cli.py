@@ -159,11 +159,21 @@ def test_client_without_the_secret_is_refused(serve, data_dir):
     assert info["url"] == f"nats://127.0.0.1:{serve.port}"
     proc = dagnats("run", "list", "--nats", info["url"])
     assert proc.returncode == 1 and "authorization violation" in proc.stderr
-    wrong = dagnats("run", "list", "--nats", info["url"], env=cli_env(DAGNATS_NATS_USER="operator",
-                                                                      DAGNATS_NATS_PASSWORD="wrong"))
+    wrong = dagnats(
+        "run",
+        "list",
+        "--nats",
+        info["url"],
+        env=cli_env(DAGNATS_NATS_USER="operator", DAGNATS_NATS_PASSWORD="wrong"),
+    )
     assert wrong.returncode == 1 and "authorization violation" in wrong.stderr
-    right = dagnats("run", "list", "--nats", info["url"], env=cli_env(DAGNATS_NATS_USER="operator",
-                                                                      DAGNATS_NATS_PASSWORD=info["password"]))
+    right = dagnats(
+        "run",
+        "list",
+        "--nats",
+        info["url"],
+        env=cli_env(DAGNATS_NATS_USER="operator", DAGNATS_NATS_PASSWORD=info["password"]),
+    )
     assert right.returncode == 0, right.stderr
 
 

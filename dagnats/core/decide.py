@@ -36,6 +36,7 @@ from .actions import (
     StartTimer,
 )
 from .definition import (
+    AGENT_TASK,
     ContinueAsNewConfig,
     RetryPolicy,
     SubWorkflowConfig,
@@ -44,6 +45,7 @@ from .definition import (
 )
 from .durations import format_duration
 from .events import (
+    AgentTurnRecorded,
     ApprovalDecided,
     ApprovalRequested,
     ChildRunFinished,
@@ -65,6 +67,7 @@ from .events import (
     StepStarted,
     StepWaiting,
     TimerFired,
+    ToolResultRecorded,
 )
 from .plan import next_events
 from .state import (
@@ -74,6 +77,8 @@ from .state import (
     RunState,
     Signal,
     StepState,
+    ToolResult,
+    Turn,
     item_id,
     parent_of,
 )
@@ -142,6 +147,9 @@ def _start(ev: RunStarted) -> RunState:
             steps[sid] = StepState(status="skipped", finished_at=ev.at)
         if fork.input is not msgspec.UNSET:
             steps[fork.step_id] = replace(steps[fork.step_id], input_override=fork.input)
+        if fork.turns:
+            kept_turns = [msgspec.convert(t, Turn) for t in fork.turns]
+            steps[fork.step_id] = replace(steps[fork.step_id], turns=kept_turns)
     return RunState(
         run_id=ev.run_id,
         workflow=ev.workflow,
@@ -162,8 +170,17 @@ def _start(ev: RunStarted) -> RunState:
     )
 
 
-WORKER_EVENTS = (StepStarted, StepCompleted, StepFailed, StepLog, StepCheckpointed)
-WORKER_STEP_TYPES = frozenset({"task"})
+WORKER_EVENTS = (
+    StepStarted,
+    StepCompleted,
+    StepFailed,
+    StepLog,
+    StepCheckpointed,
+    AgentTurnRecorded,
+    ToolResultRecorded,
+    ApprovalRequested,
+)
+WORKER_STEP_TYPES = frozenset({"task", "agent_loop"})
 
 
 def _admit_from_worker(state: RunState, event: Event) -> None:
@@ -173,6 +190,8 @@ def _admit_from_worker(state: RunState, event: Event) -> None:
     kind = state.step_def(event.step_id).type
     if kind not in WORKER_STEP_TYPES:
         raise IllegalEvent(f"a worker may not report on {kind} step {event.step_id!r}")
+    if isinstance(event, ApprovalRequested) and (event.kind != "tool_call" or kind != "agent_loop"):
+        raise IllegalEvent("a worker may only ask approval for an agent's tool call")
 
 
 def _apply(state: RunState, event: Event) -> RunState:
@@ -241,6 +260,10 @@ def _apply(state: RunState, event: Event) -> RunState:
             return state
         case ApprovalRequested():
             return _on_approval_requested(state, event)
+        case AgentTurnRecorded():
+            return _on_agent_turn(state, event)
+        case ToolResultRecorded():
+            return _on_tool_result(state, event)
         case ApprovalDecided():
             return _on_approval_decided(state, event)
         case MapExpanded(step_id=sid, items=items):
@@ -336,6 +359,8 @@ def _on_approval_requested(state: RunState, ev: ApprovalRequested) -> RunState:
             step, status="waiting", attempts=ev.attempt, started_at=ev.at, waiting_until=ev.expires_at
         )
         return _put(new, ev.step_id, waiting)
+    if step.status == "running":  # an agent parks until its tool call is decided
+        return _put(new, ev.step_id, replace(step, status="waiting"))
     return new
 
 
@@ -352,6 +377,10 @@ def _on_approval_decided(state: RunState, ev: ApprovalDecided) -> RunState:
     )
     new = replace(state, approvals={**state.approvals, ev.approval_id: decided})
     step = new.steps[ev.step_id]
+    if approval.kind == "tool_call" and step.status == "waiting":
+        if not any(a.status == "pending" and a.step_id == ev.step_id for a in new.approvals.values()):
+            return _put(new, ev.step_id, replace(step, status="running"))  # the agent resumes
+        return new
     if approval.kind != "step" or step.status != "waiting":
         return new
     if ev.approved:
@@ -369,6 +398,27 @@ def _on_approval_decided(state: RunState, ev: ApprovalDecided) -> RunState:
             step, status="failed", error=f"denied by {ev.by}{reason}", finished_at=ev.at, waiting_until=None
         ),
     )
+
+
+def _on_agent_turn(state: RunState, ev: AgentTurnRecorded) -> RunState:
+    step = state.steps[ev.step_id]
+    if step.status not in STEP_ACTIVE or ev.turn != len(step.turns):
+        return state  # a duplicate, or a turn of an attempt that lost its race
+    turn = Turn(text=ev.text, tool_calls=ev.tool_calls, usage=ev.usage, stop_reason=ev.stop_reason, at=ev.at)
+    return _put(state, ev.step_id, replace(step, turns=[*step.turns, turn]))
+
+
+def _on_tool_result(state: RunState, ev: ToolResultRecorded) -> RunState:
+    step = state.steps[ev.step_id]
+    if step.status not in STEP_ACTIVE or not 0 <= ev.turn < len(step.turns):
+        return state
+    turn = step.turns[ev.turn]
+    if ev.call_id in turn.results or all(c.get("id") != ev.call_id for c in turn.tool_calls):
+        return state
+    result = ToolResult(name=ev.name, result=ev.result, is_error=ev.is_error)
+    turns = list(step.turns)
+    turns[ev.turn] = replace(turn, results={**turn.results, ev.call_id: result})
+    return _put(state, ev.step_id, replace(step, turns=turns))
 
 
 def _expire_approvals(state: RunState, step_id: str, at: float) -> RunState:
@@ -527,6 +577,9 @@ def _effects(wf: WorkflowDef, old: RunState | None, new: RunState, event: Event)
             until is not None
         ):
             yield _timer(run_id, "wake", sid, attempt, until)
+        case ApprovalDecided(step_id=sid, approval_id=aid) if new.approvals[aid].kind == "tool_call":
+            if new.steps[sid].status == "running":  # hand the parked agent back to a worker
+                yield from _dispatch(new, sid, new.steps[sid].attempts, resume=aid)
         case _:
             pass
     for sid, step in new.steps.items():
@@ -550,7 +603,7 @@ def _effects(wf: WorkflowDef, old: RunState | None, new: RunState, event: Event)
         yield from _on_run_end(new, event)
 
 
-def _dispatch(state: RunState, sid: str, attempt: int) -> Iterable[Action]:
+def _dispatch(state: RunState, sid: str, attempt: int, resume: str = "") -> Iterable[Action]:
     step = state.step_def(sid)
     queued = state.steps[sid]
     if step.type == "continue_as_new":
@@ -583,7 +636,8 @@ def _dispatch(state: RunState, sid: str, attempt: int) -> Iterable[Action]:
             root_run_id=state.root_run_id,
         )
         return
-    assert step.task is not None
+    task = AGENT_TASK if step.type == "agent_loop" else step.task
+    assert task is not None
     try:
         config = template.render(step.config, state.template_context())
     except template.TemplateError:
@@ -592,12 +646,12 @@ def _dispatch(state: RunState, sid: str, attempt: int) -> Iterable[Action]:
         run_id=state.run_id,
         step_id=sid,
         attempt=attempt,
-        task=step.task,
+        task=task,
         input=queued.input,
         config=config,
         timeout=step.timeout_seconds,
         checkpoint=queued.checkpoint,
-        msg_id=f"{state.run_id}:task:{sid}:{attempt}",
+        msg_id=f"{state.run_id}:task:{sid}:{attempt}" + (f":resume:{resume}" if resume else ""),
     )
 
 

@@ -28,7 +28,9 @@ MAX_APPROVAL_WAIT = 30 * 86400.0
 
 # Step types named in the design whose runtime is delivered separately; a definition using
 # one is refused with a clear message instead of being accepted and never running.
-PLANNED_TYPES = ("agent_loop", "planner")
+PLANNED_TYPES = ("planner",)
+AGENT_TASK = "_agent_loop"  # the built-in task that runs agent_loop steps
+BUILTIN_TOOLS = ("read_file", "write_file", "list_files", "run_command")
 MAX_GENERATIONS = 100
 CompareOp = Literal["==", "!=", "<", "<=", ">", ">=", "in", "not_in", "exists", "truthy"]
 Backoff = Literal["fixed", "exponential"]
@@ -142,6 +144,25 @@ class ContinueAsNewConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
     max_generations: int = MAX_GENERATIONS
 
 
+class AgentConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    provider: Literal["anthropic", "openai", "scripted"]
+    model: str = ""
+    system: str = ""
+    prompt: str | None = None  # template; by default the step's input
+    temperature: float | None = None
+    max_output_tokens: int = 4096
+    tools: list[str] = []
+    approve_tools: list[str] | Literal["all"] = []
+    max_turns: int = 20
+    max_duration: Duration | None = None
+    max_total_tokens: int | None = None
+    workdir: str | None = None  # template; by default a per-run workspace in the data dir
+    command_timeout: Duration = 60.0
+    script: list[Any] = []  # scripted provider: the assistant turns to replay
+    continue_as_new_after_turns: int | None = None
+    max_retries: int = 2
+
+
 class MapConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     task: str
     config: dict[str, Any] = {}
@@ -171,6 +192,7 @@ STEP_CONFIGS: dict[str, type[msgspec.Struct]] = {
     "map": MapConfig,
     "approval": ApprovalConfig,
     "continue_as_new": ContinueAsNewConfig,
+    "agent_loop": AgentConfig,
 }
 BUILTIN_TASK_CONFIGS: dict[str, type[msgspec.Struct]] = {
     "echo": EmptyConfig,
@@ -269,6 +291,8 @@ def _validate_engine_step(step: StepDef, path: str) -> None:
             raise DefinitionError(f"{path}.config.duration: at most 365d")
     elif isinstance(cfg, WaitConfig):
         _check_duration(cfg.timeout, f"{path}.config.timeout")
+    elif isinstance(cfg, AgentConfig):
+        _validate_agent(cfg, f"{path}.config")
     elif isinstance(cfg, ContinueAsNewConfig):
         if cfg.workflow is not None and not NAME_RE.match(cfg.workflow):
             raise DefinitionError(f"{path}.config.workflow: {cfg.workflow!r} is not a workflow name")
@@ -296,6 +320,28 @@ def _validate_engine_step(step: StepDef, path: str) -> None:
             raise DefinitionError(
                 f"{path}: a map step needs exactly one dependency or an input template giving its array"
             )
+
+
+def _validate_agent(cfg: AgentConfig, path: str) -> None:
+    if cfg.provider != "scripted" and not cfg.model:
+        raise DefinitionError(f"{path}.model: the {cfg.provider} provider needs a model name")
+    if cfg.provider == "anthropic" and cfg.temperature is not None:
+        raise DefinitionError(f"{path}.temperature: the anthropic provider does not take a temperature")
+    if cfg.provider == "scripted" and not cfg.script:
+        raise DefinitionError(f"{path}.script: the scripted provider needs a script of assistant turns")
+    if not 1 <= cfg.max_turns <= 10_000:
+        raise DefinitionError(f"{path}.max_turns: must be 1..10000")
+    _check_duration(cfg.max_duration, f"{path}.max_duration")
+    _check_duration(cfg.command_timeout, f"{path}.command_timeout")
+    for i, name in enumerate(cfg.tools):
+        if not NAME_RE.match(name):
+            raise DefinitionError(f"{path}.tools[{i}]: {name!r} must be 1-64 letters, digits, '-' or '_'")
+    if isinstance(cfg.approve_tools, list):
+        for i, name in enumerate(cfg.approve_tools):
+            if name not in cfg.tools:
+                raise DefinitionError(f"{path}.approve_tools[{i}]: {name!r} is not in tools")
+    if cfg.continue_as_new_after_turns is not None and cfg.continue_as_new_after_turns < 1:
+        raise DefinitionError(f"{path}.continue_as_new_after_turns: must be >= 1")
 
 
 def _validate_retry(retry: RetryPolicy, path: str) -> None:

@@ -148,6 +148,28 @@ class ApprovalDecided(_Event, tag="approval.decided", frozen=True):
     comment: str = ""
 
 
+class AgentTurnRecorded(_Event, tag="agent.turn", frozen=True):
+    """One model message of an agent_loop step: its text, tool calls and token use."""
+
+    step_id: str
+    attempt: int
+    turn: int  # 0-based; turns are append-only across attempts
+    text: str = ""
+    tool_calls: list[dict[str, Any]] = []  # {"id", "name", "arguments"}
+    usage: dict[str, int] = {}
+    stop_reason: str = ""
+
+
+class ToolResultRecorded(_Event, tag="agent.tool_result", frozen=True):
+    step_id: str
+    attempt: int
+    turn: int
+    call_id: str
+    name: str
+    result: str = ""
+    is_error: bool = False
+
+
 class TimerFired(_Event, tag="timer.fired", frozen=True):
     kind: str  # "retry" | "step_timeout" | "run_timeout" | "wake"
     step_id: str = ""
@@ -188,6 +210,8 @@ Event = (
     | MapExpanded
     | ApprovalRequested
     | ApprovalDecided
+    | AgentTurnRecorded
+    | ToolResultRecorded
     | TimerFired
     | StepCheckpointed
     | ChildRunFinished

@@ -87,7 +87,7 @@ def _start_step(state: RunState, sid: str, now: float) -> Event:
     except template.TemplateError as exc:
         return StepFailed(at=now, step_id=sid, attempt=attempt, error=f"input: {exc}", retryable=False)
     match step.type:
-        case "task":
+        case "task" | "agent_loop":
             return StepQueued(at=now, step_id=sid, attempt=attempt, input=step_input)
         case "sub_workflow":
             if state.depth + 1 > MAX_DEPTH:

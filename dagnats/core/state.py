@@ -15,6 +15,27 @@ STEP_ACTIVE = frozenset({"queued", "running", "waiting"})
 STEP_SATISFIED = frozenset({"completed", "skipped"})
 
 
+class ToolResult(msgspec.Struct, frozen=True, omit_defaults=True):
+    name: str
+    result: str = ""
+    is_error: bool = False
+
+
+class Turn(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One turn of an agent transcript: the model's message and the results of its tool calls."""
+
+    text: str = ""
+    tool_calls: list[dict[str, Any]] = []
+    usage: dict[str, int] = {}
+    stop_reason: str = ""
+    at: float = 0.0
+    results: dict[str, ToolResult] = {}
+
+    @property
+    def pending_calls(self) -> list[dict[str, Any]]:
+        return [c for c in self.tool_calls if c["id"] not in self.results]
+
+
 class StepState(msgspec.Struct, frozen=True, omit_defaults=True):
     status: str = "pending"
     attempts: int = 0
@@ -31,6 +52,7 @@ class StepState(msgspec.Struct, frozen=True, omit_defaults=True):
     items: int | None = None
     checkpoint: Any = None
     input_override: Any = msgspec.UNSET  # a fork's new input for this step
+    turns: list[Turn] = []  # agent_loop transcript
 
 
 class Approval(msgspec.Struct, frozen=True, omit_defaults=True):

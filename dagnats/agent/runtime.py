@@ -1,0 +1,234 @@
+"""The agent runtime: runs an `agent_loop` step turn by turn, recording every turn as events.
+
+Each activation rebuilds the transcript from the run's history, so a crash or a pause for an
+operator costs nothing: tool calls whose results are recorded never run again, and a model
+call that was in flight is simply made again. A tool call listed in `approve_tools` parks the
+loop (the task ends) until an operator decides; the engine then hands the step back.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from .. import names
+from ..core.definition import AgentConfig
+from ..core.durations import format_duration, parse_duration
+from ..core.events import AgentTurnRecorded, ApprovalRequested, ToolResultRecorded
+from ..core.state import RunState, Turn
+from ..worker import SUSPEND, NonRetryable, TaskContext, TaskFailed, Worker
+from .providers import Message, ProviderError, ToolCall, complete
+from .tools import Toolbox
+
+
+def agent_worker(workspace_root: Path) -> Worker:
+    """The built-in worker that serves agent_loop steps, with workspaces under `workspace_root`."""
+    from ..core.definition import AGENT_TASK
+
+    worker = Worker(name="agent")
+
+    @worker.task(AGENT_TASK)
+    async def agent_loop(ctx: TaskContext) -> Any:
+        return await AgentLoop(ctx, workspace_root).run()
+
+    return worker
+
+
+class AgentLoop:
+    def __init__(self, ctx: TaskContext, workspace_root: Path) -> None:
+        self.ctx = ctx
+        try:
+            self.cfg = msgspec.convert(ctx.config, AgentConfig)
+        except msgspec.ValidationError as exc:
+            raise NonRetryable(f"agent_loop config: {exc}") from None
+        self.workspace_root = workspace_root
+        self.store = ctx._store
+        assert self.store is not None
+
+    async def run(self) -> Any:
+        state = await self.store.current_state(self.ctx.run_id)
+        assert state is not None
+        turns = list(state.steps[self.ctx.step_id].turns)
+        toolbox = Toolbox(
+            self.cfg.tools, self._workdir(), self.store.nc, parse_duration(self.cfg.command_timeout)
+        )
+        specs = await toolbox.specs()
+        started = turns[0].at if turns else time.time()
+        while True:
+            if turns and turns[-1].pending_calls:
+                turns[-1] = await self._settle_calls(state, len(turns) - 1, turns[-1], toolbox)
+                if turns[-1].pending_calls:
+                    return SUSPEND  # waits for an operator; the engine resumes the step
+            if turns and not turns[-1].tool_calls:
+                return _output(turns)
+            self._check_bounds(turns, started)
+            turn = await self._model_turn(turns, specs)
+            turns.append(turn)
+
+    def _workdir(self) -> Path:
+        path = (
+            Path(self.cfg.workdir)
+            if self.cfg.workdir
+            else self.workspace_root / self.ctx.run_id / self.ctx.step_id
+        )
+        path = path.expanduser()
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise NonRetryable(f"agent_loop workdir {path}: {exc.strerror}") from None
+        return path
+
+    def _check_bounds(self, turns: list[Turn], started: float) -> None:
+        cfg = self.cfg
+        if len(turns) >= cfg.max_turns:
+            raise NonRetryable(f"agent_loop reached max_turns ({cfg.max_turns}) without a final answer")
+        if cfg.max_duration is not None:
+            limit = parse_duration(cfg.max_duration)
+            if time.time() - started > limit:
+                raise NonRetryable(f"agent_loop exceeded max_duration ({format_duration(limit)})")
+        if cfg.max_total_tokens is not None:
+            used = sum(t.usage.get("input_tokens", 0) + t.usage.get("output_tokens", 0) for t in turns)
+            if used >= cfg.max_total_tokens:
+                raise NonRetryable(
+                    f"agent_loop used {used} tokens, reaching max_total_tokens ({cfg.max_total_tokens})"
+                )
+
+    async def _model_turn(self, turns: list[Turn], specs: list[Any]) -> Turn:
+        ctx, cfg = self.ctx, self.cfg
+        live = names.live_subject(ctx.run_id, ctx.step_id)
+
+        async def on_text(chunk: str) -> None:  # for the console; nothing waits for it
+            await self.store.nc.publish(live, chunk.encode())
+
+        try:
+            answer = await complete(
+                cfg.provider,
+                ctx.config,
+                cfg.system,
+                self._messages(turns),
+                specs,
+                turn=len(turns),
+                on_text=on_text,
+            )
+        except ProviderError as exc:
+            raise (TaskFailed(str(exc)) if exc.retryable else NonRetryable(str(exc))) from None
+        calls = [msgspec.to_builtins(c) for c in answer.tool_calls]
+        usage = msgspec.to_builtins(answer.usage)
+        event = AgentTurnRecorded(
+            at=time.time(),
+            step_id=ctx.step_id,
+            attempt=ctx.attempt,
+            turn=len(turns),
+            text=answer.text,
+            tool_calls=calls,
+            usage=usage,
+            stop_reason=answer.stop_reason,
+        )
+        await self.store.append(ctx.run_id, event, msg_id=f"{ctx.run_id}:turn:{ctx.step_id}:{len(turns)}")
+        return Turn(
+            text=answer.text, tool_calls=calls, usage=usage, stop_reason=answer.stop_reason, at=event.at
+        )
+
+    async def _settle_calls(self, state: RunState, index: int, turn: Turn, toolbox: Toolbox) -> Turn:
+        """Run the turn's unanswered tool calls in order; stop at one that waits for an operator."""
+        for call in turn.pending_calls:
+            verdict = await self._permission(state, index, call)
+            if verdict is None:
+                return turn
+            if verdict is True:
+                context = {"run_id": self.ctx.run_id, "step_id": self.ctx.step_id, "call_id": call["id"]}
+                result, is_error = await toolbox.call(call["name"], call.get("arguments") or {}, context)
+            else:
+                result, is_error = verdict, True
+            turn = await self._record_result(index, turn, call, result, is_error)
+        return turn
+
+    async def _permission(self, state: RunState, index: int, call: dict[str, Any]) -> bool | str | None:
+        """True to run the call, a denial text to report instead, None to wait for an operator."""
+        needs = self.cfg.approve_tools == "all" or call["name"] in self.cfg.approve_tools
+        if not needs:
+            return True
+        approval_id = f"{self.ctx.step_id}.{index}.{call['id']}"
+        approval = state.approvals.get(approval_id)
+        if approval is None:
+            await self._ask(approval_id, call)
+            return None
+        if approval.status == "pending":
+            return None
+        if approval.status == "approved":
+            return True
+        why = f": {approval.comment}" if approval.comment else ""
+        return (
+            f"denied by {approval.by or 'an operator'}{why}"
+            if approval.status == "denied"
+            else "not approved"
+        )
+
+    async def _ask(self, approval_id: str, call: dict[str, Any]) -> None:
+        ctx = self.ctx
+        details = {"name": call["name"], "arguments": call.get("arguments") or {}, "call_id": call["id"]}
+        event = ApprovalRequested(
+            at=time.time(),
+            approval_id=approval_id,
+            step_id=ctx.step_id,
+            kind="tool_call",
+            attempt=ctx.attempt,
+            prompt=f"Allow {call['name']}?",
+            details=details,
+        )
+        await self.store.append(ctx.run_id, event, msg_id=f"{ctx.run_id}:approval:{approval_id}")
+
+    async def _record_result(
+        self, index: int, turn: Turn, call: dict[str, Any], result: str, is_error: bool
+    ) -> Turn:
+        ctx = self.ctx
+        event = ToolResultRecorded(
+            at=time.time(),
+            step_id=ctx.step_id,
+            attempt=ctx.attempt,
+            turn=index,
+            call_id=call["id"],
+            name=call["name"],
+            result=result,
+            is_error=is_error,
+        )
+        await self.store.append(
+            ctx.run_id, event, msg_id=f"{ctx.run_id}:tool:{ctx.step_id}:{index}:{call['id']}"
+        )
+        from ..core.state import ToolResult
+
+        results = {
+            **turn.results,
+            call["id"]: ToolResult(name=call["name"], result=result, is_error=is_error),
+        }
+        return msgspec.structs.replace(turn, results=results)
+
+    def _messages(self, turns: list[Turn]) -> list[Message]:
+        """The conversation so far, rebuilt from the recorded turns."""
+        prompt = self.cfg.prompt if self.cfg.prompt is not None else self.ctx.input
+        first = prompt if isinstance(prompt, str) else json.dumps(prompt)
+        messages = [Message(role="user", text=first)]
+        for turn in turns:
+            calls = [
+                ToolCall(id=c["id"], name=c["name"], arguments=c.get("arguments") or {})
+                for c in turn.tool_calls
+            ]
+            messages.append(Message(role="assistant", text=turn.text, tool_calls=calls))
+            for c in turn.tool_calls:
+                r = turn.results[c["id"]]
+                messages.append(
+                    Message(role="tool", text=r.result, tool_call_id=c["id"], is_error=r.is_error)
+                )
+        return messages
+
+
+def _output(turns: list[Turn]) -> dict[str, Any]:
+    usage = {
+        "input_tokens": sum(t.usage.get("input_tokens", 0) for t in turns),
+        "output_tokens": sum(t.usage.get("output_tokens", 0) for t in turns),
+    }
+    return {"text": turns[-1].text, "turns": len(turns), "usage": usage}
