@@ -175,10 +175,17 @@ class Client:
         wf = state.definition
         if from_step not in state.static_ids():
             raise NotFound(f"run {run_id} has no step {from_step!r} (steps: {', '.join(state.static_ids())})")
+        turns: list[Any] = []
         if turn is not None:
-            raise UserError(
-                f"--turn applies to agent_loop steps; {from_step} is a {wf.step(from_step).type} step"
-            )
+            kind = wf.step(from_step).type
+            if kind != "agent_loop":
+                raise UserError(f"--turn applies to agent_loop steps; {from_step} is a {kind} step")
+            recorded = state.steps[from_step].turns
+            if not 0 <= turn <= len(recorded):
+                raise UserError(
+                    f"--turn must be 0..{len(recorded)}: step {from_step} recorded {len(recorded)} turns"
+                )
+            turns = [msgspec.to_builtins(t) for t in recorded[:turn]]
         rerun = wf.downstream(from_step) | {from_step}
         kept = {
             sid: state.steps[sid].output
@@ -197,7 +204,9 @@ class Client:
             definition=wf,
             input=state.input,
             by=operator_identity(),
-            fork=ForkOf(run_id=run_id, step_id=from_step, kept=kept, skipped=skipped, input=input),
+            fork=ForkOf(
+                run_id=run_id, step_id=from_step, kept=kept, skipped=skipped, input=input, turns=turns
+            ),
         )
         await self.store.append(new_id, event, expected_last=0)
         return new_id

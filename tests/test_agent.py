@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+from fake_llm import FakeLLM, use_fake
+
 from dagnats import Worker
 from dagnats.core.events import AgentTurnRecorded, ToolResultRecorded
 
@@ -154,3 +157,104 @@ async def test_user_tools_are_served_by_workers(stack, tmp_path):
     assert state.status == "completed", state.error
     (result,) = state.steps["agent"].turns[0].results.values()
     assert (result.result, result.is_error) == ("42", False)
+
+
+PROVIDER_TURNS = [
+    {
+        "text": "Writing.",
+        "tool_calls": [{"name": "write_file", "arguments": {"path": "a.txt", "content": "A"}}],
+        "usage": {"input_tokens": 10, "output_tokens": 5},
+    },
+    {
+        "text": "Listing.",
+        "tool_calls": [{"name": "list_files", "arguments": {}}],
+        "usage": {"input_tokens": 20, "output_tokens": 5},
+    },
+    {"text": "All done.", "usage": {"input_tokens": 30, "output_tokens": 3}},
+]
+
+
+@pytest.mark.parametrize("provider", ["anthropic", "openai"])
+async def test_real_sdks_drive_a_three_turn_tool_loop(stack, tmp_path, monkeypatch, provider):
+    with FakeLLM() as fake:
+        use_fake(monkeypatch, fake, tmp_path)
+        getattr(fake, f"{provider}_turns").extend(PROVIDER_TURNS)
+        await stack.start()
+        step = agent_step(tmp_path / "w", provider=provider, model="m-1", system="Be brief.", max_retries=0)
+        step["config"].pop("script")
+        await stack.register({"name": f"real-{provider}", "steps": [step]})
+        state = await stack.run_to_end(f"real-{provider}", "make a.txt")
+    assert state.status == "completed", state.error
+    assert state.output == {
+        "text": "All done.",
+        "turns": 3,
+        "usage": {"input_tokens": 60, "output_tokens": 13},
+    }
+    assert (tmp_path / "w" / "a.txt").read_text() == "A"
+    events = [e for _, e in await stack.client.events(state.run_id)]
+    turns = [e for e in events if isinstance(e, AgentTurnRecorded)]
+    assert [(t.text, [c["name"] for c in t.tool_calls]) for t in turns] == [
+        ("Writing.", ["write_file"]),
+        ("Listing.", ["list_files"]),
+        ("All done.", []),
+    ]
+    results = [(r.turn, r.name, r.result) for r in events if isinstance(r, ToolResultRecorded)]
+    assert results == [(0, "write_file", "wrote 1 bytes to a.txt"), (1, "list_files", "a.txt")]
+    path = "/v1/messages" if provider == "anthropic" else "/v1/chat/completions"
+    bodies = fake.bodies(path)
+    assert len(bodies) == 3 and all(b["model"] == "m-1" for b in bodies)
+    last = bodies[-1]["messages"]
+    if provider == "anthropic":
+        assert bodies[0]["system"] == "Be brief."
+        assert last[0] == {"role": "user", "content": "make a.txt"}
+        assert (
+            last[-1]["content"][0]["type"] == "tool_result" and last[-1]["content"][0]["content"] == "a.txt"
+        )
+    else:
+        assert last[0] == {"role": "system", "content": "Be brief."}
+        assert last[-1]["role"] == "tool" and last[-1]["content"] == "a.txt"
+        assert last[-1]["tool_call_id"] == turns[1].tool_calls[0]["id"]
+
+
+async def test_a_denied_call_reaches_the_next_model_request(stack, tmp_path, monkeypatch):
+    turns = [
+        {"text": "", "tool_calls": [{"name": "run_command", "arguments": {"command": "make deploy"}}]},
+        {"text": "Understood, not deploying."},
+    ]
+    with FakeLLM() as fake:
+        use_fake(monkeypatch, fake, tmp_path)
+        fake.openai_turns.extend(turns)
+        await stack.start()
+        step = agent_step(
+            tmp_path / "w", provider="openai", model="m", approve_tools=["run_command"], max_retries=0
+        )
+        step["config"].pop("script")
+        await stack.register({"name": "deny-me", "steps": [step]})
+        run_id = await stack.client.start("deny-me", "deploy it")
+        await _wait_status(stack.client, run_id, "waiting")
+        await stack.client.decide(run_id, "agent", approved=False, comment="freeze week")
+        state = await asyncio.wait_for(stack.client.wait(run_id), 10)
+        second = fake.bodies("/v1/chat/completions")[1]["messages"]
+    assert state.status == "completed" and state.output["text"] == "Understood, not deploying."
+    tool_message = second[-1]
+    assert tool_message["role"] == "tool" and tool_message["content"].endswith(": freeze week")
+    assert tool_message["content"].startswith("denied by ")
+
+
+async def test_fork_of_an_agent_loop_keeps_the_first_turns(stack, tmp_path):
+    calls = tmp_path / "w" / "calls"
+    script = [
+        {"text": "one", "tool_calls": [{"name": "run_command", "arguments": {"command": "echo 1 >> calls"}}]},
+        {"text": "two", "tool_calls": [{"name": "run_command", "arguments": {"command": "echo 2 >> calls"}}]},
+        {"text": "three"},
+    ]
+    await stack.start()
+    await stack.register({"name": "forkable", "steps": [agent_step(tmp_path / "w", script=script)]})
+    original = await stack.run_to_end("forkable", "go")
+    assert original.status == "completed" and calls.read_text() == "1\n2\n"
+    fork_id = await stack.client.fork(original.run_id, "agent", turn=1)
+    forked = await asyncio.wait_for(stack.client.wait(fork_id), 10)
+    assert forked.status == "completed" and forked.output["turns"] == 3
+    assert calls.read_text() == "1\n2\n2\n"  # turn 0's tool call was kept, not run again
+    assert [t.text for t in forked.steps["agent"].turns] == ["one", "two", "three"]
+    assert forked.forked_from == original.run_id

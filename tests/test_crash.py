@@ -145,3 +145,62 @@ def test_durable_sleep_survives_sigkill_of_serve(tmp_path, data_dir):
     assert shown["output"] == "woke"
     assert time.time() - started >= 3.0
     assert shown["steps"]["nap"]["output"]["slept"] >= 2.9
+
+
+def test_sigkill_mid_agent_loop_resumes_without_repeating_recorded_tool_calls(tmp_path, data_dir):
+    env = cli_env(data_dir, DAGNATS_TASK_ACK_WAIT=ACK_WAIT)
+    work = tmp_path / "work"
+    script = [
+        {
+            "text": "first",
+            "tool_calls": [{"name": "run_command", "arguments": {"command": "echo t0 >> calls"}}],
+        },
+        {
+            "text": "second",
+            "tool_calls": [
+                {
+                    "name": "run_command",
+                    "arguments": {"command": "echo t1-start >> calls; sleep 2; echo t1-end >> calls"},
+                }
+            ],
+        },
+        {"text": "done"},
+    ]
+    serve = ServeProcess(data_dir, env=env).start()
+    try:
+        _register(
+            tmp_path,
+            data_dir,
+            [
+                {
+                    "id": "agent",
+                    "type": "agent_loop",
+                    "config": {
+                        "provider": "scripted",
+                        "script": script,
+                        "tools": ["run_command"],
+                        "workdir": str(work),
+                    },
+                }
+            ],
+        )
+        run_id = dagnats_json("run", "start", "crash", "--input", '"go"', data_dir=data_dir)["run_id"]
+        wait_until(lambda: _lines(work / "calls") == ["t0", "t1-start"], what="the second tool call to start")
+        serve.kill(signal.SIGKILL)
+    finally:
+        serve.kill()
+    restarted = ServeProcess(data_dir, port=serve.port, env=env).start()
+    try:
+        wait_until(lambda: _status(run_id, data_dir) == "completed", timeout=40, what="the loop to complete")
+        shown = dagnats_json("run", "show", run_id, data_dir=data_dir)
+        events = dagnats_json("run", "events", run_id, data_dir=data_dir)
+    finally:
+        restarted.stop()
+    assert _lines(work / "calls") == ["t0", "t1-start", "t1-start", "t1-end"]
+    assert (
+        shown["steps"]["agent"]["output"]["text"] == "done"
+        and shown["steps"]["agent"]["output"]["turns"] == 3
+    )
+    turns = [e["turn"] for e in events if e["type"] == "agent.turn"]
+    results = [(e["turn"], e["call_id"]) for e in events if e["type"] == "agent.tool_result"]
+    assert turns == [0, 1, 2] and results == [(0, "call_0_0"), (1, "call_1_0")]
