@@ -16,26 +16,74 @@ from typing import Any
 import msgspec
 
 from .. import names
-from ..core.definition import AgentConfig
+from ..core.definition import AGENT_TASK, PLANNER_TASK, AgentConfig, PlannerConfig
 from ..core.durations import format_duration, parse_duration
 from ..core.events import AgentTurnRecorded, ApprovalRequested, ToolResultRecorded
 from ..core.state import RunState, Turn
 from ..worker import SUSPEND, NonRetryable, TaskContext, TaskFailed, Worker
-from .providers import Message, ProviderError, ToolCall, complete
+from .providers import Message, ProviderError, ToolCall, ToolSpec, complete
 from .tools import Toolbox
 
 
 def agent_worker(workspace_root: Path) -> Worker:
     """The built-in worker that serves agent_loop steps, with workspaces under `workspace_root`."""
-    from ..core.definition import AGENT_TASK
-
     worker = Worker(name="agent")
 
     @worker.task(AGENT_TASK)
     async def agent_loop(ctx: TaskContext) -> Any:
         return await AgentLoop(ctx, workspace_root).run()
 
+    @worker.task(PLANNER_TASK)
+    async def planner(ctx: TaskContext) -> Any:
+        return await write_plan(ctx)
+
     return worker
+
+
+PLAN_TOOL = ToolSpec(
+    name="submit_plan",
+    description="Submit the plan: the steps to run, each a task with an id and optional depends_on.",
+    parameters={
+        "type": "object",
+        "required": ["steps"],
+        "properties": {
+            "steps": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["id", "task"],
+                    "properties": {
+                        "id": {"type": "string", "description": "letters, digits, - or _"},
+                        "task": {"type": "string"},
+                        "depends_on": {"type": "array", "items": {"type": "string"}},
+                        "config": {"type": "object"},
+                        "input": {},
+                    },
+                },
+            }
+        },
+    },
+)
+
+
+async def write_plan(ctx: TaskContext) -> Any:
+    """Ask the model for a plan through the submit_plan tool; the engine checks and runs it."""
+    cfg = msgspec.convert(ctx.config, PlannerConfig)
+    assert cfg.provider is not None
+    prompt = cfg.prompt if cfg.prompt is not None else ctx.input
+    text = prompt if isinstance(prompt, str) else json.dumps(prompt)
+    if cfg.allowed_tasks:
+        text += "\n\nAllowed tasks: " + ", ".join(cfg.allowed_tasks) + f". At most {cfg.max_steps} steps."
+    try:
+        answer = await complete(
+            cfg.provider, ctx.config, cfg.system, [Message(role="user", text=text)], [PLAN_TOOL], turn=0
+        )
+    except ProviderError as exc:
+        raise (TaskFailed(str(exc)) if exc.retryable else NonRetryable(str(exc))) from None
+    plans = [c.arguments for c in answer.tool_calls if c.name == PLAN_TOOL.name]
+    if not plans:
+        raise TaskFailed("the model answered without calling submit_plan")
+    return plans[0]
 
 
 class AgentLoop:

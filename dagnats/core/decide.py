@@ -37,10 +37,14 @@ from .actions import (
 )
 from .definition import (
     AGENT_TASK,
+    PLANNER_TASK,
     ContinueAsNewConfig,
+    PlannerConfig,
     RetryPolicy,
+    StepDef,
     SubWorkflowConfig,
     WorkflowDef,
+    render_config,
     step_config,
 )
 from .durations import format_duration
@@ -52,6 +56,8 @@ from .events import (
     Event,
     MapExpanded,
     ParentRef,
+    PlanExpanded,
+    PlanFinished,
     RunCancelRequested,
     RunCompleted,
     RunContinued,
@@ -80,7 +86,6 @@ from .state import (
     ToolResult,
     Turn,
     item_id,
-    parent_of,
 )
 
 replace = msgspec.structs.replace
@@ -180,7 +185,7 @@ WORKER_EVENTS = (
     ToolResultRecorded,
     ApprovalRequested,
 )
-WORKER_STEP_TYPES = frozenset({"task", "agent_loop"})
+WORKER_STEP_TYPES = frozenset({"task", "agent_loop", "planner"})
 
 
 def _admit_from_worker(state: RunState, event: Event) -> None:
@@ -262,6 +267,13 @@ def _apply(state: RunState, event: Event) -> RunState:
             return _on_approval_requested(state, event)
         case AgentTurnRecorded():
             return _on_agent_turn(state, event)
+        case PlanExpanded():
+            return _on_plan_expanded(state, event)
+        case PlanFinished(step_id=sid, output=output):
+            step = state.steps[sid]
+            if step.status != "running" or not step.plan_steps:
+                return state
+            return _put(state, sid, replace(step, status="completed", output=output, finished_at=event.at))
         case ToolResultRecorded():
             return _on_tool_result(state, event)
         case ApprovalDecided():
@@ -295,7 +307,7 @@ def _on_queued(state: RunState, ev: StepQueued) -> RunState:
         retry_at=None,
         error=None,
     )
-    if parent_of(ev.step_id) is None and state.definition.step(ev.step_id).type == "sub_workflow":
+    if state.step_def(ev.step_id).type == "sub_workflow":
         # The child's id is derived, so the parent knows it without waiting for a reply.
         child = child_run_id(state.run_id, ev.step_id, ev.attempt)
         queued = replace(queued, status="running", started_at=ev.at, child_run_id=child)
@@ -304,6 +316,11 @@ def _on_queued(state: RunState, ev: StepQueued) -> RunState:
 
 def _on_completed(state: RunState, ev: StepCompleted) -> RunState:
     step = state.steps[ev.step_id]
+    if state.step_def(ev.step_id).type == "planner":
+        # A planner's task answers with its plan; the step completes when the plan has run.
+        if step.status not in ("queued", "running") or step.attempts != ev.attempt or step.plan is not None:
+            return state
+        return _put(state, ev.step_id, replace(step, status="running", plan=ev.output))
     if step.status not in STEP_ACTIVE or step.attempts != ev.attempt or step.retry_at is not None:
         return state
     new = _put(
@@ -377,9 +394,13 @@ def _on_approval_decided(state: RunState, ev: ApprovalDecided) -> RunState:
     )
     new = replace(state, approvals={**state.approvals, ev.approval_id: decided})
     step = new.steps[ev.step_id]
-    if approval.kind == "tool_call" and step.status == "waiting":
+    if approval.kind == "plan" and step.status == "waiting" and not ev.approved:
+        reason = f": {ev.comment}" if ev.comment else ""
+        failed = replace(step, status="failed", error=f"plan denied by {ev.by}{reason}", finished_at=ev.at)
+        return _put(new, ev.step_id, failed)
+    if approval.kind in ("tool_call", "plan") and step.status == "waiting":
         if not any(a.status == "pending" and a.step_id == ev.step_id for a in new.approvals.values()):
-            return _put(new, ev.step_id, replace(step, status="running"))  # the agent resumes
+            return _put(new, ev.step_id, replace(step, status="running"))  # the step goes on
         return new
     if approval.kind != "step" or step.status != "waiting":
         return new
@@ -398,6 +419,17 @@ def _on_approval_decided(state: RunState, ev: ApprovalDecided) -> RunState:
             step, status="failed", error=f"denied by {ev.by}{reason}", finished_at=ev.at, waiting_until=None
         ),
     )
+
+
+def _on_plan_expanded(state: RunState, ev: PlanExpanded) -> RunState:
+    step = state.steps[ev.step_id]
+    if step.status != "running" or step.plan is None or step.plan_steps:
+        return state
+    ids = [s.id for s in ev.steps]
+    steps = {**state.steps, ev.step_id: replace(step, plan_steps=ids)}
+    steps.update({sid: StepState() for sid in ids})
+    dynamic = {**state.dynamic, **{s.id: s for s in ev.steps}}
+    return replace(state, steps=steps, dynamic=dynamic)
 
 
 def _on_agent_turn(state: RunState, ev: AgentTurnRecorded) -> RunState:
@@ -636,10 +668,10 @@ def _dispatch(state: RunState, sid: str, attempt: int, resume: str = "") -> Iter
             root_run_id=state.root_run_id,
         )
         return
-    task = AGENT_TASK if step.type == "agent_loop" else step.task
+    task = _task_of(step)
     assert task is not None
     try:
-        config = template.render(step.config, state.template_context())
+        config = render_config(step, state.template_context(sid))
     except template.TemplateError:
         config = step.config
     yield DispatchTask(
@@ -653,6 +685,17 @@ def _dispatch(state: RunState, sid: str, attempt: int, resume: str = "") -> Iter
         checkpoint=queued.checkpoint,
         msg_id=f"{state.run_id}:task:{sid}:{attempt}" + (f":resume:{resume}" if resume else ""),
     )
+
+
+def _task_of(step: StepDef) -> str | None:
+    """Which worker task runs a step."""
+    if step.type == "agent_loop":
+        return AGENT_TASK
+    if step.type == "planner":
+        cfg = step_config(step)
+        assert isinstance(cfg, PlannerConfig)
+        return cfg.task or PLANNER_TASK
+    return step.task
 
 
 def _on_run_end(state: RunState, event: Event) -> Iterable[Action]:

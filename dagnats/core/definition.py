@@ -26,10 +26,9 @@ MAX_MAP_ITEMS = 10_000
 MAX_SLEEP = 365 * 86400.0
 MAX_APPROVAL_WAIT = 30 * 86400.0
 
-# Step types named in the design whose runtime is delivered separately; a definition using
-# one is refused with a clear message instead of being accepted and never running.
-PLANNED_TYPES = ("planner",)
 AGENT_TASK = "_agent_loop"  # the built-in task that runs agent_loop steps
+PLANNER_TASK = "_planner"  # the built-in task that asks a model for a plan
+MAX_PLAN_STEPS = 100
 BUILTIN_TOOLS = ("read_file", "write_file", "list_files", "run_command")
 MAX_GENERATIONS = 100
 CompareOp = Literal["==", "!=", "<", "<=", ">", ">=", "in", "not_in", "exists", "truthy"]
@@ -163,6 +162,21 @@ class AgentConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_retries: int = 2
 
 
+class PlannerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    provider: Literal["anthropic", "openai", "scripted"] | None = None  # an LLM writes the plan...
+    task: str | None = None  # ...or a worker task returns it
+    model: str = ""
+    system: str = ""
+    prompt: str | None = None  # template; by default the step's input
+    temperature: float | None = None
+    max_output_tokens: int = 4096
+    max_retries: int = 2
+    script: list[Any] = []
+    allowed_tasks: list[str] = []  # empty: any task
+    max_steps: int = 20
+    review: bool = False  # an operator approves the plan before any of it runs
+
+
 class MapConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     task: str
     config: dict[str, Any] = {}
@@ -193,12 +207,31 @@ STEP_CONFIGS: dict[str, type[msgspec.Struct]] = {
     "approval": ApprovalConfig,
     "continue_as_new": ContinueAsNewConfig,
     "agent_loop": AgentConfig,
+    "planner": PlannerConfig,
 }
 BUILTIN_TASK_CONFIGS: dict[str, type[msgspec.Struct]] = {
     "echo": EmptyConfig,
     "shell": ShellConfig,
     "sleep": TaskSleepConfig,
 }
+
+
+# Agent and planner configs carry scripts and plans whose own `${...}` belong to what they
+# describe, so only these fields of theirs are templates of the run.
+TEMPLATED_AGENT_FIELDS = ("prompt", "system", "workdir")
+
+
+def templated_config(step: StepDef) -> dict[str, Any]:
+    """The part of a step's config that is rendered against the run before dispatch."""
+    if step.type in ("agent_loop", "planner"):
+        return {k: v for k, v in step.config.items() if k in TEMPLATED_AGENT_FIELDS}
+    return step.config
+
+
+def render_config(step: StepDef, context: dict[str, Any]) -> dict[str, Any]:
+    """The step's config with its templated part rendered (raises TemplateError)."""
+    rendered = template.render(templated_config(step), context)
+    return {**step.config, **rendered}
 
 
 def parse_definition(data: Any) -> WorkflowDef:
@@ -244,8 +277,6 @@ def validate(wf: WorkflowDef) -> None:
 
 
 def _validate_step(step: StepDef, path: str, index: dict[str, int]) -> None:
-    if step.type in PLANNED_TYPES:
-        raise DefinitionError(f"{path}.type: step type {step.type!r} is not available in this version")
     if step.type not in ("task", *STEP_CONFIGS):
         choices = ", ".join(("task", *STEP_CONFIGS))
         raise DefinitionError(f"{path}.type: unknown step type {step.type!r} (expected one of {choices})")
@@ -291,6 +322,8 @@ def _validate_engine_step(step: StepDef, path: str) -> None:
             raise DefinitionError(f"{path}.config.duration: at most 365d")
     elif isinstance(cfg, WaitConfig):
         _check_duration(cfg.timeout, f"{path}.config.timeout")
+    elif isinstance(cfg, PlannerConfig):
+        _validate_planner(cfg, f"{path}.config")
     elif isinstance(cfg, AgentConfig):
         _validate_agent(cfg, f"{path}.config")
     elif isinstance(cfg, ContinueAsNewConfig):
@@ -320,6 +353,47 @@ def _validate_engine_step(step: StepDef, path: str) -> None:
             raise DefinitionError(
                 f"{path}: a map step needs exactly one dependency or an input template giving its array"
             )
+
+
+def _validate_planner(cfg: PlannerConfig, path: str) -> None:
+    if (cfg.provider is None) == (cfg.task is None):
+        raise DefinitionError(f"{path}: a planner needs either a provider (an LLM writes the plan) or a task")
+    if cfg.task is not None and not NAME_RE.match(cfg.task):
+        raise DefinitionError(f"{path}.task: {cfg.task!r} must be 1-64 letters, digits, '-' or '_'")
+    if cfg.provider not in (None, "scripted") and not cfg.model:
+        raise DefinitionError(f"{path}.model: the {cfg.provider} provider needs a model name")
+    if cfg.provider == "scripted" and not cfg.script:
+        raise DefinitionError(f"{path}.script: the scripted provider needs a script")
+    if cfg.provider == "anthropic" and cfg.temperature is not None:
+        raise DefinitionError(f"{path}.temperature: the anthropic provider does not take a temperature")
+    if not 1 <= cfg.max_steps <= MAX_PLAN_STEPS:
+        raise DefinitionError(f"{path}.max_steps: must be 1..{MAX_PLAN_STEPS}")
+
+
+def check_plan(fragment: Any, planner: StepDef) -> list[StepDef] | str:
+    """The plan's steps with ids namespaced `<planner>.<id>`, or why the plan is refused."""
+    cfg = msgspec.convert(planner.config, PlannerConfig)
+    if not isinstance(fragment, dict) or not isinstance(fragment.get("steps"), list):
+        return 'a plan must be an object {"steps": [...]}'
+    if not fragment["steps"]:
+        return "the plan has no steps"
+    if len(fragment["steps"]) > cfg.max_steps:
+        return f"the plan has {len(fragment['steps'])} steps, more than max_steps ({cfg.max_steps})"
+    try:
+        plan = parse_definition({"name": "plan", "steps": fragment["steps"]})
+    except DefinitionError as exc:
+        return f"invalid plan: {exc}"
+    for i, step in enumerate(plan.steps):
+        if step.type != "task":
+            return f"invalid plan: steps[{i}]: a plan may only contain task steps, not {step.type}"
+        if cfg.allowed_tasks and step.task not in cfg.allowed_tasks:
+            allowed = ", ".join(cfg.allowed_tasks)
+            return f"invalid plan: steps[{i}].task: {step.task!r} is not allowed (allowed: {allowed})"
+    ns = planner.id
+    return [
+        msgspec.structs.replace(step, id=f"{ns}.{step.id}", depends_on=[f"{ns}.{d}" for d in step.depends_on])
+        for step in plan.steps
+    ]
 
 
 def _validate_agent(cfg: AgentConfig, path: str) -> None:
@@ -356,7 +430,7 @@ def _validate_retry(retry: RetryPolicy, path: str) -> None:
 def _validate_references(step: StepDef, path: str, upstream: set[str]) -> None:
     for field, value in (
         ("input", step.input),
-        ("config", step.config),
+        ("config", templated_config(step)),
         ("when", step.when),
         ("skip_if", step.skip_if),
     ):

@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 
-from .definition import WorkflowDef
+from .definition import StepDef, WorkflowDef
 
 
 class _Event(msgspec.Struct, frozen=True, tag_field="type", omit_defaults=True, kw_only=True):
@@ -170,6 +170,20 @@ class ToolResultRecorded(_Event, tag="agent.tool_result", frozen=True):
     is_error: bool = False
 
 
+class PlanExpanded(_Event, tag="plan.expanded", frozen=True):
+    """A planner's plan was accepted: its steps (ids `<planner>.<id>`) join the run."""
+
+    step_id: str
+    steps: list[StepDef]
+
+
+class PlanFinished(_Event, tag="plan.finished", frozen=True):
+    """Every step of a planner's plan is done; the planner completes with their outputs."""
+
+    step_id: str
+    output: Any = None
+
+
 class TimerFired(_Event, tag="timer.fired", frozen=True):
     kind: str  # "retry" | "step_timeout" | "run_timeout" | "wake"
     step_id: str = ""
@@ -212,6 +226,8 @@ Event = (
     | ApprovalDecided
     | AgentTurnRecorded
     | ToolResultRecorded
+    | PlanExpanded
+    | PlanFinished
     | TimerFired
     | StepCheckpointed
     | ChildRunFinished

@@ -18,10 +18,13 @@ from .definition import (
     Condition,
     ContinueAsNewConfig,
     MapConfig,
+    PlannerConfig,
     SleepConfig,
     StepDef,
     WaitConfig,
     WorkflowDef,
+    check_plan,
+    render_config,
     step_config,
 )
 from .durations import parse_duration
@@ -29,6 +32,8 @@ from .events import (
     ApprovalRequested,
     Event,
     MapExpanded,
+    PlanExpanded,
+    PlanFinished,
     RunCompleted,
     RunFailed,
     StepCompleted,
@@ -37,7 +42,7 @@ from .events import (
     StepSkipped,
     StepWaiting,
 )
-from .state import STEP_ACTIVE, STEP_SATISFIED, RunState, Signal, item_ids
+from .state import STEP_ACTIVE, STEP_SATISFIED, RunState, Signal, item_ids, planner_of
 
 MAX_DEPTH = 5  # root run is depth 0; sub_workflow nesting stops at this depth
 
@@ -58,6 +63,8 @@ def next_events(wf: WorkflowDef, state: RunState) -> list[Event]:
             out.append(_start_step(state, sid, now))
         elif step.status == "running" and step.items is not None:
             out.extend(_advance_map(state, sid, now))
+        elif step.status == "running" and step.plan is not None:
+            out.extend(_advance_plan(state, sid, now))
         elif step.status == "waiting" and step.waiting_signal is not None:
             sig = _buffered_signal(state, step.waiting_signal)
             if sig is not None:
@@ -70,7 +77,7 @@ def next_events(wf: WorkflowDef, state: RunState) -> list[Event]:
 def _start_step(state: RunState, sid: str, now: float) -> Event:
     step = state.step_def(sid)
     attempt = state.steps[sid].attempts + 1
-    ctx = state.template_context()
+    ctx = state.template_context(sid)
     if attempt == 1:
         try:
             if step.when is not None and not _condition(step.when, ctx):
@@ -83,11 +90,11 @@ def _start_step(state: RunState, sid: str, now: float) -> Event:
             )
     try:
         step_input = _step_input(state, step, ctx)
-        template.render(step.config, ctx)
+        render_config(step, ctx)
     except template.TemplateError as exc:
         return StepFailed(at=now, step_id=sid, attempt=attempt, error=f"input: {exc}", retryable=False)
     match step.type:
-        case "task" | "agent_loop":
+        case "task" | "agent_loop" | "planner":
             return StepQueued(at=now, step_id=sid, attempt=attempt, input=step_input)
         case "sub_workflow":
             if state.depth + 1 > MAX_DEPTH:
@@ -156,6 +163,55 @@ def _continue(
     return StepQueued(at=now, step_id=sid, attempt=attempt, input=next_input)
 
 
+def _advance_plan(state: RunState, sid: str, now: float) -> list[Event]:
+    """Check, review, expand and run a planner's plan; finish the planner when the plan is done."""
+    step = state.steps[sid]
+    planner = state.step_def(sid)
+    if not step.plan_steps:
+        checked = check_plan(step.plan, planner)
+        if isinstance(checked, str):
+            return [StepFailed(at=now, step_id=sid, attempt=step.attempts, error=checked, retryable=False)]
+        cfg = step_config(planner)
+        assert isinstance(cfg, PlannerConfig)
+        approval_id = f"{sid}.plan.{step.attempts}"
+        if cfg.review and approval_id not in state.approvals:
+            return [
+                ApprovalRequested(
+                    at=now,
+                    approval_id=approval_id,
+                    step_id=sid,
+                    kind="plan",
+                    attempt=step.attempts,
+                    prompt=f"Run the plan of {sid}?",
+                    details=step.plan,
+                )
+            ]
+        if cfg.review and state.approvals[approval_id].status != "approved":
+            return []
+        return [PlanExpanded(at=now, step_id=sid, steps=checked)]
+    planned = [state.steps[p] for p in step.plan_steps]
+    for pid, p in zip(step.plan_steps, planned):
+        if p.status == "failed":
+            return [
+                StepFailed(
+                    at=now,
+                    step_id=sid,
+                    attempt=step.attempts,
+                    retryable=False,
+                    error=f"step {pid} failed: {p.error}",
+                )
+            ]
+    if all(p.status in STEP_SATISFIED for p in planned):
+        used = {d for pid in step.plan_steps for d in state.step_def(pid).depends_on}
+        leaves = {pid.split(".", 1)[1]: state.steps[pid].output for pid in step.plan_steps if pid not in used}
+        return [PlanFinished(at=now, step_id=sid, output=leaves)]
+    return [
+        _start_step(state, pid, now)
+        for pid, p in zip(step.plan_steps, planned)
+        if p.status == "pending" and _deps_satisfied(state, pid)
+    ]
+
+
 def _expand_map(step: StepDef, sid: str, attempt: int, items: Any, now: float) -> Event:
     cfg = step_config(step)
     assert isinstance(cfg, MapConfig)
@@ -219,11 +275,12 @@ def _step_input(state: RunState, step: StepDef, ctx: dict[str, Any]) -> Any:
     if step.input is not msgspec.UNSET:
         return template.render(step.input, ctx)
     deps = step.depends_on
+    planner = planner_of(step.id)
     if not deps:
-        return state.input
+        return state.steps[planner].input if planner else state.input
     if len(deps) == 1:
         return state.steps[deps[0]].output
-    return {d: state.steps[d].output for d in deps}
+    return {d.split(".", 1)[-1]: state.steps[d].output for d in deps}
 
 
 def _condition(cond: Condition, ctx: dict[str, Any]) -> bool:

@@ -53,6 +53,8 @@ class StepState(msgspec.Struct, frozen=True, omit_defaults=True):
     checkpoint: Any = None
     input_override: Any = msgspec.UNSET  # a fork's new input for this step
     turns: list[Turn] = []  # agent_loop transcript
+    plan: Any = None  # a planner's proposed plan, as received
+    plan_steps: list[str] = []  # a planner's expanded step ids
 
 
 class Approval(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -99,6 +101,7 @@ class RunState(msgspec.Struct, frozen=True, omit_defaults=True):
     steps: dict[str, StepState] = {}
     signals: list[Signal] = []
     approvals: dict[str, Approval] = {}
+    dynamic: dict[str, StepDef] = {}  # steps added by planners, by namespaced id
     events: int = 0
 
     @property
@@ -122,6 +125,8 @@ class RunState(msgspec.Struct, frozen=True, omit_defaults=True):
 
     def step_def(self, sid: str) -> StepDef:
         """The definition of a static step, or the one synthesized for a map item."""
+        if sid in self.dynamic:
+            return self.dynamic[sid]
         owner = parent_of(sid)
         if owner is None:
             return self.definition.step(sid)
@@ -132,11 +137,19 @@ class RunState(msgspec.Struct, frozen=True, omit_defaults=True):
             id=sid, task=cfg.task, config=cfg.config, retry=map_step.retry, timeout=map_step.timeout
         )
 
-    def template_context(self) -> dict[str, Any]:
-        """What `${...}` references resolve against: input, finished steps' outputs, run id."""
+    def template_context(self, for_step: str = "") -> dict[str, Any]:
+        """What `${...}` references resolve against: input, finished steps' outputs, run id.
+
+        A planned step (`<planner>.<id>`) sees its plan's steps by their own ids.
+        """
+        planner = planner_of(for_step)
+        if planner is None:
+            ids = {sid: sid for sid in self.static_ids()}
+        else:
+            ids = {sid.split(".", 1)[1]: sid for sid in self.steps[planner].plan_steps}
         steps = {
-            sid: {"output": self.steps[sid].output}
-            for sid in self.static_ids()
+            local: {"output": self.steps[sid].output}
+            for local, sid in ids.items()
             if self.steps[sid].status in STEP_SATISFIED
         }
         return {"input": self.input, "steps": steps, "run": {"id": self.run_id}}
@@ -150,6 +163,11 @@ def item_id(map_step: str, index: int) -> str:
 def item_ids(state: RunState, map_step: str) -> list[str]:
     count = state.steps[map_step].items or 0
     return [item_id(map_step, i) for i in range(count)]
+
+
+def planner_of(step_id: str) -> str | None:
+    """The planner a planned step belongs to, or None."""
+    return step_id.split(".", 1)[0] if "." in step_id else None
 
 
 def parent_of(step_id: str) -> str | None:

@@ -73,11 +73,6 @@ BAD = [
     ),
     ("duplicate ids", wf(task("a"), task("b"), task("a")), "steps[2].id: duplicate id 'a' (also steps[0])"),
     ("unknown step type", wf({"id": "a", "type": "bogus"}), "steps[0].type: unknown step type 'bogus'"),
-    (
-        "planned step type",
-        wf({"id": "a", "type": "planner"}),
-        "steps[0].type: step type 'planner' is not available in this version",
-    ),
     ("task without task name", wf({"id": "a"}), "steps[0].task: a task step needs the name of its task"),
     (
         "engine step with task",
