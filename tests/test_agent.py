@@ -258,3 +258,45 @@ async def test_fork_of_an_agent_loop_keeps_the_first_turns(stack, tmp_path):
     assert calls.read_text() == "1\n2\n2\n"  # turn 0's tool call was kept, not run again
     assert [t.text for t in forked.steps["agent"].turns] == ["one", "two", "three"]
     assert forked.forked_from == original.run_id
+
+
+async def test_continue_as_new_after_turns_hands_the_loop_to_a_new_run(stack, tmp_path):
+    script = [
+        {"text": f"step {i}", "tool_calls": [{"name": "list_files", "arguments": {}}]} for i in range(2)
+    ]
+    script.append({"text": "finished"})
+    await stack.start()
+    step = agent_step(tmp_path / "w", script=script, continue_as_new_after_turns=2)
+    await stack.register({"name": "long-agent", "steps": [step]})
+    first_id = await stack.client.start("long-agent", "work a long time")
+    first = await asyncio.wait_for(stack.client.wait(first_id), 10)
+    assert first.status == "continued" and len(first.steps["agent"].turns) == 2
+    carry = first.steps["agent"].carry
+    assert carry == {
+        "summary": "step 1",
+        "transcript": {"run_id": first_id, "step_id": "agent", "turns": 2},
+        "input": "work a long time",
+    }
+    second = await asyncio.wait_for(stack.client.wait(first.continued_to), 10)
+    assert second.input == carry and second.continued_from == first_id and second.generation == 2
+    # the scripted provider replays from the start of its script in the new run
+    assert second.status == "continued" and second.steps["agent"].turns[0].text == "step 0"
+
+
+async def test_history_grows_with_new_content_only(stack, tmp_path):
+    script = [{"text": "x" * 200, "tool_calls": [{"name": "list_files", "arguments": {}}]} for _ in range(30)]
+    script.append({"text": "done"})
+    await stack.start()
+    await stack.register(
+        {"name": "chatty", "steps": [agent_step(tmp_path / "w", script=script, max_turns=40)]}
+    )
+    state = await stack.run_to_end("chatty", "go", timeout=30)
+    assert state.status == "completed" and state.output["turns"] == 31
+    from dagnats.core.events import encode_event
+
+    sizes = [
+        len(encode_event(e))
+        for _, e in await stack.client.events(state.run_id)
+        if isinstance(e, AgentTurnRecorded)
+    ]
+    assert max(sizes[:30]) - min(sizes[:30]) < 40  # turn 29 costs what turn 0 cost

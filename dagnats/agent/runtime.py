@@ -18,7 +18,7 @@ import msgspec
 from .. import names
 from ..core.definition import AGENT_TASK, PLANNER_TASK, AgentConfig, PlannerConfig
 from ..core.durations import format_duration, parse_duration
-from ..core.events import AgentTurnRecorded, ApprovalRequested, ToolResultRecorded
+from ..core.events import AgentContinuing, AgentTurnRecorded, ApprovalRequested, ToolResultRecorded
 from ..core.state import RunState, Turn
 from ..worker import SUSPEND, NonRetryable, TaskContext, TaskFailed, Worker
 from .providers import Message, ProviderError, ToolCall, ToolSpec, complete
@@ -113,9 +113,23 @@ class AgentLoop:
                     return SUSPEND  # waits for an operator; the engine resumes the step
             if turns and not turns[-1].tool_calls:
                 return _output(turns)
+            if self.cfg.continue_as_new_after_turns and len(turns) >= self.cfg.continue_as_new_after_turns:
+                return await self._hand_over(turns)
             self._check_bounds(turns, started)
             turn = await self._model_turn(turns, specs)
             turns.append(turn)
+
+    async def _hand_over(self, turns: list[Turn]) -> Any:
+        """Let a new run carry on: it gets the last message and a pointer to this transcript."""
+        ctx = self.ctx
+        carry = {
+            "summary": turns[-1].text,
+            "transcript": {"run_id": ctx.run_id, "step_id": ctx.step_id, "turns": len(turns)},
+            "input": ctx.input,
+        }
+        event = AgentContinuing(at=time.time(), step_id=ctx.step_id, attempt=ctx.attempt, carry=carry)
+        await self.store.append(ctx.run_id, event, msg_id=f"{ctx.run_id}:continuing:{ctx.step_id}")
+        return SUSPEND
 
     def _workdir(self) -> Path:
         path = (

@@ -37,6 +37,7 @@ from .actions import (
 )
 from .definition import (
     AGENT_TASK,
+    MAX_GENERATIONS,
     PLANNER_TASK,
     ContinueAsNewConfig,
     PlannerConfig,
@@ -49,6 +50,7 @@ from .definition import (
 )
 from .durations import format_duration
 from .events import (
+    AgentContinuing,
     AgentTurnRecorded,
     ApprovalDecided,
     ApprovalRequested,
@@ -183,6 +185,7 @@ WORKER_EVENTS = (
     StepCheckpointed,
     AgentTurnRecorded,
     ToolResultRecorded,
+    AgentContinuing,
     ApprovalRequested,
 )
 WORKER_STEP_TYPES = frozenset({"task", "agent_loop", "planner"})
@@ -214,7 +217,10 @@ def _apply(state: RunState, event: Event) -> RunState:
             return _end(state, event.at, "failed", error=error)
         case RunContinued(step_id=sid, next_run_id=next_id):
             step = state.steps[sid]
-            if step.status != "queued" or state.step_def(sid).type != "continue_as_new":
+            handing_over = (step.status == "queued" and state.step_def(sid).type == "continue_as_new") or (
+                step.status == "running" and step.carry is not None
+            )
+            if not handing_over:
                 return state
             done = _put(
                 state,
@@ -276,6 +282,11 @@ def _apply(state: RunState, event: Event) -> RunState:
             return _put(state, sid, replace(step, status="completed", output=output, finished_at=event.at))
         case ToolResultRecorded():
             return _on_tool_result(state, event)
+        case AgentContinuing(step_id=sid, attempt=attempt, carry=carry):
+            step = state.steps[sid]
+            if step.status != "running" or step.attempts != attempt or step.carry is not None:
+                return state
+            return _put(state, sid, replace(step, carry=carry))
         case ApprovalDecided():
             return _on_approval_decided(state, event)
         case MapExpanded(step_id=sid, items=items):
@@ -609,6 +620,8 @@ def _effects(wf: WorkflowDef, old: RunState | None, new: RunState, event: Event)
             until is not None
         ):
             yield _timer(run_id, "wake", sid, attempt, until)
+        case AgentContinuing(step_id=sid) if new.generation < MAX_GENERATIONS:
+            yield _continue_run(new, sid, new.steps[sid].carry, new.workflow, new.version)
         case ApprovalDecided(step_id=sid, approval_id=aid) if new.approvals[aid].kind == "tool_call":
             if new.steps[sid].status == "running":  # hand the parked agent back to a worker
                 yield from _dispatch(new, sid, new.steps[sid].attempts, resume=aid)
@@ -641,19 +654,10 @@ def _dispatch(state: RunState, sid: str, attempt: int, resume: str = "") -> Iter
     if step.type == "continue_as_new":
         cfg = step_config(step)
         assert isinstance(cfg, ContinueAsNewConfig)
-        same = cfg.workflow is None
-        yield ContinueRun(
-            run_id=state.run_id,
-            step_id=sid,
-            next_run_id=continuation_run_id(state.run_id),
-            workflow=state.workflow if same else str(cfg.workflow),
-            version=state.version if same else cfg.version,
-            input=queued.input,
-            generation=state.generation + 1,
-            root_run_id=state.root_run_id,
-            parent=state.parent,
-            depth=state.depth,
-        )
+        if cfg.workflow is None:
+            yield _continue_run(state, sid, queued.input, state.workflow, state.version)
+        else:
+            yield _continue_run(state, sid, queued.input, cfg.workflow, cfg.version)
         return
     if step.type == "sub_workflow":
         cfg = step_config(step)
@@ -684,6 +688,21 @@ def _dispatch(state: RunState, sid: str, attempt: int, resume: str = "") -> Iter
         timeout=step.timeout_seconds,
         checkpoint=queued.checkpoint,
         msg_id=f"{state.run_id}:task:{sid}:{attempt}" + (f":resume:{resume}" if resume else ""),
+    )
+
+
+def _continue_run(state: RunState, sid: str, carry: Any, workflow: str, version: int | None) -> ContinueRun:
+    return ContinueRun(
+        run_id=state.run_id,
+        step_id=sid,
+        next_run_id=continuation_run_id(state.run_id),
+        workflow=workflow,
+        version=version,
+        input=carry,
+        generation=state.generation + 1,
+        root_run_id=state.root_run_id,
+        parent=state.parent,
+        depth=state.depth,
     )
 
 

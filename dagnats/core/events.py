@@ -160,6 +160,14 @@ class AgentTurnRecorded(_Event, tag="agent.turn", frozen=True):
     stop_reason: str = ""
 
 
+class AgentContinuing(_Event, tag="agent.continuing", frozen=True):
+    """An agent_loop reached continue_as_new_after_turns: a new run carries on with `carry`."""
+
+    step_id: str
+    attempt: int
+    carry: Any = None
+
+
 class ToolResultRecorded(_Event, tag="agent.tool_result", frozen=True):
     step_id: str
     attempt: int
@@ -226,6 +234,7 @@ Event = (
     | ApprovalDecided
     | AgentTurnRecorded
     | ToolResultRecorded
+    | AgentContinuing
     | PlanExpanded
     | PlanFinished
     | TimerFired

@@ -13,6 +13,7 @@ import msgspec
 
 from . import template
 from .definition import (
+    MAX_GENERATIONS,
     ApprovalConfig,
     Compare,
     Condition,
@@ -65,6 +66,9 @@ def next_events(wf: WorkflowDef, state: RunState) -> list[Event]:
             out.extend(_advance_map(state, sid, now))
         elif step.status == "running" and step.plan is not None:
             out.extend(_advance_plan(state, sid, now))
+        elif step.status == "running" and step.carry is not None and state.generation >= MAX_GENERATIONS:
+            bound = f"continue_as_new reached max_generations ({MAX_GENERATIONS})"
+            out.append(StepFailed(at=now, step_id=sid, attempt=step.attempts, error=bound, retryable=False))
         elif step.status == "waiting" and step.waiting_signal is not None:
             sig = _buffered_signal(state, step.waiting_signal)
             if sig is not None:

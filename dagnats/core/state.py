@@ -53,6 +53,7 @@ class StepState(msgspec.Struct, frozen=True, omit_defaults=True):
     checkpoint: Any = None
     input_override: Any = msgspec.UNSET  # a fork's new input for this step
     turns: list[Turn] = []  # agent_loop transcript
+    carry: Any = None  # what an agent_loop hands to the run that continues it
     plan: Any = None  # a planner's proposed plan, as received
     plan_steps: list[str] = []  # a planner's expanded step ids
 
