@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 
 from .. import names
-from ..core.definition import AGENT_TASK, PLANNER_TASK, AgentConfig, PlannerConfig
+from ..core.definition import AGENT_TASK, DEFAULT_MODELS, PLANNER_TASK, AgentConfig, PlannerConfig
 from ..core.durations import format_duration, parse_duration
 from ..core.events import AgentContinuing, AgentTurnRecorded, ApprovalRequested, ToolResultRecorded
 from ..core.state import RunState, Turn
@@ -76,7 +76,12 @@ async def write_plan(ctx: TaskContext) -> Any:
         text += "\n\nAllowed tasks: " + ", ".join(cfg.allowed_tasks) + f". At most {cfg.max_steps} steps."
     try:
         answer = await complete(
-            cfg.provider, ctx.config, cfg.system, [Message(role="user", text=text)], [PLAN_TOOL], turn=0
+            cfg.provider,
+            _with_model(ctx.config, cfg.provider),
+            cfg.system,
+            [Message(role="user", text=text)],
+            [PLAN_TOOL],
+            turn=0,
         )
     except ProviderError as exc:
         raise (TaskFailed(str(exc)) if exc.retryable else NonRetryable(str(exc))) from None
@@ -169,7 +174,7 @@ class AgentLoop:
         try:
             answer = await complete(
                 cfg.provider,
-                ctx.config,
+                _with_model(ctx.config, cfg.provider),
                 cfg.system,
                 self._messages(turns),
                 specs,
@@ -286,6 +291,10 @@ class AgentLoop:
                     Message(role="tool", text=r.result, tool_call_id=c["id"], is_error=r.is_error)
                 )
         return messages
+
+
+def _with_model(config: dict[str, Any], provider: str) -> dict[str, Any]:
+    return config if config.get("model") else {**config, "model": DEFAULT_MODELS[provider]}
 
 
 def _output(turns: list[Turn]) -> dict[str, Any]:

@@ -29,6 +29,8 @@ MAX_APPROVAL_WAIT = 30 * 86400.0
 AGENT_TASK = "_agent_loop"  # the built-in task that runs agent_loop steps
 PLANNER_TASK = "_planner"  # the built-in task that asks a model for a plan
 MAX_PLAN_STEPS = 100
+# Used when a step names a provider but no model: the newest general models the pinned SDKs list.
+DEFAULT_MODELS = {"anthropic": "claude-sonnet-5-5", "openai": "gpt-6.2-sol", "scripted": "scripted"}
 BUILTIN_TOOLS = ("read_file", "write_file", "list_files", "run_command")
 MAX_GENERATIONS = 100
 CompareOp = Literal["==", "!=", "<", "<=", ">", ">=", "in", "not_in", "exists", "truthy"]
@@ -360,8 +362,6 @@ def _validate_planner(cfg: PlannerConfig, path: str) -> None:
         raise DefinitionError(f"{path}: a planner needs either a provider (an LLM writes the plan) or a task")
     if cfg.task is not None and not NAME_RE.match(cfg.task):
         raise DefinitionError(f"{path}.task: {cfg.task!r} must be 1-64 letters, digits, '-' or '_'")
-    if cfg.provider not in (None, "scripted") and not cfg.model:
-        raise DefinitionError(f"{path}.model: the {cfg.provider} provider needs a model name")
     if cfg.provider == "scripted" and not cfg.script:
         raise DefinitionError(f"{path}.script: the scripted provider needs a script")
     if cfg.provider == "anthropic" and cfg.temperature is not None:
@@ -397,8 +397,6 @@ def check_plan(fragment: Any, planner: StepDef) -> list[StepDef] | str:
 
 
 def _validate_agent(cfg: AgentConfig, path: str) -> None:
-    if cfg.provider != "scripted" and not cfg.model:
-        raise DefinitionError(f"{path}.model: the {cfg.provider} provider needs a model name")
     if cfg.provider == "anthropic" and cfg.temperature is not None:
         raise DefinitionError(f"{path}.temperature: the anthropic provider does not take a temperature")
     if cfg.provider == "scripted" and not cfg.script:

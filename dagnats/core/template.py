@@ -1,7 +1,8 @@
 """Input templates: "${input.repo}", "${steps.plan.output.files}", "${run.id}".
 
 A string that is exactly one reference is replaced by the referenced value (any JSON type);
-references embedded in longer text are interpolated as text. Paths are dotted keys; a
+references embedded in longer text are interpolated as text. Write "$${" for a literal "${"
+(a shell variable in a command, say). Paths are dotted keys; a
 numeric segment indexes an array.
 """
 
@@ -11,7 +12,7 @@ import json
 import re
 from typing import Any
 
-_REF = re.compile(r"\$\{\s*([^}]*?)\s*\}")
+_REF = re.compile(r"(?<!\$)\$\{\s*([^}]*?)\s*\}")  # "$${" is a literal "${" (for shell commands)
 ROOTS = ("input", "steps", "run")
 
 
@@ -40,7 +41,7 @@ def _collect(value: Any, out: list[str]) -> None:
 def check_syntax(template: Any) -> str | None:
     """Why a template value is malformed (an unclosed "${"), or None."""
     if isinstance(template, str):
-        if "${" in _REF.sub("", template):
+        if "${" in _REF.sub("", template).replace("$${", ""):
             return f"unclosed reference in {template!r} (expected ${{...}})"
         return None
     items = (
@@ -75,7 +76,7 @@ def render(template: Any, context: dict[str, Any]) -> Any:
         whole = _REF.fullmatch(template)
         if whole:
             return lookup(context, whole.group(1))
-        return _REF.sub(lambda m: _as_text(lookup(context, m.group(1))), template)
+        return _REF.sub(lambda m: _as_text(lookup(context, m.group(1))), template).replace("$${", "${")
     if isinstance(template, list):
         return [render(item, context) for item in template]
     if isinstance(template, dict):
