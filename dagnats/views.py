@@ -97,6 +97,7 @@ def event_line(seq: int, event: Event) -> str:
     at = body.pop("at")
     body.pop("definition", None)
     body.pop("run_id", None)
+    body.pop("source", None)
     stamp = dt.datetime.fromtimestamp(at).strftime("%H:%M:%S.%f")[:-3]
     detail = " ".join(f"{k}={_short(v)}" for k, v in body.items())
     return f"{seq:>8}  {stamp}  {kind:<22} {detail}".rstrip()
@@ -165,7 +166,7 @@ def table(rows: list[list[str]], headers: list[str]) -> str:
 
 
 def _short(value: Any, limit: int = 80) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+    text = value.replace("\n", "\\n") if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

@@ -7,6 +7,7 @@ the example workflows, runs them, and shows what the CLI reports. Everything it 
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -35,6 +36,29 @@ def sh(*args: str, check: bool = True) -> str:
     if check and proc.returncode != 0:
         raise SystemExit(f"demo: `dagnats {args[0]}` failed")
     return proc.stdout.strip()
+
+
+def coding_tour(data_dir: str) -> None:
+    """The agent pipeline: a plan, an agent fixing a bug in a git repository, tests, an approval."""
+    repo = Path(data_dir) / "calc-repo"
+    sh("workflow", "register", "examples/coding.yaml")
+    run_id = sh("run", "start", "coding", "--input", json.dumps({"repo": str(repo), "issue": "add() subtracts"}))
+    deadline = time.monotonic() + 60
+    while "ship" not in sh_quiet("approval", "list"):
+        if time.monotonic() > deadline:
+            raise SystemExit("demo: the coding run never asked for approval")
+        time.sleep(0.2)
+    sh("approval", "list")
+    sh("run", "events", run_id)
+    sh("approval", "approve", run_id, "ship", "--comment", "looks good")
+    while json.loads(sh_quiet("run", "show", run_id, "--json"))["status"] not in ("completed", "failed"):
+        time.sleep(0.2)
+    sh("run", "show", run_id)
+
+
+def sh_quiet(*args: str) -> str:
+    proc = subprocess.run([*DAGNATS, *args], capture_output=True, text=True, cwd=HERE.parent)
+    return proc.stdout
 
 
 def main() -> None:
@@ -68,6 +92,7 @@ def main() -> None:
         sh("run", "start", "count", "--input", '{"text": "durable workflows on nats jetstream"}', "--wait")
         sh("run", "start", "pipeline", "--input", '{"sentence": "agents need approval"}', "--wait")
         sh("run", "start", "hello-yaml", "--input", '{"nom": "x"}', check=False)
+        coding_tour(data_dir)
         sh("run", "list")
         print("\nThe demo is done; its server and data dir go away now.")
     finally:
