@@ -300,3 +300,43 @@ async def test_history_grows_with_new_content_only(stack, tmp_path):
         if isinstance(e, AgentTurnRecorded)
     ]
     assert max(sizes[:30]) - min(sizes[:30]) < 40  # turn 29 costs what turn 0 cost
+
+
+async def test_duration_and_token_bounds_fail_the_step_naming_them(stack, tmp_path):
+    slow = [
+        {"text": "", "tool_calls": [{"name": "run_command", "arguments": {"command": "sleep 0.3"}}]},
+        {"text": "ok"},
+    ]
+    wordy = [{"text": "w" * 400, "tool_calls": [{"name": "list_files", "arguments": {}}]}] * 3 + [
+        {"text": "ok"}
+    ]
+    await stack.start()
+    await stack.register(
+        {"name": "slow", "steps": [agent_step(tmp_path / "a", script=slow, max_duration="100ms")]}
+    )
+    await stack.register(
+        {"name": "wordy", "steps": [agent_step(tmp_path / "b", script=wordy, max_total_tokens=150)]}
+    )
+    slow_state = await stack.run_to_end("slow", "go")
+    assert slow_state.steps["agent"].error == "agent_loop exceeded max_duration (100ms)"
+    wordy_state = await stack.run_to_end("wordy", "go")
+    assert wordy_state.status == "failed"
+    assert wordy_state.steps["agent"].error.endswith("tokens, reaching max_total_tokens (150)")
+    assert len(wordy_state.steps["agent"].turns) == 2
+
+
+async def test_model_text_is_streamed_live_for_the_console(stack, tmp_path):
+    await stack.start()
+    await stack.register({"name": "live", "steps": [agent_step(tmp_path / "w")]})
+    chunks: list[str] = []
+
+    async def collect(msg):
+        chunks.append(msg.data.decode())
+
+    sub = await stack.client.nc.subscribe("dagnats.live.*.agent", cb=collect)
+    try:
+        state = await stack.run_to_end("live", "go")
+    finally:
+        await sub.unsubscribe()
+    assert state.status == "completed"
+    assert chunks == [s["text"] for s in SCRIPT]
