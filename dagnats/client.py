@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -26,7 +27,7 @@ from .core.definition import WorkflowDef
 from .core.events import ApprovalDecided, Event, ForkOf, RunCancelRequested, RunStarted, SignalReceived
 from .core.state import RUN_TERMINAL, Approval, RunState
 from .errors import NotFound, UserError
-from .store import Conflict, RunSummary, Store, WorkflowVersion, decode_recorded
+from .store import Conflict, RunSummary, Store, WorkflowVersion, decode_recorded, drop_consumer
 
 
 def operator_identity() -> str:
@@ -34,6 +35,15 @@ def operator_identity() -> str:
     user = os.environ.get("USER") or getpass.getuser()
     ssh = os.environ.get("SSH_CLIENT", "").split()
     return f"{user}@{ssh[0]}" if ssh else user
+
+
+RUN_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
+
+def check_run_id(run_id: str) -> None:
+    """Run ids become subject tokens: anything else is not a run (and must not be a wildcard)."""
+    if not RUN_ID_RE.match(run_id):
+        raise NotFound(f"unknown run {run_id!r}: see `dagnats run list`")
 
 
 def new_run_id() -> str:
@@ -100,6 +110,7 @@ class Client:
 
     async def run(self, run_id: str) -> RunState:
         """The run's current state: the engine's snapshot plus a replay of newer events."""
+        check_run_id(run_id)
         state = await self.store.current_state(run_id)
         if state is None:
             raise NotFound(f"unknown run {run_id!r}: see `dagnats run list`")
@@ -124,6 +135,7 @@ class Client:
         return summaries[:limit] if limit else summaries
 
     async def events(self, run_id: str) -> list[tuple[int, Event]]:
+        check_run_id(run_id)
         events = await self.store.read_history(run_id)
         if not events:
             raise NotFound(f"unknown run {run_id!r}: see `dagnats run list`")
@@ -131,10 +143,12 @@ class Client:
 
     async def follow(self, run_id: str, *, until_terminal: bool = True) -> AsyncIterator[tuple[int, Event]]:
         """Yield the run's events from the first, live, until the run ends."""
+        check_run_id(run_id)
         sub = await self.store.js.subscribe(
             names.history_filter(run_id),
             ordered_consumer=True,
             deliver_policy=api.DeliverPolicy.ALL,
+            inactive_threshold=5.0,
         )
         state: RunState | None = None
         try:
@@ -151,7 +165,7 @@ class Client:
                 if until_terminal and state is not None and state.terminal:
                     return
         finally:
-            await sub.unsubscribe()
+            await drop_consumer(self.store.js, names.HISTORY_STREAM, sub)
 
     async def wait(self, run_id: str) -> RunState:
         async for _ in self.follow(run_id):
@@ -229,6 +243,7 @@ class Client:
     ) -> Approval:
         """Approve or deny what a step waits for; a clear UserError if it is not pending."""
         for _ in range(10):
+            check_run_id(run_id)
             state, last = await self.store.current(run_id)
             approval = _pending_approval(run_id, state, step_id, approval_id)
             decision = ApprovalDecided(

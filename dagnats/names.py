@@ -68,3 +68,7 @@ def live_subject(run_id: str, step_id: str) -> str:
 
 def workflow_key(name: str, version: int) -> str:
     return f"{name}.{version}"
+
+
+def workflow_latest_key(name: str) -> str:
+    return f"{name}.latest"

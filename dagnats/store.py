@@ -6,7 +6,6 @@ history sequence they include; anything can be rebuilt from the history alone.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
@@ -24,7 +23,7 @@ from nats.js.errors import (
 from . import names
 from .core.actions import DispatchTask, StartTimer
 from .core.decide import fold
-from .core.definition import WorkflowDef
+from .core.definition import NAME_RE, WorkflowDef
 from .core.events import Event, decode_event, encode_event
 from .core.state import RunState
 from .errors import NotFound, UserError
@@ -126,6 +125,7 @@ class Store:
         self.js = nc.jetstream()
         self._runs: Any = None
         self._workflows: Any = None
+        self._wf_cache: dict[tuple[str, int], WorkflowVersion] = {}
 
     # --- setup -------------------------------------------------------------------------------
 
@@ -294,7 +294,11 @@ class Store:
     # --- workflows ---------------------------------------------------------------------------
 
     async def register_workflow(self, wf: WorkflowDef, now: float) -> tuple[int, bool]:
-        """Store a new version unless identical to the latest; return (version, created)."""
+        """Store a new version unless identical to the latest; return (version, created).
+
+        Versions live at `<name>.<n>` and never change; `<name>.latest` points at the newest, so
+        looking a workflow up takes two direct reads and no consumer.
+        """
         await self._buckets()
         for _ in range(20):
             latest = await self.latest_workflow(wf.name)
@@ -304,17 +308,37 @@ class Store:
             record = WorkflowVersion(name=wf.name, version=version, registered_at=now, definition=wf)
             try:
                 await self._workflows.create(names.workflow_key(wf.name, version), _enc.encode(record))
-                return version, True
             except Exception:
-                await asyncio.sleep(0.01)  # a concurrent register took this version number
+                # Someone registered this version first (or crashed before moving the pointer).
+                await self._advance_latest(wf.name, version)
+                continue
+            await self._advance_latest(wf.name, version)
+            return version, True
         raise UserError(f"could not register {wf.name}: too many concurrent registrations")
 
+    async def _advance_latest(self, name: str, version: int) -> None:
+        key = names.workflow_latest_key(name)
+        for _ in range(20):
+            try:
+                entry = await self._workflows.get(key)
+                current, revision = int(entry.value), entry.revision
+            except KeyNotFoundError:
+                current, revision = 0, 0
+            if current >= version:
+                return
+            try:
+                await self._workflows.update(key, str(version).encode(), last=revision)
+                return
+            except Exception:
+                continue  # raced with another register; look again
+
     async def workflow_versions(self, name: str) -> list[int]:
-        await self._buckets()
-        keys = [entry.key for entry in await _dump(self._workflows, f"{name}.*", meta_only=True)]
-        return sorted(int(k.rsplit(".", 1)[1]) for k in keys)
+        latest = await self.latest_workflow(name)
+        return list(range(1, latest.version + 1)) if latest else []
 
     async def get_workflow(self, name: str, version: int | None = None) -> WorkflowVersion:
+        if not NAME_RE.match(name):
+            raise NotFound(f"unknown workflow {name!r}: workflow names are letters, digits, '-' and '_'")
         if version is None:
             latest = await self.latest_workflow(name)
             if latest is None:
@@ -322,23 +346,37 @@ class Store:
                     f"unknown workflow {name!r}: register it with `dagnats workflow register FILE`"
                 )
             return latest
+        found = await self._version(name, version)
+        if found is None:
+            raise NotFound(f"workflow {name!r} has no version {version}")
+        return found
+
+    async def latest_workflow(self, name: str) -> WorkflowVersion | None:
+        await self._buckets()
+        try:
+            entry = await self._workflows.get(names.workflow_latest_key(name))
+        except KeyNotFoundError:
+            return None
+        return await self._version(name, int(entry.value))
+
+    async def _version(self, name: str, version: int) -> WorkflowVersion | None:
+        """One version of a workflow; versions never change, so they are cached."""
+        cached = self._wf_cache.get((name, version))
+        if cached is not None:
+            return cached
         await self._buckets()
         try:
             entry = await self._workflows.get(names.workflow_key(name, version))
         except KeyNotFoundError:
-            raise NotFound(f"workflow {name!r} has no version {version}") from None
-        return _wfv_dec.decode(entry.value)
-
-    async def latest_workflow(self, name: str) -> WorkflowVersion | None:
-        versions = await self.workflow_versions(name)
-        if not versions:
             return None
-        entry = await self._workflows.get(names.workflow_key(name, versions[-1]))
-        return _wfv_dec.decode(entry.value)
+        record = _wfv_dec.decode(entry.value)
+        self._wf_cache[(name, version)] = record
+        return record
 
     async def all_workflows(self) -> list[WorkflowVersion]:
         await self._buckets()
-        return [_wfv_dec.decode(e.value) for e in await _dump(self._workflows, ">") if e.value]
+        entries = await _dump(self._workflows, ">")
+        return [_wfv_dec.decode(e.value) for e in entries if e.value and not e.key.endswith(".latest")]
 
     # --- tasks and timers --------------------------------------------------------------------
 
@@ -403,8 +441,19 @@ async def _dump(kv: Any, keys: str, meta_only: bool = False) -> list[Any]:
                     continue
                 out.append(_KVEntry(key=msg.subject[len(prefix) :], value=msg.data))
     finally:
-        await psub.unsubscribe()
+        await drop_consumer(js, stream, psub)
     return out
+
+
+async def drop_consumer(js: Any, stream: str, sub: Any) -> None:
+    """Unsubscribe and delete the consumer now: the server caps consumers per stream, and an
+    unsubscribed one would otherwise linger until its inactivity threshold."""
+    try:
+        name = (await sub.consumer_info()).name
+        await sub.unsubscribe()
+        await js.delete_consumer(stream, name)
+    except Exception:
+        pass  # gone already, or the connection is; the inactivity threshold cleans up
 
 
 class _KVEntry(msgspec.Struct, frozen=True):

@@ -555,3 +555,21 @@ async def test_child_input_is_checked_against_the_child_schema(stack):
     assert (
         "input does not match strict-child's input_schema: input: missing required field 'n'" in state.error
     )
+
+
+async def test_reads_leave_no_consumers_behind(stack):
+    await stack.start()
+    await stack.register({"name": "quick", "steps": [{"id": "a", "task": "echo"}]})
+    run_id = (await stack.run_to_end("quick")).run_id
+
+    async def consumers(stream: str) -> int:
+        return (await stack.store.js.stream_info(stream)).state.consumer_count
+
+    before = {s: await consumers(s) for s in ("DAGNATS_HISTORY", "KV_dagnats_runs", "KV_dagnats_workflows")}
+    for _ in range(30):
+        await stack.client.workflow("quick")
+        await stack.client.workflows()
+        await stack.client.runs()
+        await stack.client.wait(run_id)  # follows the history with an ordered consumer
+    after = {s: await consumers(s) for s in before}
+    assert after == before
