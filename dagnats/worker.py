@@ -46,6 +46,7 @@ def _env_seconds(name: str, default: float) -> float:
         return default
 
 
+CANCEL_CHECK_SECONDS = 1.0  # how soon a running handler notices that its run was cancelled
 SUSPEND = object()  # returned by a built-in handler that parks its step (the engine resumes it)
 
 
@@ -158,7 +159,9 @@ class _Runtime:
         self.slots = asyncio.Semaphore(concurrency)
         self.concurrency = concurrency
         self.inflight: set[asyncio.Task[None]] = set()
-        self.ack_wait = _env_seconds("DAGNATS_TASK_ACK_WAIT", 30.0)
+        self.ack_wait = _env_seconds("DAGNATS_TASK_ACK_WAIT", 30.0)  # for consumers this worker creates
+        self.ack_waits: dict[str, float] = {}  # what each task's consumer actually uses
+        self.running: set[tuple[str, str, int]] = set()  # (run, step, attempt) in hand here
 
     async def run(self, stop: asyncio.Event) -> None:
         pullers: list[asyncio.Task[Any]] = [
@@ -201,6 +204,16 @@ class _Runtime:
             stream=names.TASKS_STREAM,
             config=api.ConsumerConfig(ack_wait=self.ack_wait, max_deliver=-1, max_ack_pending=100_000),
         )
+        # The consumer may predate this worker with another ack wait: heartbeats must follow it.
+        actual = (await psub.consumer_info()).config.ack_wait or self.ack_wait
+        self.ack_waits[task] = actual
+        if abs(actual - self.ack_wait) > 0.001:
+            log.info(
+                "task %s: the consumer's ack wait is %gs (not %gs); heartbeats follow it",
+                task,
+                actual,
+                self.ack_wait,
+            )
         while not stop.is_set():
             await self.slots.acquire()
             try:
@@ -240,9 +253,20 @@ class _Runtime:
             log.error("dropping malformed task message on %s", msg.subject)
             await msg.term()
             return
+        key = (task.run_id, task.step_id, task.attempt)
+        if key in self.running:  # redelivered while we still work on it: keep it, do not run it twice
+            await msg.in_progress()
+            return
         if await self._stale(task):
             await msg.ack()
             return
+        self.running.add(key)
+        try:
+            await self._run_task(msg, task)
+        finally:
+            self.running.discard(key)
+
+    async def _run_task(self, msg: Any, task: TaskMessage) -> None:
         store = self.store
         await store.append(
             task.run_id,
@@ -261,19 +285,30 @@ class _Runtime:
             _msg=msg,
         )
         handler = asyncio.create_task(self._call(self.worker.handlers[task.task], ctx))
-        watcher = asyncio.create_task(self._keep_alive(msg, task, handler))
+        stopped: list[str] = []  # why we cancelled the handler ourselves, if we did
+
+        def stop(why: str) -> None:
+            stopped.append(why)
+            handler.cancel()
+
+        watcher = asyncio.create_task(self._keep_alive(msg, task, handler, stop))
+        timer = None
         if task.timeout is not None:
             # The engine's step timer decides the attempt's fate; stop the handler to match.
-            asyncio.get_running_loop().call_later(task.timeout, handler.cancel)
+            timer = asyncio.get_running_loop().call_later(task.timeout, stop, "timed out")
         try:
             outcome = await asyncio.shield(handler)
         except asyncio.CancelledError:
-            if handler.cancelled():  # the run ended while we worked: nothing to report
+            if not handler.cancelled():
+                raise  # this worker is shutting down: the task goes back to the queue
+            if stopped:  # the run ended, the attempt timed out or was superseded: nothing to report
                 await msg.ack()
                 return
-            raise
+            outcome = (False, "the task was cancelled (CancelledError escaped its handler)", True)
         finally:
             watcher.cancel()
+            if timer is not None:
+                timer.cancel()
         if not (outcome[0] and outcome[1] is SUSPEND):
             await self._report(task, outcome)
         await msg.ack()
@@ -352,13 +387,18 @@ class _Runtime:
             )
         return stale
 
-    async def _keep_alive(self, msg: Any, task: TaskMessage, handler: asyncio.Task[Any]) -> None:
-        """Extend the ack deadline while the handler runs; stop it if the run ends meanwhile."""
-        interval = max(0.2, self.ack_wait / 3)
+    async def _keep_alive(
+        self, msg: Any, task: TaskMessage, handler: asyncio.Task[Any], stop: Callable[[str], None]
+    ) -> None:
+        """Extend the ack deadline while the handler runs; stop it soon after its run ends."""
+        beat = max(0.2, self.ack_waits.get(task.task, self.ack_wait) / 3)
+        last_beat = time.monotonic()
         while not handler.done():
-            await asyncio.sleep(interval)
+            await asyncio.sleep(min(beat, CANCEL_CHECK_SECONDS))
             try:
-                await msg.in_progress()
+                if time.monotonic() - last_beat >= beat:
+                    await msg.in_progress()
+                    last_beat = time.monotonic()
                 snap, _ = await self.store.load_snapshot(task.run_id)
             except Exception:
                 continue
@@ -367,5 +407,5 @@ class _Runtime:
                 if snap.state is not None
                 else snap.summary.status in RUN_TERMINAL
             ):
-                handler.cancel()
+                stop("run ended")
                 return

@@ -573,3 +573,47 @@ async def test_reads_leave_no_consumers_behind(stack):
         await stack.client.wait(run_id)  # follows the history with an ordered consumer
     after = {s: await consumers(s) for s in before}
     assert after == before
+
+
+async def test_a_handler_cancelling_itself_fails_the_attempt(stack):
+    worker = Worker()
+
+    @worker.task("self-cancel")
+    async def self_cancel(ctx: TaskContext):
+        inner = asyncio.create_task(asyncio.sleep(10))
+        inner.cancel()
+        await inner  # lets CancelledError escape the handler
+
+    await stack.start(worker)
+    await stack.register({"name": "sc", "steps": [{"id": "a", "task": "self-cancel"}]})
+    state = await stack.run_to_end("sc")
+    assert state.status == "failed" and "CancelledError escaped" in state.steps["a"].error
+
+
+async def test_heartbeats_follow_the_consumers_ack_wait(stack, monkeypatch):
+    runs: list[int] = []
+    slow = Worker()
+
+    @slow.task("slow-3s")
+    async def slow_3s(ctx: TaskContext):
+        runs.append(ctx.attempt)
+        await asyncio.sleep(3)
+        return "done"
+
+    await stack.start()
+    monkeypatch.setenv("DAGNATS_TASK_ACK_WAIT", "1")  # an earlier worker made the consumer with 1s
+    stop = asyncio.Event()
+    first = asyncio.create_task(slow.run(stack.worker_store, stop))
+    await asyncio.sleep(0.5)
+    stop.set()
+    await first
+    monkeypatch.setenv("DAGNATS_TASK_ACK_WAIT", "30")  # this one believes 30s
+    stop = asyncio.Event()
+    second = asyncio.create_task(slow.run(stack.worker_store, stop))
+    try:
+        await stack.register({"name": "slowly", "steps": [{"id": "s", "task": "slow-3s"}]})
+        state = await stack.run_to_end("slowly")
+    finally:
+        stop.set()
+        await second
+    assert state.status == "completed" and runs == [1]  # ran once, not once per redelivery
