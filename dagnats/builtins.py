@@ -11,7 +11,7 @@ import msgspec
 
 from .core.definition import ShellConfig, TaskSleepConfig
 from .core.durations import format_duration, parse_duration
-from .server import die_with_parent
+from .server import die_with_parent, in_process_group
 from .worker import NonRetryable, TaskContext, TaskFailed, Worker
 
 TAIL_BYTES = 16 * 1024
@@ -53,7 +53,7 @@ async def shell(ctx: TaskContext) -> dict[str, Any]:
         raise NonRetryable(f"shell: working directory {cwd} does not exist")
     try:
         proc = await asyncio.create_subprocess_exec(
-            *argv,
+            *in_process_group(argv),
             cwd=cwd,
             env=env,
             stdin=asyncio.subprocess.DEVNULL,

@@ -82,6 +82,15 @@ def _users(creds: Credentials) -> str:
     )
 
 
+# Runs a command in its own process group and kills the whole group when told to stop (or when
+# its parent dies, via PDEATHSIG), so no grandchild of a shell step outlives its worker.
+GROUP_WRAPPER = 'trap "kill -KILL 0" TERM INT HUP; "$@" & wait $!'
+
+
+def in_process_group(argv: list[str]) -> list[str]:
+    return ["/bin/sh", "-c", GROUP_WRAPPER, "dagnats-task", *argv]
+
+
 class EmbeddedServer:
     def __init__(self, data_dir: Path, port: int, creds: Credentials) -> None:
         self.data_dir = data_dir

@@ -45,7 +45,7 @@ def test_sigkill_serve_mid_step_resumes_without_rerunning_completed_steps(tmp_pa
                     "task": "shell",
                     "depends_on": ["before"],
                     "config": {
-                        "command": f"echo started >> {marks}/slow; sleep 2; echo finished >> {marks}/slow"
+                        "command": f"echo started >> {marks}/slow; (sleep 2; echo finished >> {marks}/slow)"
                     },
                 },
                 {

@@ -18,7 +18,7 @@ from nats.aio.client import Client as NATS
 
 from .. import names
 from ..core.definition import BUILTIN_TOOLS
-from ..server import die_with_parent
+from ..server import die_with_parent, in_process_group
 from .providers import ToolSpec
 
 OUTPUT_CAP = 16 * 1024  # bytes of tool output handed back to the model
@@ -144,9 +144,7 @@ class Toolbox:
         limit = min(float(timeout or self.command_timeout), MAX_COMMAND_SECONDS)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGNATS_", "NATS_"))}
         proc = await asyncio.create_subprocess_exec(
-            "/bin/sh",
-            "-c",
-            command,
+            *in_process_group(["/bin/sh", "-c", command]),
             cwd=self.workdir,
             env=env,
             stdin=asyncio.subprocess.DEVNULL,
