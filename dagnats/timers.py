@@ -22,6 +22,7 @@ from .store import Store, decode_timer
 
 log = logging.getLogger("dagnats.timers")
 EARLY_SLACK = 0.005  # fire a timer that is due within this many seconds
+MAX_NAK_DELAY = 86400.0  # NATS takes the delay in int64 nanoseconds: keep far timers well inside it
 
 
 class TimerService:
@@ -55,7 +56,7 @@ class TimerService:
         timer = decode_timer(msg.data)
         remaining = timer.fire_at - time.time()
         if remaining > EARLY_SLACK:
-            await msg.nak(delay=remaining)
+            await msg.nak(delay=min(remaining, MAX_NAK_DELAY))  # far timers just come back again
             return
         fired = TimerFired(
             at=max(time.time(), timer.fire_at), kind=timer.kind, step_id=timer.step_id, attempt=timer.attempt

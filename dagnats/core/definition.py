@@ -23,7 +23,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_STEPS = 1000
 MAX_ATTEMPTS = 100_000
 MAX_MAP_ITEMS = 10_000
-MAX_SLEEP = 365 * 86400.0
+MAX_SLEEP = MAX_DURATION = 365 * 86400.0
 MAX_APPROVAL_WAIT = 30 * 86400.0
 
 AGENT_TASK = "_agent_loop"  # the built-in task that runs agent_loop steps
@@ -500,9 +500,12 @@ def _check_duration(value: Any, path: str) -> float | None:
     if value is None:
         return None
     try:
-        return parse_duration(value)
+        seconds = parse_duration(value)
     except ValueError as exc:
         raise DefinitionError(f"{path}: {exc}") from None
+    if seconds > MAX_DURATION:
+        raise DefinitionError(f"{path}: at most 365d")
+    return seconds
 
 
 def _msgspec_message(exc: msgspec.ValidationError, prefix: str) -> str:
