@@ -13,6 +13,7 @@ import asyncio
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import api
@@ -48,6 +49,7 @@ from .store import Conflict, Store, TooLarge
 log = logging.getLogger("dagnats.engine")
 MAX_APPENDS_PER_PASS = 10_000
 CACHE_SIZE = 4096
+MAX_ACTIVE_RUNS = 256  # runs being brought up to date at once by one engine
 
 
 @dataclass
@@ -63,6 +65,8 @@ class Engine:
         self.batch = batch
         self._cache: OrderedDict[str, _Cached] = OrderedDict()
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}  # run id -> (lock, holders + waiters)
+        self._slots = asyncio.Semaphore(MAX_ACTIVE_RUNS)
+        self._jobs: set[asyncio.Task[None]] = set()
         self.processed = 0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -81,22 +85,31 @@ class Engine:
                 log.warning("engine fetch failed: %s", exc)
                 await asyncio.sleep(0.5)
                 continue
-            latest: dict[str, int] = {}
+            for run_id, run_msgs in _by_run(msgs).items():
+                # Each run is brought up to date on its own task, so a long pass over a big run
+                # never holds back the others (nor the next fetch).
+                await self._slots.acquire()
+                job = asyncio.create_task(self._handle(run_id, run_msgs))
+                self._jobs.add(job)
+                job.add_done_callback(self._finished)
+        if self._jobs:
+            await asyncio.gather(*self._jobs, return_exceptions=True)
+
+    def _finished(self, job: asyncio.Task[None]) -> None:
+        self._jobs.discard(job)
+        self._slots.release()
+
+    async def _handle(self, run_id: str, msgs: list[Any]) -> None:
+        seen = max(m.metadata.sequence.stream for m in msgs)
+        try:
+            await self.process(run_id, seen)
+        except Exception as exc:
+            log.error("run %s: processing failed: %r", run_id, exc)
             for msg in msgs:
-                run_id = names.run_of_history_subject(msg.subject)
-                latest[run_id] = max(latest.get(run_id, 0), msg.metadata.sequence.stream)
-            results = await asyncio.gather(
-                *(self.process(run_id, seq) for run_id, seq in latest.items()), return_exceptions=True
-            )
-            failed = {run_id for run_id, res in zip(latest, results) if isinstance(res, BaseException)}
-            for run_id, res in zip(latest, results):
-                if isinstance(res, BaseException):
-                    log.error("run %s: processing failed: %r", run_id, res)
-            for msg in msgs:
-                if names.run_of_history_subject(msg.subject) in failed:
-                    await msg.nak(delay=1.0)
-                else:
-                    await msg.ack()
+                await msg.nak(delay=1.0)
+            return
+        for msg in msgs:
+            await msg.ack()
 
     async def process(self, run_id: str, seen_seq: int = 0) -> None:
         """Bring one run up to date. Serialized per run within this engine; other engines race
@@ -330,3 +343,10 @@ def _too_large(event: Event, exc: TooLarge) -> Event:
             error=f"{what} of {exc.size} bytes exceeds the message limit (input or output too large)",
         )
     return RunFailed(at=event.at, error=f"run output of {exc.size} bytes exceeds the message limit")
+
+
+def _by_run(msgs: list[Any]) -> dict[str, list[Any]]:
+    grouped: dict[str, list[Any]] = {}
+    for msg in msgs:
+        grouped.setdefault(names.run_of_history_subject(msg.subject), []).append(msg)
+    return grouped

@@ -617,3 +617,17 @@ async def test_heartbeats_follow_the_consumers_ack_wait(stack, monkeypatch):
         stop.set()
         await second
     assert state.status == "completed" and runs == [1]  # ran once, not once per redelivery
+
+
+async def test_a_big_run_does_not_hold_back_small_ones(stack):
+    await stack.start()
+    await stack.register({"name": "big", "steps": [
+        {"id": "items", "task": "echo"},
+        {"id": "each", "type": "map", "depends_on": ["items"], "config": {"task": "echo"}}]})
+    await stack.register({"name": "small", "steps": [{"id": "a", "task": "echo"}]})
+    big = await stack.client.start("big", list(range(900)))
+    await asyncio.sleep(0.3)  # the map is being fanned out
+    small = await asyncio.wait_for(stack.client.wait(await stack.client.start("small", 1)), 20)
+    assert small.status == "completed"
+    assert (await stack.client.run(big)).status == "running"  # the small run did not wait for it
+    assert (await asyncio.wait_for(stack.client.wait(big), 120)).status == "completed"
