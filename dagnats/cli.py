@@ -13,6 +13,8 @@ import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from nats import errors as nats_errors
+
 from . import names, views
 from .errors import UserError
 
@@ -41,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except (nats_errors.ConnectionClosedError, nats_errors.NoServersError, nats_errors.StaleConnectionError):
+        print("error: lost the connection to NATS: is `dagnats serve` still running?", file=sys.stderr)
+        return 1
     except Exception as exc:
         if os.environ.get("DAGNATS_DEBUG"):
             traceback.print_exc()
@@ -233,11 +238,24 @@ async def cmd_worker(args: argparse.Namespace) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, _stop_or_quit(stop))
     print(f"dagnats worker {worker.name}: serving {', '.join(sorted(worker.handlers))}", flush=True)
     await worker.run(store, stop, concurrency=args.concurrency)
     await _close(nc)
     return 0
+
+
+def _stop_or_quit(stop: asyncio.Event) -> Callable[[], None]:
+    """First signal: finish the tasks in hand. Second: leave now (their tasks are redelivered)."""
+
+    def handle() -> None:
+        if stop.is_set():
+            print("dagnats: stopping now; unfinished tasks go back to the queue", file=sys.stderr, flush=True)
+            os._exit(130)
+        print("dagnats: finishing the tasks in hand (signal again to stop now)", file=sys.stderr, flush=True)
+        stop.set()
+
+    return handle
 
 
 def _load_all(files: list[str]) -> list[Any]:

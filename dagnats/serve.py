@@ -104,7 +104,7 @@ async def _run(
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, stop.set)  # the drain below is bounded by DRAIN_SECONDS
     combined = Worker(name=f"serve:{os.getpid()}")
     for w in [builtin, agent_worker(path / "workspaces"), *workers]:
         combined.include(w)

@@ -237,7 +237,11 @@ class _Runtime:
     async def _guarded(self, msg: Any) -> None:
         try:
             await self._execute(msg)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError:  # shutting down: hand the task back now, not after the ack wait
+            try:
+                await msg.nak()
+            except Exception:
+                pass
             raise
         except Exception as exc:  # NATS trouble or a bug: hand the task back for a later try
             log.error("task on %s could not be processed: %r", msg.subject, exc)

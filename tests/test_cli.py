@@ -140,7 +140,22 @@ def test_bad_requests_fail_with_one_clear_line(serve, data_dir):
 
 def test_unreachable_server_fails_fast(tmp_path):
     port = free_port()
-    for args in (["run", "list", "--nats", f"nats://127.0.0.1:{port}"], ["run", "list"]):
+    commands = [
+        ["run", "list"],
+        ["run", "show", "r1"],
+        ["run", "start", "hello"],
+        ["run", "events", "r1"],
+        ["run", "cancel", "r1"],
+        ["run", "signal", "r1", "go"],
+        ["run", "fork", "r1", "--from", "a"],
+        ["workflow", "list"],
+        ["workflow", "show", "hello"],
+        ["approval", "list"],
+        ["approval", "approve", "r1", "a"],
+        ["workflow", "register", str(EXAMPLES / "hello.json")],
+    ]
+    cases = [[*c, "--nats", f"nats://127.0.0.1:{port}"] for c in commands] + commands
+    for args in cases:
         t0 = time.monotonic()
         proc = dagnats(*args, data_dir=tmp_path / "empty")
         assert time.monotonic() - t0 < 5
@@ -184,7 +199,11 @@ def test_cancel_stops_pending_steps(serve, data_dir, tmp_path):
             {
                 "name": "slow",
                 "steps": [
-                    {"id": "first", "task": "shell", "config": {"command": "sleep 30"}},
+                    {
+                        "id": "first",
+                        "task": "shell",
+                        "config": {"command": f"echo $$ > {tmp_path}/pid; exec sleep 30"},
+                    },
                     {"id": "second", "task": "echo", "depends_on": ["first"]},
                 ],
             }
@@ -198,6 +217,9 @@ def test_cancel_stops_pending_steps(serve, data_dir, tmp_path):
         ),
         what="first step running",
     )
+    wait_until(lambda: (tmp_path / "pid").exists() and (tmp_path / "pid").read_text().strip(), what="the pid")
+    pid = int((tmp_path / "pid").read_text())
+    assert Path(f"/proc/{pid}").exists()  # the step's process runs when we cancel
     proc = dagnats("run", "cancel", run_id, "--reason", "not needed", data_dir=data_dir)
     assert proc.returncode == 0, proc.stderr
     shown = dagnats_json("run", "show", run_id, data_dir=data_dir)
@@ -205,7 +227,11 @@ def test_cancel_stops_pending_steps(serve, data_dir, tmp_path):
     assert (
         shown["steps"]["first"]["status"] == "cancelled" and shown["steps"]["second"]["status"] == "cancelled"
     )
-    time.sleep(1.0)
+    wait_until(
+        lambda: not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2],
+        timeout=10,
+        what="the cancelled step's process to be stopped",
+    )
     events = dagnats_json("run", "events", run_id, data_dir=data_dir)
     assert not [e for e in events if e.get("step_id") == "second"]  # never queued, never started
     again = dagnats("run", "cancel", run_id, data_dir=data_dir)

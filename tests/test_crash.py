@@ -204,3 +204,35 @@ def test_sigkill_mid_agent_loop_resumes_without_repeating_recorded_tool_calls(tm
     turns = [e["turn"] for e in events if e["type"] == "agent.turn"]
     results = [(e["turn"], e["call_id"]) for e in events if e["type"] == "agent.tool_result"]
     assert turns == [0, 1, 2] and results == [(0, "call_0_0"), (1, "call_1_0")]
+
+
+def test_sigterm_with_a_step_in_hand_loses_and_repeats_nothing(tmp_path, data_dir):
+    serve = ServeProcess(data_dir).start()
+    _register(
+        tmp_path,
+        data_dir,
+        [
+            {
+                "id": "work",
+                "task": "shell",
+                "config": {"command": f"echo started >> {tmp_path}/w; sleep 1; echo done >> {tmp_path}/w"},
+            },
+            {
+                "id": "next",
+                "task": "shell",
+                "depends_on": ["work"],
+                "config": {"command": f"echo ran >> {tmp_path}/n"},
+            },
+        ],
+    )
+    run_id = dagnats_json("run", "start", "crash", data_dir=data_dir)["run_id"]
+    wait_until(lambda: _lines(tmp_path / "w") == ["started"], what="the step to start")
+    serve.stop()  # SIGTERM: finishes the step in hand before it exits
+    assert serve.proc.returncode == 0
+    assert _lines(tmp_path / "w") == ["started", "done"]
+    restarted = ServeProcess(data_dir, port=serve.port).start()
+    try:
+        wait_until(lambda: _status(run_id, data_dir) == "completed", timeout=30, what="the run to complete")
+    finally:
+        restarted.stop()
+    assert _lines(tmp_path / "w") == ["started", "done"] and _lines(tmp_path / "n") == ["ran"]

@@ -25,16 +25,20 @@ async def test_two_serves_share_one_nats_and_run_everything_once(tmp_path):
     ]
     client = await Client.connect(endpoint=Endpoint(url=nats.url, user="operator", password="shared-secret"))
     try:
+        marks = tmp_path / "marks"
+        marks.mkdir()
+        side = {"command": f"printf x >> {marks}/${{run.id}}"}
         await client.register(
             parse_definition(
                 {
                     "name": "pair",
                     "steps": [
                         {"id": "a", "task": "echo"},
+                        {"id": "side", "task": "shell", "depends_on": ["a"], "config": side},
                         {
                             "id": "b",
                             "task": "echo",
-                            "depends_on": ["a"],
+                            "depends_on": ["a", "side"],
                             "input": {"got": "${steps.a.output}"},
                         },
                     ],
@@ -54,6 +58,8 @@ async def test_two_serves_share_one_nats_and_run_everything_once(tmp_path):
             assert kinds[("RunCompleted", "")] == 1, run_id
             workers_seen.update(e.worker for e in events if type(e).__name__ == "StepStarted")
         assert len(workers_seen) == 2  # both serve processes did work
+        effects = {p.name: p.read_text() for p in marks.iterdir()}
+        assert effects == dict.fromkeys(run_ids, "x")  # every side effect happened exactly once
         assert all("Traceback" not in e.log() for e in engines)
     finally:
         await client.close()
