@@ -42,7 +42,9 @@ def coding_tour(data_dir: str) -> None:
     """The agent pipeline: a plan, an agent fixing a bug in a git repository, tests, an approval."""
     repo = Path(data_dir) / "calc-repo"
     sh("workflow", "register", "examples/coding.yaml")
-    run_id = sh("run", "start", "coding", "--input", json.dumps({"repo": str(repo), "issue": "add() subtracts"}))
+    run_id = sh(
+        "run", "start", "coding", "--input", json.dumps({"repo": str(repo), "issue": "add() subtracts"})
+    )
     deadline = time.monotonic() + 60
     while "ship" not in sh_quiet("approval", "list"):
         if time.monotonic() > deadline:

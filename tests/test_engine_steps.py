@@ -621,9 +621,15 @@ async def test_heartbeats_follow_the_consumers_ack_wait(stack, monkeypatch):
 
 async def test_a_big_run_does_not_hold_back_small_ones(stack):
     await stack.start()
-    await stack.register({"name": "big", "steps": [
-        {"id": "items", "task": "echo"},
-        {"id": "each", "type": "map", "depends_on": ["items"], "config": {"task": "echo"}}]})
+    await stack.register(
+        {
+            "name": "big",
+            "steps": [
+                {"id": "items", "task": "echo"},
+                {"id": "each", "type": "map", "depends_on": ["items"], "config": {"task": "echo"}},
+            ],
+        }
+    )
     await stack.register({"name": "small", "steps": [{"id": "a", "task": "echo"}]})
     big = await stack.client.start("big", list(range(900)))
     await asyncio.sleep(0.3)  # the map is being fanned out
