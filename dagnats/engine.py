@@ -287,6 +287,7 @@ class Engine:
             root_run_id=action.root_run_id,
             generation=action.generation,
             continued_from=action.run_id,
+            chain_start=action.chain_start,
             by=f"run {action.run_id}",
         )
         try:

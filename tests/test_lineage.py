@@ -161,3 +161,29 @@ def test_fork_from_the_cli(serve, data_dir, tmp_path):
     assert bad.returncode == 1 and "has no step 'zzz'" in bad.stderr
     turn = dagnats("run", "fork", run_id, "--from", "b", "--turn", "2", data_dir=data_dir)
     assert turn.returncode == 1 and "--turn applies to agent_loop steps" in turn.stderr
+
+
+async def test_a_parent_hears_from_the_last_run_of_a_childs_chain(stack):
+    calls: list[int] = []
+    await stack.start(_dec_worker(calls))
+    await stack.register(COUNTDOWN)
+    await stack.register(
+        {
+            "name": "parent",
+            "steps": [
+                {
+                    "id": "count",
+                    "type": "sub_workflow",
+                    "config": {"workflow": "countdown"},
+                    "input": {"n": 3},
+                }
+            ],
+        }
+    )
+    state = await stack.run_to_end("parent", timeout=20)
+    assert state.status == "completed", state.error
+    assert calls == [3, 2, 1]
+    assert (
+        state.steps["count"].child_run_id
+        == (await stack.client.run(state.steps["count"].child_run_id)).chain_start
+    )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from dagnats.connection import connect
 from dagnats.core.events import RunCancelRequested, SignalReceived, StepCompleted, encode_event
 from dagnats.names import history_subject
@@ -98,3 +100,18 @@ async def test_a_worker_cannot_approve(stack):
     state = await stack.client.run(run_id)
     assert state.steps["ok"].status == "waiting" and state.approvals["ok.1"].status == "pending"
     assert [p.approval.approval_id for p in await stack.client.approvals()] == ["ok.1"]
+
+
+async def test_a_worker_cannot_start_a_run(stack):
+    from dagnats.core.definition import parse_definition
+    from dagnats.core.events import RunStarted
+    from dagnats.errors import NotFound
+
+    await stack.start()
+    wf = parse_definition({"name": "x", "steps": [{"id": "a", "task": "echo"}]})
+    forged = RunStarted(at=time.time(), run_id="forged1", workflow="x", version=1, definition=wf, input=1)
+    await stack.worker_store.append("forged1", forged)  # its own subject: recorded, never a run
+    await asyncio.sleep(0.5)
+    with pytest.raises(NotFound):
+        await stack.client.run("forged1")
+    assert [p.run_id for p in await stack.client.approvals()] == []

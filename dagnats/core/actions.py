@@ -67,6 +67,7 @@ class ContinueRun(_Action, tag="continue_run", frozen=True):
     workflow: str
     generation: int
     root_run_id: str
+    chain_start: str
     depth: int
     version: int | None = None
     input: Any = None

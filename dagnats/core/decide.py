@@ -129,6 +129,8 @@ def transition(state: RunState | None, event: Event) -> RunState:
     if state is None:
         if not isinstance(event, RunStarted):
             raise IllegalEvent(f"{type(event).__name__} before run.started")
+        if event.source == "w":
+            raise IllegalEvent("a worker may not start runs")
         return _start(event)
     if isinstance(event, RunStarted):
         raise IllegalEvent("run.started twice")
@@ -170,6 +172,7 @@ def _start(ev: RunStarted) -> RunState:
         root_run_id=ev.root_run_id or ev.run_id,
         generation=ev.generation,
         continued_from=ev.continued_from,
+        chain_start=ev.chain_start or ev.run_id,
         forked_from=fork.run_id if fork else None,
         fork_step=fork.step_id if fork else None,
         steps=steps,
@@ -701,6 +704,7 @@ def _continue_run(state: RunState, sid: str, carry: Any, workflow: str, version:
         input=carry,
         generation=state.generation + 1,
         root_run_id=state.root_run_id,
+        chain_start=state.chain_start,
         parent=state.parent,
         depth=state.depth,
     )
@@ -724,7 +728,7 @@ def _on_run_end(state: RunState, event: Event) -> Iterable[Action]:
     if state.parent is not None:
         yield NotifyParent(
             parent=state.parent,
-            child_run_id=state.run_id,
+            child_run_id=state.chain_start,  # the id the parent started, whichever generation ends
             status=state.status,
             output=state.output,
             error=state.error,

@@ -49,6 +49,7 @@ class RunStarted(_Event, tag="run.started", frozen=True):
     by: str = ""
     generation: int = 1  # 1 for a fresh run, +1 with each continue_as_new
     continued_from: str | None = None
+    chain_start: str = ""  # first run of a continue_as_new chain ("" = this run)
     fork: ForkOf | None = None
 
 

@@ -97,6 +97,7 @@ class RunState(msgspec.Struct, frozen=True, omit_defaults=True):
     generation: int = 1
     continued_from: str | None = None
     continued_to: str | None = None
+    chain_start: str = ""
     forked_from: str | None = None
     fork_step: str | None = None
     steps: dict[str, StepState] = {}
