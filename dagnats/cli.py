@@ -46,6 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     except (nats_errors.ConnectionClosedError, nats_errors.NoServersError, nats_errors.StaleConnectionError):
         print("error: lost the connection to NATS: is `dagnats serve` still running?", file=sys.stderr)
         return 1
+    except nats_errors.TimeoutError:
+        print(
+            "error: NATS did not answer in time: check that the server is up and that these credentials "
+            "may do this (a worker's may not approve, cancel or start runs)",
+            file=sys.stderr,
+        )
+        return 1
     except Exception as exc:
         if os.environ.get("DAGNATS_DEBUG"):
             traceback.print_exc()
@@ -229,8 +236,8 @@ async def cmd_worker(args: argparse.Namespace) -> int:
     from .worker import Worker
 
     worker = _as_worker(load_object(args.spec), args.spec, Worker)
-    if not worker.handlers:
-        raise UserError(f"{args.spec} registers no tasks")
+    if not worker.handlers and not worker.tools:
+        raise UserError(f"{args.spec} registers no tasks and no tools")
     endpoint = resolve_endpoint(args.nats, args.data_dir, role="worker")
     nc = await connect(endpoint, name="dagnats-worker", long_lived=True)
     store = Store(nc, source=names.SOURCE_WORKER)
@@ -239,7 +246,8 @@ async def cmd_worker(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, _stop_or_quit(stop))
-    print(f"dagnats worker {worker.name}: serving {', '.join(sorted(worker.handlers))}", flush=True)
+    serving = sorted(worker.handlers) + [f"tool {t}" for t in sorted(worker.tools)]
+    print(f"dagnats worker {worker.name}: serving {', '.join(serving)}", flush=True)
     await worker.run(store, stop, concurrency=args.concurrency)
     await _close(nc)
     return 0

@@ -58,8 +58,11 @@ class Credentials:
 def load_or_create_credentials(path: Path) -> Credentials:
     secret_path = path / SECRET_FILE
     if secret_path.exists():
-        raw = json.loads(secret_path.read_text())
-        return Credentials(operator=raw["operator"], worker=raw["worker"])
+        try:
+            raw = json.loads(secret_path.read_text())
+            return Credentials(operator=raw["operator"], worker=raw["worker"])
+        except (ValueError, KeyError, TypeError):
+            pass  # an older single-token secret: replace it with a pair of credentials
     creds = Credentials.generate()
     write_private(secret_path, json.dumps({"operator": creds.operator, "worker": creds.worker}))
     return creds

@@ -288,6 +288,7 @@ class Engine:
             generation=action.generation,
             continued_from=action.run_id,
             chain_start=action.chain_start,
+            fork=action.resume,
             by=f"run {action.run_id}",
         )
         try:

@@ -356,8 +356,17 @@ class Store:
         try:
             entry = await self._workflows.get(names.workflow_latest_key(name))
         except KeyNotFoundError:
-            return None
+            return await self._adopt_versions(name)
         return await self._version(name, int(entry.value))
+
+    async def _adopt_versions(self, name: str) -> WorkflowVersion | None:
+        """Versions stored before the `latest` pointer existed: point at the newest of them."""
+        keys = [e.key for e in await _dump(self._workflows, f"{name}.*", meta_only=True)]
+        versions = sorted(int(k.rsplit(".", 1)[1]) for k in keys if k.rsplit(".", 1)[1].isdigit())
+        if not versions:
+            return None
+        await self._advance_latest(name, versions[-1])
+        return await self._version(name, versions[-1])
 
     async def _version(self, name: str, version: int) -> WorkflowVersion | None:
         """One version of a workflow; versions never change, so they are cached."""

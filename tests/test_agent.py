@@ -261,26 +261,34 @@ async def test_fork_of_an_agent_loop_keeps_the_first_turns(stack, tmp_path):
 
 
 async def test_continue_as_new_after_turns_hands_the_loop_to_a_new_run(stack, tmp_path):
+    calls: list[str] = []
+    before = Worker()
+
+    @before.task("prepare")
+    async def prepare(ctx):
+        calls.append(ctx.run_id)
+        return "prepared"
+
     script = [
         {"text": f"step {i}", "tool_calls": [{"name": "list_files", "arguments": {}}]} for i in range(2)
     ]
     script.append({"text": "finished"})
-    await stack.start()
+    await stack.start(before)
     step = agent_step(tmp_path / "w", script=script, continue_as_new_after_turns=2)
-    await stack.register({"name": "long-agent", "steps": [step]})
-    first_id = await stack.client.start("long-agent", "work a long time")
+    step["depends_on"] = ["prep"]
+    step["config"]["prompt"] = "goal: ${input.goal}"
+    await stack.register({"name": "long-agent", "steps": [{"id": "prep", "task": "prepare"}, step]})
+    first_id = await stack.client.start("long-agent", {"goal": "tidy"})
     first = await asyncio.wait_for(stack.client.wait(first_id), 10)
     assert first.status == "continued" and len(first.steps["agent"].turns) == 2
     carry = first.steps["agent"].carry
-    assert carry == {
-        "summary": "step 1",
-        "transcript": {"run_id": first_id, "step_id": "agent", "turns": 2},
-        "input": "work a long time",
-    }
+    assert carry == {"summary": "step 1", "transcript": {"run_id": first_id, "step_id": "agent", "turns": 2}}
     second = await asyncio.wait_for(stack.client.wait(first.continued_to), 10)
-    assert second.input == carry and second.continued_from == first_id and second.generation == 2
-    # the scripted provider replays from the start of its script in the new run
-    assert second.status == "continued" and second.steps["agent"].turns[0].text == "step 0"
+    assert second.input == {"goal": "tidy"} and second.continued_from == first_id and second.generation == 2
+    assert second.steps["prep"].output == "prepared" and calls == [first_id]  # upstream kept, not run again
+    assert second.steps["agent"].input == {"carry": carry, "input": "prepared"}
+    assert second.forked_from is None
+    # (the scripted provider replays its script from the start in each new run, so it keeps handing over)
 
 
 async def test_history_grows_with_new_content_only(stack, tmp_path):

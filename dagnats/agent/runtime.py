@@ -110,7 +110,7 @@ class AgentLoop:
             self.cfg.tools, self._workdir(), self.store.nc, parse_duration(self.cfg.command_timeout)
         )
         specs = await toolbox.specs()
-        started = turns[0].at if turns else time.time()
+        started = state.steps[self.ctx.step_id].started_at or time.time()
         while True:
             if turns and turns[-1].pending_calls:
                 turns[-1] = await self._settle_calls(state, len(turns) - 1, turns[-1], toolbox)
@@ -130,7 +130,6 @@ class AgentLoop:
         carry = {
             "summary": turns[-1].text,
             "transcript": {"run_id": ctx.run_id, "step_id": ctx.step_id, "turns": len(turns)},
-            "input": ctx.input,
         }
         event = AgentContinuing(at=time.time(), step_id=ctx.step_id, attempt=ctx.attempt, carry=carry)
         await self.store.append(ctx.run_id, event, msg_id=f"{ctx.run_id}:continuing:{ctx.step_id}")
@@ -276,8 +275,17 @@ class AgentLoop:
 
     def _messages(self, turns: list[Turn]) -> list[Message]:
         """The conversation so far, rebuilt from the recorded turns."""
-        prompt = self.cfg.prompt if self.cfg.prompt is not None else self.ctx.input
+        step_input, carry = self.ctx.input, None
+        if isinstance(step_input, dict) and set(step_input) == {"carry", "input"}:  # a handed-over loop
+            step_input, carry = step_input["input"], step_input["carry"]
+        prompt = self.cfg.prompt if self.cfg.prompt is not None else step_input
         first = prompt if isinstance(prompt, str) else json.dumps(prompt)
+        if isinstance(carry, dict):
+            where = carry.get("transcript", {})
+            first += (
+                f"\n\nYou are continuing earlier work ({where.get('turns')} turns in run {where.get('run_id')}). "
+                f"Your last message then was: {carry.get('summary', '')}"
+            )
         messages = [Message(role="user", text=first)]
         for turn in turns:
             calls = [

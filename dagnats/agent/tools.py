@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from nats.aio.client import Client as NATS
+from nats.errors import NoRespondersError
 
 from .. import names
 from ..core.definition import BUILTIN_TOOLS
@@ -170,8 +171,10 @@ class Toolbox:
         request = json.dumps({"op": "call", "arguments": arguments, **context}).encode()
         try:
             reply = await self.nc.request(names.tool_subject(name), request, timeout=USER_TOOL_TIMEOUT)
-        except Exception:
+        except NoRespondersError:
             raise ToolError(f"tool {name} is not served by any worker right now") from None
+        except Exception:
+            raise ToolError(f"tool {name} did not answer within {USER_TOOL_TIMEOUT:g}s") from None
         answer = json.loads(reply.data)
         if answer.get("is_error"):
             raise ToolError(str(answer.get("result", "")))

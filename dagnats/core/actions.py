@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 
-from .events import Event, ParentRef
+from .events import Event, ForkOf, ParentRef
 
 
 class _Action(msgspec.Struct, frozen=True, tag_field="action", omit_defaults=True, kw_only=True):
@@ -72,6 +72,7 @@ class ContinueRun(_Action, tag="continue_run", frozen=True):
     version: int | None = None
     input: Any = None
     parent: ParentRef | None = None
+    resume: ForkOf | None = None  # an agent's hand-over keeps what lies upstream of its step
 
 
 class CancelChildRun(_Action, tag="cancel_child_run", frozen=True):

@@ -56,6 +56,7 @@ from .events import (
     ApprovalRequested,
     ChildRunFinished,
     Event,
+    ForkOf,
     MapExpanded,
     ParentRef,
     PlanExpanded,
@@ -173,8 +174,8 @@ def _start(ev: RunStarted) -> RunState:
         generation=ev.generation,
         continued_from=ev.continued_from,
         chain_start=ev.chain_start or ev.run_id,
-        forked_from=fork.run_id if fork else None,
-        fork_step=fork.step_id if fork else None,
+        forked_from=fork.run_id if fork and not ev.continued_from else None,
+        fork_step=fork.step_id if fork and not ev.continued_from else None,
         steps=steps,
         events=1,
     )
@@ -387,7 +388,12 @@ def _on_approval_requested(state: RunState, ev: ApprovalRequested) -> RunState:
         if step.status != "pending":
             return state
         waiting = replace(
-            step, status="waiting", attempts=ev.attempt, started_at=ev.at, waiting_until=ev.expires_at
+            step,
+            status="waiting",
+            attempts=ev.attempt,
+            input=ev.details,
+            started_at=ev.at,
+            waiting_until=ev.expires_at,
         )
         return _put(new, ev.step_id, waiting)
     if step.status == "running":  # an agent parks until its tool call is decided
@@ -624,7 +630,7 @@ def _effects(wf: WorkflowDef, old: RunState | None, new: RunState, event: Event)
         ):
             yield _timer(run_id, "wake", sid, attempt, until)
         case AgentContinuing(step_id=sid) if new.generation < MAX_GENERATIONS:
-            yield _continue_run(new, sid, new.steps[sid].carry, new.workflow, new.version)
+            yield _hand_over_agent(new, sid)
         case ApprovalDecided(step_id=sid, approval_id=aid) if new.approvals[aid].kind == "tool_call":
             if new.steps[sid].status == "running":  # hand the parked agent back to a worker
                 yield from _dispatch(new, sid, new.steps[sid].attempts, resume=aid)
@@ -708,6 +714,30 @@ def _continue_run(state: RunState, sid: str, carry: Any, workflow: str, version:
         parent=state.parent,
         depth=state.depth,
     )
+
+
+def _hand_over_agent(state: RunState, sid: str) -> ContinueRun:
+    """The next run takes the same input, keeps what lies upstream, and gives the agent its carry."""
+    rerun = state.definition.downstream(sid) | {sid}
+    ids = [s for s in state.static_ids() if s not in rerun]
+    kept = {s: state.steps[s].output for s in ids if state.steps[s].status == "completed"}
+    skipped = [s for s in ids if state.steps[s].status == "skipped"]
+    step = state.steps[sid]
+    resume = ForkOf(
+        run_id=state.run_id,
+        step_id=sid,
+        kept=kept,
+        skipped=skipped,
+        input={"carry": step.carry, "input": _original_input(step.input)},
+    )
+    return replace(_continue_run(state, sid, state.input, state.workflow, state.version), resume=resume)
+
+
+def _original_input(step_input: Any) -> Any:
+    """An agent's own input, unwrapped from a previous hand-over's {"carry", "input"}."""
+    if isinstance(step_input, dict) and set(step_input) == {"carry", "input"}:
+        return step_input["input"]
+    return step_input
 
 
 def _task_of(step: StepDef) -> str | None:

@@ -35,7 +35,12 @@ BUILTIN_TOOLS = ("read_file", "write_file", "list_files", "run_command")
 MAX_GENERATIONS = 100
 CompareOp = Literal["==", "!=", "<", "<=", ">", ">=", "in", "not_in", "exists", "truthy"]
 Backoff = Literal["fixed", "exponential"]
-ENUM_CHOICES: dict[str, tuple[str, ...]] = {"backoff": get_args(Backoff), "op": get_args(CompareOp)}
+Provider = Literal["anthropic", "openai", "scripted"]
+ENUM_CHOICES: dict[str, tuple[str, ...]] = {
+    "backoff": get_args(Backoff),
+    "op": get_args(CompareOp),
+    "provider": get_args(Provider),
+}
 
 
 class DefinitionError(ValueError):
@@ -146,7 +151,7 @@ class ContinueAsNewConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
 
 
 class AgentConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    provider: Literal["anthropic", "openai", "scripted"]
+    provider: Provider
     model: str = ""
     system: str = ""
     prompt: str | None = None  # template; by default the step's input
@@ -165,7 +170,7 @@ class AgentConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class PlannerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    provider: Literal["anthropic", "openai", "scripted"] | None = None  # an LLM writes the plan...
+    provider: Provider | None = None  # an LLM writes the plan...
     task: str | None = None  # ...or a worker task returns it
     model: str = ""
     system: str = ""
@@ -302,6 +307,9 @@ def _validate_step(step: StepDef, path: str, index: dict[str, int]) -> None:
             and step.timeout is not None
         ):
             raise DefinitionError(f"{path}.timeout: not used by {step.type} steps (see its config)")
+        if step.type in ("agent_loop", "planner") and step.timeout is not None:
+            bound = "config.max_duration" if step.type == "agent_loop" else "the run's timeout"
+            raise DefinitionError(f"{path}.timeout: not used by {step.type} steps (use {bound})")
         if step.type in ("sleep", "wait_for_event", "approval", "continue_as_new") and step.retry is not None:
             raise DefinitionError(f"{path}.retry: {step.type} steps are not retried")
     for j, dep in enumerate(step.depends_on):
