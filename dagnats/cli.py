@@ -157,6 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("name", metavar="NAME")
     x.add_argument("data", metavar="JSON", nargs="?", default=None)
     x.set_defaults(handler=cmd_run_signal)
+    x = sub.add_parser("bench", parents=[js], help="measure the engine against the JetStream ceiling")
+    x.add_argument("--quick", action="store_true", help="smaller workloads: under a minute on 2 cores")
+    x.add_argument("--fsync", action="store_true", help="run the server with sync_interval: always")
+    x.add_argument("--nats", metavar="URL", help="measure against this NATS instead of a fresh embedded one")
+    x.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # the test suite's smoke run
+    x.set_defaults(handler=cmd_bench)
     group = sub.add_parser("approval", help="what waits for an operator: list, approve, deny")
     group.set_defaults(handler=_usage(group))
     a = group.add_subparsers(metavar="ACTION")
@@ -500,6 +506,20 @@ async def cmd_run_signal(args: argparse.Namespace) -> int:
         print(f"signal {args.name!r} sent to run {args.run_id}")
 
     return await _with_client(args, go)
+
+
+async def cmd_bench(args: argparse.Namespace) -> int:
+    from . import bench
+
+    def say(line: str) -> None:
+        print(f"bench: {line}", file=sys.stderr, flush=True)
+
+    result = await bench.run(args.quick, args.fsync, args.nats, tiny=args.tiny, say=say)
+    if args.json:
+        _print_json(result)
+    else:
+        print(bench.table(result))
+    return 0
 
 
 async def cmd_approval_list(args: argparse.Namespace) -> int:

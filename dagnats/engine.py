@@ -42,7 +42,7 @@ from .core.events import (
     StepFailed,
 )
 from .core.plan import next_events
-from .core.state import RunState
+from .core.state import RUN_TERMINAL, RunState
 from .errors import NotFound
 from .store import Conflict, Store, TooLarge
 
@@ -76,6 +76,7 @@ class Engine:
             stream=names.HISTORY_STREAM,
             config=api.ConsumerConfig(ack_wait=15, max_deliver=-1, max_ack_pending=50_000),
         )
+        sweep = asyncio.create_task(self._sweep())
         while not stop.is_set():
             try:
                 msgs = await psub.fetch(self.batch, timeout=0.5)
@@ -92,15 +93,32 @@ class Engine:
                 job = asyncio.create_task(self._handle(run_id, run_msgs))
                 self._jobs.add(job)
                 job.add_done_callback(self._finished)
+        sweep.cancel()
         if self._jobs:
             await asyncio.gather(*self._jobs, return_exceptions=True)
+
+    async def _sweep(self) -> None:
+        """At start, bring every unfinished run up to date at once, rather than waiting for the
+        messages a dead engine held to be redelivered."""
+        try:
+            snapshots = await self.store.all_snapshots()
+        except Exception as exc:
+            log.warning("start-up sweep skipped: %r", exc)
+            return
+        for snap in snapshots:
+            if snap.summary.status in RUN_TERMINAL:
+                continue
+            await self._slots.acquire()
+            job = asyncio.create_task(self._handle(snap.summary.run_id, []))
+            self._jobs.add(job)
+            job.add_done_callback(self._finished)
 
     def _finished(self, job: asyncio.Task[None]) -> None:
         self._jobs.discard(job)
         self._slots.release()
 
     async def _handle(self, run_id: str, msgs: list[Any]) -> None:
-        seen = max(m.metadata.sequence.stream for m in msgs)
+        seen = max((m.metadata.sequence.stream for m in msgs), default=0)
         try:
             await self.process(run_id, seen)
         except Exception as exc:

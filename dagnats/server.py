@@ -92,10 +92,11 @@ def in_process_group(argv: list[str]) -> list[str]:
 
 
 class EmbeddedServer:
-    def __init__(self, data_dir: Path, port: int, creds: Credentials) -> None:
+    def __init__(self, data_dir: Path, port: int, creds: Credentials, sync_always: bool = False) -> None:
         self.data_dir = data_dir
         self.port = port
         self.creds = creds
+        self.sync_always = sync_always  # fsync every write (like engines on SQLite/Postgres)
         self.proc: subprocess.Popen[str] | None = None
         self._log: collections.deque[str] = collections.deque(maxlen=50)
 
@@ -112,7 +113,7 @@ class EmbeddedServer:
         with os.fdopen(fd, "w") as f:
             f.write(
                 f'listen: "127.0.0.1:{self.port}"\n'
-                f'jetstream {{ store_dir: "{store}" }}\n'
+                f'jetstream {{ store_dir: "{store}"{" sync_interval: always" if self.sync_always else ""} }}\n'
                 f"authorization {{\n{_users(self.creds)}}}\n"
                 "max_payload: 1MB\n"
             )

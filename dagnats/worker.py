@@ -159,7 +159,7 @@ class _Runtime:
         self.slots = asyncio.Semaphore(concurrency)
         self.concurrency = concurrency
         self.inflight: set[asyncio.Task[None]] = set()
-        self.ack_wait = _env_seconds("DAGNATS_TASK_ACK_WAIT", 30.0)  # for consumers this worker creates
+        self.ack_wait = _env_seconds("DAGNATS_TASK_ACK_WAIT", 10.0)  # for consumers this worker creates
         self.ack_waits: dict[str, float] = {}  # what each task's consumer actually uses
         self.running: set[tuple[str, str, int]] = set()  # (run, step, attempt) in hand here
 

@@ -1,0 +1,462 @@
+"""`dagnats bench`: the engine measured against the raw JetStream ceiling of the same server.
+
+Everything runs through the real paths a user's workflow takes: tasks go through JetStream to
+a worker (the built-in `echo`, a no-op), results come back as history events, the engine folds
+them. Figures are reported with their ratio to the ceiling measured in the same run, so numbers
+from a noisy machine stay comparable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nats
+from nats.js import api
+
+from . import names
+from .agent.runtime import agent_worker
+from .builtins import builtin
+from .client import Client
+from .connection import Endpoint, connect
+from .core.definition import parse_definition
+from .core.events import StepCompleted, StepQueued, encode_event
+from .datadir import Credentials
+from .engine import Engine
+from .server import EmbeddedServer
+from .store import Store
+from .timers import TimerService
+from .worker import Worker
+
+PAYLOAD = b"x" * 256
+
+
+@dataclass(frozen=True)
+class Sizes:
+    ceiling_awaited: int
+    ceiling_async: int
+    w1_runs: int
+    w2_runs: int
+    fan_out: int
+    approvals: int
+    recovery_runs: int
+    agent_turns: int
+
+
+FULL = Sizes(2000, 20000, 20, 500, 100, 20, 200, 100)
+QUICK = Sizes(300, 3000, 4, 100, 100, 5, 40, 30)
+TINY = Sizes(50, 200, 1, 10, 10, 1, 5, 5)  # what the test suite runs to keep the command working
+
+
+class Bench:
+    def __init__(self, sizes: Sizes, fsync: bool, nats_url: str | None, say: Callable[[str], None]) -> None:
+        self.sizes = sizes
+        self.fsync = fsync
+        self.nats_url = nats_url
+        self.say = say
+        self.tmp = Path(tempfile.mkdtemp(prefix="dagnats-bench-"))
+        self.server: EmbeddedServer | None = None
+        self.endpoint = Endpoint(url=nats_url or "")
+
+    async def run(self) -> dict[str, Any]:
+        self._start_server()
+        try:
+            result: dict[str, Any] = {"fsync": self.fsync, "sizes": self.sizes.__dict__}
+            result["ceiling"] = await self._ceiling()
+            result.update(await self._engine_figures())
+            result["recovery"] = await self._recovery()
+            result["console"] = {"ms_p50": None, "ms_p99": None, "note": "no console yet"}
+            result["ratios"] = _ratios(result)
+            return result
+        finally:
+            if self.server is not None:
+                self.server.stop()
+
+    def _start_server(self) -> None:
+        if self.nats_url:
+            self.endpoint = Endpoint(
+                url=self.nats_url,
+                user=os.environ.get("DAGNATS_NATS_USER"),
+                password=os.environ.get("DAGNATS_NATS_PASSWORD"),
+                token=os.environ.get("DAGNATS_NATS_TOKEN"),
+            )
+            return
+        creds = Credentials.generate()
+        port = _free_port()
+        self.server = EmbeddedServer(self.tmp, port, creds, sync_always=self.fsync)
+        self.server.start()
+        self.endpoint = Endpoint(url=self.server.url, user="operator", password=creds.operator)
+
+    # --- the ceiling ---------------------------------------------------------------------------
+
+    async def _ceiling(self) -> dict[str, float]:
+        self.say("ceiling: raw JetStream publishes")
+        nc = await connect(self.endpoint)
+        js = nc.jetstream()
+        stream = f"BENCH_CEILING_{os.getpid()}"
+        await js.add_stream(name=stream, subjects=[f"bench.{os.getpid()}.>"], storage=api.StorageType.FILE)
+        try:
+            n = self.sizes.ceiling_awaited
+            t0 = time.perf_counter()
+            for _ in range(n):
+                await js.publish(f"bench.{os.getpid()}.a", PAYLOAD)
+            awaited = time.perf_counter() - t0
+            n_async = self.sizes.ceiling_async
+            t0 = time.perf_counter()
+            for _ in range(n_async):
+                await js.publish_async(f"bench.{os.getpid()}.b", PAYLOAD)
+            await js.publish_async_completed()
+            pipelined = time.perf_counter() - t0
+        finally:
+            await js.delete_stream(stream)
+            await nc.close()
+        return {
+            "awaited_msgs_per_s": round(n / awaited),
+            "awaited_us": round(awaited / n * 1e6, 1),
+            "async_msgs_per_s": round(n_async / pipelined),
+        }
+
+    # --- the engine, in this process -----------------------------------------------------------
+
+    async def _engine_figures(self) -> dict[str, Any]:
+        stop = asyncio.Event()
+        nc = await connect(self.endpoint, long_lived=True)
+        store = Store(nc)
+        await store.ensure()
+        workers = Worker(name="bench")
+        for w in (builtin, agent_worker(self.tmp / "workspaces")):
+            workers.include(w)
+        tasks = [
+            asyncio.create_task(Engine(store).run(stop)),
+            asyncio.create_task(TimerService(store).run(stop)),
+            asyncio.create_task(workers.run(Store(nc, source=names.SOURCE_WORKER), stop, concurrency=64)),
+        ]
+        client = Client(await connect(self.endpoint))
+        try:
+            out: dict[str, Any] = {}
+            out["w1"] = await self._w1(client)
+            out["w2"] = await self._w2(client)
+            out["memory"] = {"peak_rss_mb": _peak_rss_mb()}
+            out["w3"] = await self._w3(client)
+            out["approval"] = await self._approval(client)
+            out["agent_history"] = await self._agent_history(client)
+            return out
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await client.close()
+            await nc.close()
+
+    async def _w1(self, client: Client) -> dict[str, float]:
+        self.say(f"w1: {self.sizes.w1_runs} runs of a 20-step chain, one after another")
+        await _register(
+            client, "bench-chain", [_echo(f"s{i}", [f"s{i - 1}"] if i else []) for i in range(20)]
+        )
+        gaps: list[float] = []
+        await _run_and_wait(client, "bench-chain")  # warm-up
+        for _ in range(self.sizes.w1_runs):
+            run_id = await _run_and_wait(client, "bench-chain")
+            events = [e for _, e in await client.events(run_id)]
+            done = [e.at for e in events if isinstance(e, StepCompleted)]
+            start = events[0].at
+            gaps += [b - a for a, b in zip([start, *done], done)]
+        return {"step_ms_p50": _ms(statistics.median(gaps)), "step_ms_p99": _ms(_pct(gaps, 0.99))}
+
+    async def _w2(self, client: Client) -> dict[str, float]:
+        n = self.sizes.w2_runs
+        self.say(f"w2: {n} runs of 3 steps started at once")
+        await _register(client, "bench-three", [_echo("a", []), _echo("b", ["a"]), _echo("c", ["b"])])
+        t0 = time.perf_counter()
+        run_ids = await asyncio.gather(*(client.start("bench-three", i) for i in range(n)))
+        await _wait_all(client, list(run_ids))
+        elapsed = time.perf_counter() - t0
+        return {"steps_per_s": round(3 * n / elapsed), "runs_per_s": round(n / elapsed, 1)}
+
+    async def _w3(self, client: Client) -> dict[str, float]:
+        k = self.sizes.fan_out
+        self.say(f"w3: 1 step, {k} parallel steps, 1 join")
+        steps = [_echo("start", [])] + [_echo(f"p{i}", ["start"]) for i in range(k)]
+        steps.append(_echo("join", [f"p{i}" for i in range(k)]))
+        await _register(client, "bench-fan", steps)
+        t0 = time.perf_counter()
+        await _run_and_wait(client, "bench-fan")
+        return {"wall_ms": _ms(time.perf_counter() - t0)}
+
+    async def _approval(self, client: Client) -> dict[str, float]:
+        self.say(f"approval: {self.sizes.approvals} approvals until the next step is dispatched")
+        await _register(
+            client,
+            "bench-approval",
+            [{"id": "ok", "type": "approval", "config": {"prompt": "go?"}}, _echo("next", ["ok"])],
+        )
+        samples = []
+        for _ in range(self.sizes.approvals):
+            run_id = await client.start("bench-approval")
+            while not (await client.store.current_state(run_id)).pending_approvals():  # type: ignore[union-attr]
+                await asyncio.sleep(0.005)
+            queued = asyncio.create_task(
+                _first(client, run_id, lambda e: isinstance(e, StepQueued) and e.step_id == "next")
+            )
+            t0 = time.time()
+            await client.decide(run_id, "ok", approved=True)
+            samples.append((await queued) - t0)
+            await client.wait(run_id)
+        return {"ms_p50": _ms(statistics.median(samples))}
+
+    async def _agent_history(self, client: Client) -> dict[str, float]:
+        turns = self.sizes.agent_turns
+        self.say(f"agent history: a {turns}-turn scripted loop whose messages grow")
+        script = [
+            {"text": "note " + "x" * (20 * i), "tool_calls": [{"name": "list_files", "arguments": {}}]}
+            for i in range(turns - 1)
+        ]
+        script.append({"text": "done"})
+        await _register(
+            client,
+            "bench-agent",
+            [
+                {
+                    "id": "agent",
+                    "type": "agent_loop",
+                    "config": {
+                        "provider": "scripted",
+                        "script": script,
+                        "tools": ["list_files"],
+                        "max_turns": turns + 1,
+                    },
+                }
+            ],
+        )
+        run_id = await _run_and_wait(client, "bench-agent", timeout=300)
+        state = await client.run(run_id)
+        stored = sum(
+            len(encode_event(e))
+            for _, e in await client.events(run_id)
+            if type(e).__name__ in ("AgentTurnRecorded", "ToolResultRecorded")
+        )
+        new = 0
+        for t in state.steps["agent"].turns:
+            new += len(t.text.encode()) + len(str(t.tool_calls).encode())
+            new += sum(len(r.result.encode()) for r in t.results.values())
+        return {"ratio": round(stored / max(new, 1), 2), "stored_bytes": stored, "new_bytes": new}
+
+    # --- recovery: a separate engine process, killed -------------------------------------------
+
+    async def _recovery(self) -> dict[str, float]:
+        n = self.sizes.recovery_runs
+        self.say(f"recovery: {n} runs in flight, the engine process SIGKILLed and started again")
+        marks = self.tmp / "marks"
+        marks.mkdir()
+        steps = [
+            {
+                "id": f"s{i}",
+                "task": "shell",
+                "depends_on": [f"s{i - 1}"] if i else [],
+                "config": {"command": f"printf x >> {marks}/${{run.id}}.s{i}"},
+            }
+            for i in range(5)
+        ]
+        client = Client(await connect(self.endpoint))
+        try:
+            await _register(client, "bench-recovery", steps)
+            engine = self._engine_process()
+            run_ids = list(await asyncio.gather(*(client.start("bench-recovery", i) for i in range(n))))
+            while len(list(marks.iterdir())) < n:  # wait until work is well under way
+                await asyncio.sleep(0.01)
+            engine.send_signal(signal.SIGKILL)
+            engine.wait()
+            seen = await _counter(client)
+            before = seen["count"]
+            t0 = time.perf_counter()
+            engine = self._engine_process()
+            while seen["count"] == before:
+                await asyncio.sleep(0.005)
+            first = time.perf_counter() - t0
+            await _wait_all(client, run_ids, timeout=300)
+            done = time.perf_counter() - t0
+            engine.send_signal(signal.SIGTERM)
+            engine.wait(30)
+        finally:
+            await client.close()
+        duplicates = sum(len(p.read_text()) - 1 for p in marks.iterdir())
+        return {"first_progress_s": round(first, 3), "all_done_s": round(done, 2), "duplicates": duplicates}
+
+    def _engine_process(self) -> subprocess.Popen[bytes]:
+        env = {
+            **os.environ,
+            "DAGNATS_NATS_USER": self.endpoint.user or "",
+            "DAGNATS_NATS_PASSWORD": self.endpoint.password or "",
+            "DAGNATS_TASK_ACK_WAIT": "2",
+        }
+        if self.endpoint.token:
+            env["DAGNATS_NATS_TOKEN"] = self.endpoint.token
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "dagnats",
+                "serve",
+                "--nats",
+                self.endpoint.url,
+                "--data-dir",
+                str(self.tmp / "engine"),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def _echo(sid: str, deps: list[str]) -> dict[str, Any]:
+    return {"id": sid, "task": "echo", "depends_on": deps}
+
+
+async def _register(client: Client, name: str, steps: list[dict[str, Any]]) -> None:
+    await client.register(parse_definition({"name": name, "steps": steps}))
+
+
+async def _run_and_wait(client: Client, workflow: str, timeout: float = 120) -> str:
+    run_id = await client.start(workflow)
+    state = await asyncio.wait_for(client.wait(run_id), timeout)
+    if state.status != "completed":
+        raise RuntimeError(f"bench run {run_id} of {workflow} ended {state.status}: {state.error}")
+    return run_id
+
+
+async def _wait_all(client: Client, run_ids: list[str], timeout: float = 300) -> None:
+    """Wait for many runs with one subscription to the history (not one consumer per run)."""
+    pending = set(run_ids)
+    done = asyncio.Event()
+
+    async def on_event(msg: Any) -> None:
+        if b'"run.completed"' in msg.data or b'"run.failed"' in msg.data:
+            pending.discard(names.run_of_history_subject(msg.subject))
+            if not pending:
+                done.set()
+
+    sub = await client.nc.subscribe(f"{names.HISTORY_PREFIX}.>", cb=on_event)
+    try:
+        for run_id in list(pending):  # some may have ended before we listened
+            state = await client.store.current_state(run_id)
+            if state is not None and state.terminal:
+                pending.discard(run_id)
+        if pending:
+            await asyncio.wait_for(done.wait(), timeout)
+    finally:
+        await sub.unsubscribe()
+
+
+async def _first(client: Client, run_id: str, match: Callable[[Any], bool]) -> float:
+    async for _seq, event in client.follow(run_id):
+        if match(event):
+            return time.time()
+    raise RuntimeError("run ended first")
+
+
+async def _counter(client: Client) -> dict[str, int]:
+    seen = {"count": 0}
+
+    async def on_event(_msg: Any) -> None:
+        seen["count"] += 1
+
+    await client.nc.subscribe(f"{names.HISTORY_PREFIX}.>", cb=on_event)
+    await client.nc.flush()
+    return seen
+
+
+def _ratios(result: dict[str, Any]) -> dict[str, float]:
+    ceiling = result["ceiling"]
+    return {
+        "w1_step_in_awaited_publishes": round(result["w1"]["step_ms_p50"] * 1000 / ceiling["awaited_us"], 1),
+        "w2_steps_vs_async_publishes": round(result["w2"]["steps_per_s"] / ceiling["async_msgs_per_s"], 4),
+        "w2_steps_vs_awaited_publishes": round(
+            result["w2"]["steps_per_s"] / ceiling["awaited_msgs_per_s"], 3
+        ),
+    }
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 2)
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+TARGETS = [
+    ("w1", "step_ms_p50", "≤ 1.0 ms (fsync ≤ 1.5)", lambda v, f: v <= (1.5 if f else 1.0)),
+    ("w1", "step_ms_p99", "≤ 5 ms", lambda v, f: v <= 5),
+    ("w2", "steps_per_s", "≥ 2500 (fsync ≥ 1000)", lambda v, f: v >= (1000 if f else 2500)),
+    ("w2", "runs_per_s", "", None),
+    ("w3", "wall_ms", "≤ 50 ms", lambda v, f: v <= 50),
+    ("approval", "ms_p50", "≤ 10 ms", lambda v, f: v <= 10),
+    ("recovery", "first_progress_s", "≤ 1 s", lambda v, f: v <= 1),
+    ("recovery", "all_done_s", "", None),
+    ("recovery", "duplicates", "0", lambda v, f: v == 0),
+    ("agent_history", "ratio", "≤ 1.5", lambda v, f: v <= 1.5),
+    ("memory", "peak_rss_mb", "≤ 150 MB", lambda v, f: v <= 150),
+    ("console", "ms_p50", "≤ 100 ms", None),
+]
+
+
+def table(result: dict[str, Any]) -> str:
+    c = result["ceiling"]
+    lines = [
+        f"ceiling: awaited publish {c['awaited_msgs_per_s']} msg/s ({c['awaited_us']} µs each), "
+        f"pipelined {c['async_msgs_per_s']} msg/s" + (" [fsync always]" if result["fsync"] else ""),
+        "",
+        f"{'figure':<28} {'value':>10}  {'target':<24} met",
+    ]
+    for section, key, target, check in TARGETS:
+        value = result[section].get(key)
+        met = "" if check is None or value is None else ("yes" if check(value, result["fsync"]) else "NO")
+        shown = "n/a" if value is None else str(value)
+        lines.append(f"{section + '.' + key:<28} {shown:>10}  {target:<24} {met}")
+    lines.append("")
+    lines += [f"{k}: {v}" for k, v in result["ratios"].items()]
+    return "\n".join(lines)
+
+
+async def run(
+    quick: bool,
+    fsync: bool,
+    nats_url: str | None,
+    tiny: bool = False,
+    say: Callable[[str], None] = lambda s: None,
+) -> dict[str, Any]:
+    sizes = TINY if tiny else QUICK if quick else FULL
+    return await Bench(sizes, fsync, nats_url, say).run()
+
+
+__all__ = ["run", "table", "nats"]

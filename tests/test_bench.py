@@ -1,0 +1,31 @@
+"""`dagnats bench` keeps working: its smallest settings run and report every figure (not their values)."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import dagnats
+
+FIGURES = {
+    "ceiling": {"awaited_msgs_per_s", "awaited_us", "async_msgs_per_s"},
+    "w1": {"step_ms_p50", "step_ms_p99"},
+    "w2": {"steps_per_s", "runs_per_s"},
+    "w3": {"wall_ms"},
+    "approval": {"ms_p50"},
+    "recovery": {"first_progress_s", "all_done_s", "duplicates"},
+    "agent_history": {"ratio"},
+    "console": {"ms_p50", "ms_p99"},
+    "memory": {"peak_rss_mb"},
+}
+
+
+def test_bench_reports_every_figure():
+    proc = dagnats("bench", "--tiny", "--json", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["fsync"] is False
+    for section, keys in FIGURES.items():
+        assert keys <= set(result[section]), section
+        if section != "console":  # the console figure waits for the console
+            assert all(isinstance(result[section][k], (int, float)) for k in keys), section
+    assert result["recovery"]["duplicates"] == 0
