@@ -113,7 +113,7 @@ class EmbeddedServer:
         with os.fdopen(fd, "w") as f:
             f.write(
                 f'listen: "127.0.0.1:{self.port}"\n'
-                f'jetstream {{ store_dir: "{store}"{" sync_interval: always" if self.sync_always else ""} }}\n'
+                f'jetstream {{ store_dir: "{store}"{", sync_interval: always" if self.sync_always else ""} }}\n'
                 f"authorization {{\n{_users(self.creds)}}}\n"
                 "max_payload: 1MB\n"
             )
