@@ -6,10 +6,11 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from fake_llm import FakeLLM, use_fake
 
 from dagnats import Worker
 from dagnats.core.events import AgentTurnRecorded, ToolResultRecorded
+
+from fake_llm import FakeLLM, use_fake
 
 SCRIPT = [
     {

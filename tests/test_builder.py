@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from conftest import ROOT, dagnats
 
 from dagnats.builder import Workflow, input_ref
 from dagnats.core.definition import DefinitionError, parse_definition
+
+from conftest import ROOT, dagnats
 
 
 def test_builder_matches_the_equivalent_document():

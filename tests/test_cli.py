@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from conftest import ROOT, ServeProcess, cli_env, dagnats, dagnats_json, free_port, wait_until
 
 EXAMPLES = ROOT / "examples"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
-from conftest import dagnats, dagnats_json, wait_until
-
 from dagnats import TaskContext, Worker
+
+from conftest import dagnats, dagnats_json, wait_until
 
 COUNTDOWN = {
     "name": "countdown",

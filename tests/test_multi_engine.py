@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
-from conftest import ServeProcess, cli_env, free_port
-
 from dagnats.client import Client
 from dagnats.connection import Endpoint
 from dagnats.core.definition import parse_definition
 from dagnats.datadir import Credentials
 from dagnats.server import EmbeddedServer
+
+from conftest import ServeProcess, cli_env, free_port
 
 RUNS = 200
 

@@ -12,8 +12,6 @@ from typing import Any
 
 import msgspec
 import pytest
-from conftest import ROOT
-from fake_llm import FakeLLM, use_fake
 
 from dagnats.agent.providers import (
     Message,
@@ -24,6 +22,9 @@ from dagnats.agent.providers import (
     Usage,
     complete,
 )
+
+from conftest import ROOT
+from fake_llm import FakeLLM, use_fake
 
 SYSTEM = "You fix bugs. Use the tools."
 TOOLS = [

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import free_port
-
 from dagnats.datadir import Credentials
 from dagnats.server import EmbeddedServer
+
+from conftest import free_port
 
 
 @pytest.mark.parametrize("sync_always", [False, True])
