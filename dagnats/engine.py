@@ -57,6 +57,8 @@ class _Cached:
     state: RunState | None
     applied: int  # last history sequence folded into state
     revision: int  # KV revision of the stored snapshot
+    saved: RunState | None = None  # the state that snapshot holds
+    saved_applied: int = 0
 
 
 class Engine:
@@ -324,17 +326,21 @@ class Engine:
         snap, revision = await self.store.load_snapshot(run_id)
         if snap is None or snap.state is None:  # no snapshot, or one too big to hold the state
             return _Cached(state=None, applied=0, revision=revision)
-        return _Cached(state=snap.state, applied=snap.applied, revision=revision)
+        return _Cached(snap.state, snap.applied, revision, saved=snap.state, saved_applied=snap.applied)
 
     async def _save(self, run_id: str, cached: _Cached, state: RunState, last: int) -> None:
         if last <= cached.applied and cached.state is not None:
             self._remember(run_id, cached)
             return
+        if not _worth_saving(cached, state, last):
+            # The snapshot is only a cache: keep the new state in memory and save it later.
+            self._remember(run_id, _Cached(state, last, cached.revision, cached.saved, cached.saved_applied))
+            return
         revision = cached.revision
         for _ in range(5):
             new_rev = await self.store.save_snapshot(last, state, revision)
             if new_rev is not None:
-                self._remember(run_id, _Cached(state=state, applied=last, revision=new_rev))
+                self._remember(run_id, _Cached(state, last, new_rev, saved=state, saved_applied=last))
                 return
             theirs, revision = await self.store.load_snapshot(run_id)
             if theirs is not None and theirs.applied >= last:
@@ -363,6 +369,21 @@ def _too_large(event: Event, exc: TooLarge) -> Event:
             error=f"{what} of {exc.size} bytes exceeds the message limit (input or output too large)",
         )
     return RunFailed(at=event.at, error=f"run output of {exc.size} bytes exceeds the message limit")
+
+
+SAVE_EVERY = 16  # events folded between snapshot saves, at most, while nothing visible changes
+
+
+def _worth_saving(cached: _Cached, state: RunState, last: int) -> bool:
+    """Save the snapshot when listing would show something new, or it lags too far behind."""
+    saved = cached.saved
+    return (
+        saved is None
+        or state.terminal
+        or state.status != saved.status
+        or state.progress() != saved.progress()
+        or last - cached.saved_applied >= SAVE_EVERY
+    )
 
 
 def _by_run(msgs: list[Any]) -> dict[str, list[Any]]:
