@@ -1,0 +1,235 @@
+"""Effects: what the shell must do because of an event (dispatch, timers, child runs, parents).
+
+Each effect belongs to the event that caused it and carries a deterministic Nats-Msg-Id or run
+id, so redoing the effects of an event after a crash is harmless.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+
+from . import template
+from .actions import (
+    Action,
+    CancelChildRun,
+    CancelTimers,
+    ContinueRun,
+    DispatchTask,
+    NotifyParent,
+    StartChildRun,
+    StartTimer,
+)
+from .definition import (
+    AGENT_TASK,
+    MAX_GENERATIONS,
+    PLANNER_TASK,
+    ContinueAsNewConfig,
+    PlannerConfig,
+    StepDef,
+    SubWorkflowConfig,
+    WorkflowDef,
+    render_config,
+    step_config,
+)
+from .events import (
+    AgentContinuing,
+    ApprovalDecided,
+    ApprovalRequested,
+    ChildRunFinished,
+    Event,
+    ForkOf,
+    ParentRef,
+    RunContinued,
+    RunStarted,
+    StepQueued,
+    StepStarted,
+    StepWaiting,
+)
+from .state import (
+    RunState,
+)
+
+replace = msgspec.structs.replace
+
+
+def effects(wf: WorkflowDef, old: RunState | None, new: RunState, event: Event) -> Iterable[Action]:
+    if old is not None and new is old:
+        return
+    run_id = new.run_id
+    match event:
+        case RunStarted():
+            if (limit := wf.timeout_seconds) is not None:
+                yield _timer(run_id, "run_timeout", "", 0, event.at + limit)
+        case StepQueued(step_id=sid, attempt=attempt):
+            yield from _dispatch(new, sid, attempt)
+            if new.steps[sid].child_run_id and (limit := new.step_def(sid).timeout_seconds) is not None:
+                yield _timer(run_id, "step_timeout", sid, attempt, event.at + limit)
+        case StepStarted(step_id=sid, attempt=attempt):
+            if (limit := new.step_def(sid).timeout_seconds) is not None:
+                yield _timer(run_id, "step_timeout", sid, attempt, event.at + limit)
+        case StepWaiting(step_id=sid, attempt=attempt, until=until) if until is not None:
+            yield _timer(run_id, "wake", sid, attempt, until)
+        case ApprovalRequested(kind="step", step_id=sid, attempt=attempt, expires_at=until) if (
+            until is not None
+        ):
+            yield _timer(run_id, "wake", sid, attempt, until)
+        case AgentContinuing(step_id=sid) if new.generation < MAX_GENERATIONS:
+            yield _hand_over_agent(new, sid)
+        case ApprovalDecided(step_id=sid, approval_id=aid) if new.approvals[aid].kind == "tool_call":
+            if new.steps[sid].status == "running":  # hand the parked agent back to a worker
+                yield from _dispatch(new, sid, new.steps[sid].attempts, resume=aid)
+        case _:
+            pass
+    for sid, step in new.steps.items():
+        before = old.steps.get(sid) if old is not None else None
+        if step.retry_at is not None and (before is None or before.retry_at != step.retry_at):
+            yield _timer(run_id, "retry", sid, step.attempts, step.retry_at)
+        if (
+            before is not None
+            and before.child_run_id
+            and before.status == "running"
+            and step.status != "running"
+        ):
+            if not isinstance(event, ChildRunFinished):  # timed out, or the run ended: stop the child
+                why = (
+                    f"parent run {new.status}"
+                    if new.terminal
+                    else f"parent step {sid} {step.error or step.status}"
+                )
+                yield CancelChildRun(child_run_id=before.child_run_id, reason=why)
+    if new.terminal and (old is None or not old.terminal):
+        yield from _on_run_end(new, event)
+
+
+def _dispatch(state: RunState, sid: str, attempt: int, resume: str = "") -> Iterable[Action]:
+    step = state.step_def(sid)
+    queued = state.steps[sid]
+    if step.type == "continue_as_new":
+        cfg = step_config(step)
+        assert isinstance(cfg, ContinueAsNewConfig)
+        if cfg.workflow is None:
+            yield _continue_run(state, sid, queued.input, state.workflow, state.version)
+        else:
+            yield _continue_run(state, sid, queued.input, cfg.workflow, cfg.version)
+        return
+    if step.type == "sub_workflow":
+        cfg = step_config(step)
+        assert isinstance(cfg, SubWorkflowConfig)
+        yield StartChildRun(
+            child_run_id=child_run_id(state.run_id, sid, attempt),
+            workflow=cfg.workflow,
+            version=cfg.version,
+            input=queued.input,
+            parent=ParentRef(run_id=state.run_id, step_id=sid, attempt=attempt),
+            depth=state.depth + 1,
+            root_run_id=state.root_run_id,
+        )
+        return
+    task = _task_of(step)
+    assert task is not None
+    try:
+        config = render_config(step, state.template_context(sid))
+    except template.TemplateError:
+        config = step.config
+    yield DispatchTask(
+        run_id=state.run_id,
+        step_id=sid,
+        attempt=attempt,
+        task=task,
+        input=queued.input,
+        config=config,
+        timeout=step.timeout_seconds,
+        checkpoint=queued.checkpoint,
+        msg_id=f"{state.run_id}:task:{sid}:{attempt}" + (f":resume:{resume}" if resume else ""),
+    )
+
+
+def _continue_run(state: RunState, sid: str, carry: Any, workflow: str, version: int | None) -> ContinueRun:
+    return ContinueRun(
+        run_id=state.run_id,
+        step_id=sid,
+        next_run_id=continuation_run_id(state.run_id),
+        workflow=workflow,
+        version=version,
+        input=carry,
+        generation=state.generation + 1,
+        root_run_id=state.root_run_id,
+        chain_start=state.chain_start,
+        parent=state.parent,
+        depth=state.depth,
+    )
+
+
+def _hand_over_agent(state: RunState, sid: str) -> ContinueRun:
+    """The next run takes the same input, keeps what lies upstream, and gives the agent its carry."""
+    rerun = state.definition.downstream(sid) | {sid}
+    ids = [s for s in state.static_ids() if s not in rerun]
+    kept = {s: state.steps[s].output for s in ids if state.steps[s].status == "completed"}
+    skipped = [s for s in ids if state.steps[s].status == "skipped"]
+    step = state.steps[sid]
+    resume = ForkOf(
+        run_id=state.run_id,
+        step_id=sid,
+        kept=kept,
+        skipped=skipped,
+        input={"carry": step.carry, "input": _original_input(step.input)},
+    )
+    return replace(_continue_run(state, sid, state.input, state.workflow, state.version), resume=resume)
+
+
+def _original_input(step_input: Any) -> Any:
+    """An agent's own input, unwrapped from a previous hand-over's {"carry", "input"}."""
+    if isinstance(step_input, dict) and set(step_input) == {"carry", "input"}:
+        return step_input["input"]
+    return step_input
+
+
+def _task_of(step: StepDef) -> str | None:
+    """Which worker task runs a step."""
+    if step.type == "agent_loop":
+        return AGENT_TASK
+    if step.type == "planner":
+        cfg = step_config(step)
+        assert isinstance(cfg, PlannerConfig)
+        return cfg.task or PLANNER_TASK
+    return step.task
+
+
+def _on_run_end(state: RunState, event: Event) -> Iterable[Action]:
+    yield CancelTimers(run_id=state.run_id)
+    if isinstance(event, RunContinued):
+        return  # a parent hears from the last run of the chain, not from this one
+    if state.parent is not None:
+        yield NotifyParent(
+            parent=state.parent,
+            child_run_id=state.chain_start,  # the id the parent started, whichever generation ends
+            status=state.status,
+            output=state.output,
+            error=state.error,
+        )
+
+
+def _timer(run_id: str, kind: str, sid: str, attempt: int, fire_at: float) -> StartTimer:
+    return StartTimer(
+        run_id=run_id,
+        kind=kind,
+        step_id=sid,
+        attempt=attempt,
+        fire_at=fire_at,
+        msg_id=f"{run_id}:timer:{kind}:{sid}:{attempt}",
+    )
+
+
+def continuation_run_id(run_id: str) -> str:
+    """Deterministic id of the run a continue_as_new step hands over to."""
+    return f"r{hashlib.sha256(f'{run_id}/continue'.encode()).hexdigest()[:15]}"
+
+
+def child_run_id(run_id: str, step_id: str, attempt: int) -> str:
+    """Deterministic id of the child run a sub_workflow step's attempt starts."""
+    digest = hashlib.sha256(f"{run_id}/{step_id}/{attempt}".encode()).hexdigest()
+    return f"r{digest[:15]}"
