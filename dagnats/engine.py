@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,7 +50,10 @@ from .store import Conflict, Store, TooLarge
 log = logging.getLogger("dagnats.engine")
 MAX_APPENDS_PER_PASS = 10_000
 CACHE_SIZE = 4096
-MAX_ACTIVE_RUNS = 256  # runs being brought up to date at once by one engine
+MAX_ACTIVE_RUNS = 256
+EFFECT_BATCH = (
+    256  # effects in flight at once within one pass  # runs being brought up to date at once by one engine
+)
 
 
 @dataclass
@@ -59,6 +63,27 @@ class _Cached:
     revision: int  # KV revision of the stored snapshot
     saved: RunState | None = None  # the state that snapshot holds
     saved_applied: int = 0
+
+
+class _Pass:
+    """One run's pass: its state so far, the events to record next, and effects not yet done."""
+
+    def __init__(self, state: RunState | None, last: int) -> None:
+        self.state = state
+        self.last = last  # last history sequence folded into `state`
+        self.next: list[Event] | None = None
+        self.effects: list[Coroutine[Any, Any, None]] = []
+
+    def drop(self) -> None:
+        for effect in self.effects:
+            effect.close()
+        self.effects = []
+
+    async def flush(self) -> None:
+        """Do the queued effects concurrently: they are independent and idempotent."""
+        effects, self.effects = self.effects, []
+        for start in range(0, len(effects), EFFECT_BATCH):
+            await asyncio.gather(*effects[start : start + EFFECT_BATCH])
 
 
 class Engine:
@@ -150,44 +175,56 @@ class Engine:
         cached = await self._load(run_id)
         if cached.applied >= seen_seq > 0:
             return
-        state, last = cached.state, cached.applied
-        state, last = await self._fold_tail(run_id, state, last)
+        pass_ = _Pass(cached.state, cached.applied)
+        try:
+            await self._advance(run_id, pass_)
+        finally:
+            pass_.drop()  # after a failure: the redone pass redoes these effects
+        if pass_.state is None:
+            return
+        await self._save(run_id, cached, pass_.state, pass_.last)
+
+    async def _advance(self, run_id: str, pass_: _Pass) -> None:
+        """Fold the run's new events, record what they call for, and do their effects."""
+        await self._fold_tail(run_id, pass_)
         for _ in range(MAX_APPENDS_PER_PASS):
-            if state is None:
+            if pass_.state is None:
                 break
-            pending = next_events(state.definition, state)
-            if not pending:
+            if pass_.next is None:  # nothing folded yet in this pass: ask the plan directly
+                pass_.next = next_events(pass_.state.definition, pass_.state)
+            if not pass_.next:
                 break
-            event = pending[0]
+            event = pass_.next[0]
             try:
-                seq = await self.store.append(run_id, event, expected_last=last)
+                seq = await self.store.append(run_id, event, expected_last=pass_.last)
             except TooLarge as exc:
                 event = _too_large(event, exc)
-                seq = await self.store.append(run_id, event, expected_last=last)  # small by construction
+                seq = await self.store.append(
+                    run_id, event, expected_last=pass_.last
+                )  # small by construction
             except Conflict:
-                state, last = await self._fold_tail(run_id, state, last)
+                await self._fold_tail(run_id, pass_)
                 continue
-            state, last = await self._apply(state, event, seq)
-        if state is None:
-            return
-        await self._save(run_id, cached, state, last)
+            self._apply(pass_, event, seq)
+        await pass_.flush()
 
-    async def _fold_tail(self, run_id: str, state: RunState | None, last: int) -> tuple[RunState | None, int]:
-        for seq, event in await self.store.read_history(run_id, after=last):
-            state, last = await self._apply(state, event, seq)
-        return state, last
+    async def _fold_tail(self, run_id: str, pass_: _Pass) -> None:
+        for seq, event in await self.store.read_history(run_id, after=pass_.last):
+            self._apply(pass_, event, seq)
 
-    async def _apply(self, state: RunState | None, event: Event, seq: int) -> tuple[RunState | None, int]:
+    def _apply(self, pass_: _Pass, event: Event, seq: int) -> None:
+        """Fold one event; queue its effects (done together, before the pass acknowledges)."""
+        pass_.last = seq
         try:
-            new, actions = decide(None, state, event)
+            new, actions = decide(None, pass_.state, event)
         except IllegalEvent as exc:
             log.warning("ignoring illegal event #%d (%s): %s", seq, type(event).__name__, exc)
-            return state, seq
+            return
         self.processed += 1
-        for action in actions:
-            if not isinstance(action, AppendEvent):
-                await self._perform(new, action)
-        return new, seq
+        pass_.state = new
+        # What to record next depends on the state alone, so the last event's answer is the one.
+        pass_.next = [a.event for a in actions if isinstance(a, AppendEvent)]
+        pass_.effects += [self._perform(new, a) for a in actions if not isinstance(a, AppendEvent)]
 
     async def _perform(self, state: RunState, action: Action) -> None:
         match action:
