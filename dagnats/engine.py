@@ -45,7 +45,7 @@ from .core.events import (
 from .core.plan import next_events
 from .core.state import RUN_TERMINAL, RunState
 from .errors import NotFound
-from .store import Conflict, Store, TooLarge
+from .store import Conflict, Store, TooLarge, decode_recorded
 
 log = logging.getLogger("dagnats.engine")
 MAX_APPENDS_PER_PASS = 10_000
@@ -147,7 +147,7 @@ class Engine:
     async def _handle(self, run_id: str, msgs: list[Any]) -> None:
         seen = max((m.metadata.sequence.stream for m in msgs), default=0)
         try:
-            await self.process(run_id, seen)
+            await self.process(run_id, seen, msgs)
         except Exception as exc:
             log.error("run %s: processing failed: %r", run_id, exc)
             for msg in msgs:
@@ -156,14 +156,14 @@ class Engine:
         for msg in msgs:
             await msg.ack()
 
-    async def process(self, run_id: str, seen_seq: int = 0) -> None:
+    async def process(self, run_id: str, seen_seq: int = 0, msgs: list[Any] | None = None) -> None:
         """Bring one run up to date. Serialized per run within this engine; other engines race
         through optimistic appends and compare-and-set snapshots."""
         lock, users = self._locks.get(run_id, (asyncio.Lock(), 0))
         self._locks[run_id] = (lock, users + 1)
         try:
             async with lock:
-                await self._process(run_id, seen_seq)
+                await self._process(run_id, seen_seq, msgs or [])
         finally:
             lock, users = self._locks[run_id]
             if users == 1:
@@ -171,22 +171,26 @@ class Engine:
             else:
                 self._locks[run_id] = (lock, users - 1)
 
-    async def _process(self, run_id: str, seen_seq: int) -> None:
+    async def _process(self, run_id: str, seen_seq: int, msgs: list[Any]) -> None:
         cached = await self._load(run_id)
         if cached.applied >= seen_seq > 0:
             return
         pass_ = _Pass(cached.state, cached.applied)
         try:
-            await self._advance(run_id, pass_)
+            await self._advance(run_id, pass_, _delivered_tail(msgs, cached.applied))
         finally:
             pass_.drop()  # after a failure: the redone pass redoes these effects
         if pass_.state is None:
             return
         await self._save(run_id, cached, pass_.state, pass_.last)
 
-    async def _advance(self, run_id: str, pass_: _Pass) -> None:
+    async def _advance(self, run_id: str, pass_: _Pass, delivered: list[Any] | None) -> None:
         """Fold the run's new events, record what they call for, and do their effects."""
-        await self._fold_tail(run_id, pass_)
+        if delivered is None:
+            await self._fold_tail(run_id, pass_)
+        else:  # the messages in hand are the whole tail: no need to read it again
+            for msg in delivered:
+                self._apply(pass_, decode_recorded(msg.subject, msg.data), msg.metadata.sequence.stream)
         for _ in range(MAX_APPENDS_PER_PASS):
             if pass_.state is None:
                 break
@@ -406,6 +410,19 @@ def _too_large(event: Event, exc: TooLarge) -> Event:
             error=f"{what} of {exc.size} bytes exceeds the message limit (input or output too large)",
         )
     return RunFailed(at=event.at, error=f"run output of {exc.size} bytes exceeds the message limit")
+
+
+def _delivered_tail(msgs: list[Any], applied: int) -> list[Any] | None:
+    """The delivered messages, if they are provably the run's whole new tail: they follow the
+    last folded sequence with no gap in the *stream*, so no event of the run can lie between.
+    (Later events, if any, make the next optimistic append fail and the tail gets read.)"""
+    if not msgs or applied == 0:
+        return None
+    ordered = sorted(msgs, key=lambda m: m.metadata.sequence.stream)
+    seqs = [m.metadata.sequence.stream for m in ordered]
+    if seqs[0] != applied + 1 or any(b != a + 1 for a, b in zip(seqs, seqs[1:])):
+        return None
+    return ordered
 
 
 SAVE_EVERY = 16  # events folded between snapshot saves, at most, while nothing visible changes
