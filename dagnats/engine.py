@@ -45,7 +45,7 @@ from .core.events import (
 from .core.plan import next_events
 from .core.state import RUN_TERMINAL, RunState
 from .errors import NotFound
-from .store import Conflict, Store, TooLarge, decode_recorded
+from .store import Conflict, Store, TooLarge, WorkflowVersion, decode_recorded
 
 log = logging.getLogger("dagnats.engine")
 MAX_APPENDS_PER_PASS = 10_000
@@ -268,37 +268,27 @@ class Engine:
 
     async def _start_child(self, state: RunState, action: StartChildRun) -> None:
         p = action.parent
+
+        async def fail(error: str) -> None:  # the parent's step fails; no child run exists
+            finished = ChildRunFinished(
+                at=state.updated_at,
+                step_id=p.step_id,
+                attempt=p.attempt,
+                child_run_id=action.child_run_id,
+                status="failed",
+                error=error,
+            )
+            await self.store.append(
+                p.run_id, finished, msg_id=f"{p.run_id}:child:{p.step_id}:{p.attempt}:finished"
+            )
+
         try:
             wfv = await self.store.get_workflow(action.workflow, action.version)
         except NotFound as exc:
-            await self.store.append(
-                p.run_id,
-                ChildRunFinished(
-                    at=state.updated_at,
-                    step_id=p.step_id,
-                    attempt=p.attempt,
-                    child_run_id=action.child_run_id,
-                    status="failed",
-                    error=str(exc),
-                ),
-                msg_id=f"{p.run_id}:child:{p.step_id}:{p.attempt}:finished",
-            )
+            await fail(str(exc))
             return
-        schema = wfv.definition.input_schema
-        problem = input_schema.validate(schema, action.input) if schema is not None else None
-        if problem:
-            await self.store.append(
-                p.run_id,
-                ChildRunFinished(
-                    at=state.updated_at,
-                    step_id=p.step_id,
-                    attempt=p.attempt,
-                    child_run_id=action.child_run_id,
-                    status="failed",
-                    error=f"input does not match {wfv.name}'s input_schema: {problem}",
-                ),
-                msg_id=f"{p.run_id}:child:{p.step_id}:{p.attempt}:finished",
-            )
+        if problem := _input_problem(wfv, action.input):
+            await fail(problem)
             return
         started = RunStarted(
             at=state.updated_at,
@@ -332,9 +322,8 @@ class Engine:
         except NotFound as exc:
             await fail(str(exc))
             return
-        schema = wfv.definition.input_schema
-        if schema is not None and (problem := input_schema.validate(schema, action.input)):
-            await fail(f"input does not match {wfv.name}'s input_schema: {problem}")
+        if problem := _input_problem(wfv, action.input):
+            await fail(problem)
             return
         started = RunStarted(
             at=state.updated_at,
@@ -394,6 +383,13 @@ class Engine:
         self._cache.move_to_end(run_id)
         while len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)
+
+
+def _input_problem(wfv: WorkflowVersion, value: Any) -> str | None:
+    """Why `value` may not start a run of this workflow version, or None."""
+    schema = wfv.definition.input_schema
+    problem = input_schema.validate(schema, value) if schema is not None else None
+    return f"input does not match {wfv.name}'s input_schema: {problem}" if problem else None
 
 
 def _too_large(event: Event, exc: TooLarge) -> Event:

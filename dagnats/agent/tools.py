@@ -7,10 +7,8 @@ the loop.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +17,7 @@ from nats.errors import NoRespondersError
 
 from .. import names
 from ..core.definition import BUILTIN_TOOLS
-from ..server import die_with_parent, in_process_group
+from ..processes import CommandTimedOut, run_command
 from .providers import ToolSpec
 
 OUTPUT_CAP = 16 * 1024  # bytes of tool output handed back to the model
@@ -144,27 +142,15 @@ class Toolbox:
     async def _run_command(self, command: str, timeout: float | None = None) -> str:
         limit = min(float(timeout or self.command_timeout), MAX_COMMAND_SECONDS)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGNATS_", "NATS_"))}
-        proc = await asyncio.create_subprocess_exec(
-            *in_process_group(["/bin/sh", "-c", command]),
-            cwd=self.workdir,
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=die_with_parent,
-        )
         try:
-            out, _ = await asyncio.wait_for(proc.communicate(), limit)
-        except (TimeoutError, asyncio.CancelledError) as exc:
-            _kill(proc.pid)
-            await proc.wait()
-            if isinstance(exc, asyncio.CancelledError):
-                raise
+            code, out, _ = await run_command(
+                ["/bin/sh", "-c", command], cwd=self.workdir, env=env, timeout=limit, merge_stderr=True
+            )
+        except CommandTimedOut:
             raise ToolError(f"command timed out after {limit:g}s") from None
         text = out.decode("utf-8", errors="replace")
-        if proc.returncode != 0:
-            raise ToolError(f"exit code {proc.returncode}\n{text}")
+        if code != 0:
+            raise ToolError(f"exit code {code}\n{text}")
         return f"exit code 0\n{text}"
 
     async def _user_tool(self, name: str, arguments: dict[str, Any], context: dict[str, Any]) -> str:
@@ -188,10 +174,3 @@ def _arguments(name: str, arguments: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise ToolError(f"unknown argument(s) for {name}: {', '.join(sorted(unknown))}")
     return arguments
-
-
-def _kill(pid: int) -> None:
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
