@@ -272,10 +272,16 @@ class _Runtime:
 
     async def _run_task(self, msg: Any, task: TaskMessage) -> None:
         store = self.store
-        await store.append(
-            task.run_id,
-            StepStarted(at=time.time(), step_id=task.step_id, attempt=task.attempt, worker=self.worker.name),
-            msg_id=f"{task.run_id}:started:{task.step_id}:{task.attempt}",
+        # Recorded while the handler already runs: publishes on one connection keep their order,
+        # so it still lands before the result; a short task saves a round trip.
+        started = asyncio.ensure_future(
+            store.append(
+                task.run_id,
+                StepStarted(
+                    at=time.time(), step_id=task.step_id, attempt=task.attempt, worker=self.worker.name
+                ),
+                msg_id=f"{task.run_id}:started:{task.step_id}:{task.attempt}",
+            )
         )
         ctx = TaskContext(
             input=task.input,
@@ -313,6 +319,10 @@ class _Runtime:
             watcher.cancel()
             if timer is not None:
                 timer.cancel()
+        try:
+            await started
+        except Exception as exc:  # the result below still counts: an engine accepts it from "queued"
+            log.warning("step.started of %s/%s was not recorded: %r", task.run_id, task.step_id, exc)
         if not (outcome[0] and outcome[1] is SUSPEND):
             await self._report(task, outcome)
         await msg.ack()
