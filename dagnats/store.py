@@ -84,26 +84,6 @@ class Snapshot(msgspec.Struct, frozen=True, omit_defaults=True):
     state: RunState | None = None
 
 
-class TaskMessage(msgspec.Struct, frozen=True, omit_defaults=True):
-    run_id: str
-    step_id: str
-    attempt: int
-    task: str
-    input: Any = None
-    config: dict[str, Any] = {}
-    timeout: float | None = None
-    checkpoint: Any = None
-
-
-class TimerMessage(msgspec.Struct, frozen=True, omit_defaults=True):
-    run_id: str
-    kind: str
-    fire_at: float
-    msg_id: str
-    step_id: str = ""
-    attempt: int = 0
-
-
 class WorkflowVersion(msgspec.Struct, frozen=True):
     name: str
     version: int
@@ -112,8 +92,9 @@ class WorkflowVersion(msgspec.Struct, frozen=True):
 
 
 _snap_dec = msgspec.json.Decoder(Snapshot)
-_task_dec = msgspec.json.Decoder(TaskMessage)
-_timer_dec = msgspec.json.Decoder(TimerMessage)
+# Tasks and timers travel as the core actions that asked for them.
+_task_dec = msgspec.json.Decoder(DispatchTask)
+_timer_dec = msgspec.json.Decoder(StartTimer)
 _wfv_dec = msgspec.json.Decoder(WorkflowVersion)
 _enc = msgspec.json.Encoder()
 
@@ -390,34 +371,16 @@ class Store:
     # --- tasks and timers --------------------------------------------------------------------
 
     async def dispatch(self, action: DispatchTask) -> None:
-        msg = TaskMessage(
-            run_id=action.run_id,
-            step_id=action.step_id,
-            attempt=action.attempt,
-            task=action.task,
-            input=action.input,
-            config=action.config,
-            timeout=action.timeout,
-            checkpoint=action.checkpoint,
-        )
         await self.js.publish(
-            names.task_subject(action.task), _enc.encode(msg), headers={"Nats-Msg-Id": action.msg_id}
+            names.task_subject(action.task), _enc.encode(action), headers={"Nats-Msg-Id": action.msg_id}
         )
 
     async def cancel_timers(self, run_id: str) -> None:
         await self.js.purge_stream(names.TIMERS_STREAM, subject=names.timer_subject(run_id))
 
     async def start_timer(self, action: StartTimer) -> None:
-        msg = TimerMessage(
-            run_id=action.run_id,
-            kind=action.kind,
-            fire_at=action.fire_at,
-            msg_id=action.msg_id,
-            step_id=action.step_id,
-            attempt=action.attempt,
-        )
         await self.js.publish(
-            names.timer_subject(action.run_id), _enc.encode(msg), headers={"Nats-Msg-Id": action.msg_id}
+            names.timer_subject(action.run_id), _enc.encode(action), headers={"Nats-Msg-Id": action.msg_id}
         )
 
 
@@ -476,9 +439,9 @@ def decode_recorded(subject: str, data: bytes) -> Event:
     return msgspec.structs.replace(event, source=names.source_of_history_subject(subject))
 
 
-def decode_task(data: bytes) -> TaskMessage:
+def decode_task(data: bytes) -> DispatchTask:
     return _task_dec.decode(data)
 
 
-def decode_timer(data: bytes) -> TimerMessage:
+def decode_timer(data: bytes) -> StartTimer:
     return _timer_dec.decode(data)

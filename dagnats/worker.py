@@ -30,9 +30,10 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js import api
 
 from . import names
+from .core.actions import DispatchTask
 from .core.events import StepCheckpointed, StepCompleted, StepFailed, StepLog, StepStarted
 from .core.state import RUN_TERMINAL, STEP_TERMINAL, RunState
-from .store import MAX_EVENT_BYTES, Store, TaskMessage, decode_task
+from .store import MAX_EVENT_BYTES, Store, decode_task
 
 log = logging.getLogger("dagnats.worker")
 Handler = Callable[["TaskContext"], Awaitable[Any] | Any]
@@ -95,7 +96,7 @@ class TaskContext:
             )
 
 
-def _superseded(state: RunState, task: TaskMessage) -> bool:
+def _superseded(state: RunState, task: DispatchTask) -> bool:
     """The run ended, or this attempt already has a result or a successor."""
     if state.terminal:
         return True
@@ -270,7 +271,7 @@ class _Runtime:
         finally:
             self.running.discard(key)
 
-    async def _run_task(self, msg: Any, task: TaskMessage) -> None:
+    async def _run_task(self, msg: Any, task: DispatchTask) -> None:
         store = self.store
         # Recorded while the handler already runs: publishes on one connection keep their order,
         # so it still lands before the result; a short task saves a round trip.
@@ -347,7 +348,7 @@ class _Runtime:
             log.debug("task %s failed:\n%s", ctx.task, traceback.format_exc())
             return False, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, True
 
-    async def _report(self, task: TaskMessage, outcome: tuple[bool, Any, bool]) -> None:
+    async def _report(self, task: DispatchTask, outcome: tuple[bool, Any, bool]) -> None:
         ok, value, retryable = outcome
         base = f"{task.run_id}:%s:{task.step_id}:{task.attempt}"
         event: StepCompleted | StepFailed
@@ -383,7 +384,7 @@ class _Runtime:
         kind = "completed" if isinstance(event, StepCompleted) else "failed"
         await self.store.append(task.run_id, event, msg_id=base % kind)
 
-    async def _stale(self, task: TaskMessage) -> bool:
+    async def _stale(self, task: DispatchTask) -> bool:
         """True if the run ended or this attempt was superseded: skip it without running."""
         snap, _ = await self.store.load_snapshot(task.run_id)
         if snap is None:
@@ -402,7 +403,7 @@ class _Runtime:
         return stale
 
     async def _keep_alive(
-        self, msg: Any, task: TaskMessage, handler: asyncio.Task[Any], stop: Callable[[str], None]
+        self, msg: Any, task: DispatchTask, handler: asyncio.Task[Any], stop: Callable[[str], None]
     ) -> None:
         """Extend the ack deadline while the handler runs; stop it soon after its run ends."""
         beat = max(0.2, self.ack_waits.get(task.task, self.ack_wait) / 3)
