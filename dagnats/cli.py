@@ -88,6 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-v", "--verbose", action="store_true")
     s.set_defaults(handler=cmd_serve)
 
+    x = sub.add_parser("tui", parents=[conn], help="the operator console (starts a server if none runs)")
+    x.add_argument("--port", type=int, default=4222, help="port of the embedded server, if one is started")
+    x.set_defaults(handler=cmd_tui)
+    x = sub.add_parser("demo", help="a throwaway server with example runs of every step type, in the console")
+    x.add_argument("--data-dir", metavar="D", help="keep the demo's data here (default: a new temporary dir)")
+    x.add_argument("--no-console", action="store_true", help="seed the runs, print them, keep serving")
+    x.set_defaults(handler=cmd_demo)
+
     w = sub.add_parser("worker", parents=[conn], help="run the tasks of a Python Worker")
     w.add_argument("spec", metavar="MODULE:ATTR")
     w.add_argument("--concurrency", type=int, default=8)
@@ -224,6 +232,76 @@ def cmd_serve(args: argparse.Namespace) -> Any:
         workers=workers,
         concurrency=args.concurrency,
     )
+
+
+def _console_logging(data_dir: Any) -> None:
+    """While the console owns the terminal, log lines would scribble over it: send them to a
+    file in the data dir instead."""
+    from .datadir import ensure
+
+    ensure(data_dir)
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    root.addHandler(logging.FileHandler(data_dir / "console.log"))
+
+
+async def cmd_tui(args: argparse.Namespace) -> int:
+    from tui.app import run_console
+
+    from .datadir import resolve
+
+    _console_logging(resolve(args.data_dir))
+    await run_console(args.nats, args.data_dir, port=args.port)
+    return 0
+
+
+async def cmd_demo(args: argparse.Namespace) -> int:
+    import socket
+    import tempfile
+    from pathlib import Path
+
+    from tui.app import run_console
+
+    from .demo import seed
+
+    path = Path(args.data_dir or tempfile.mkdtemp(prefix="dagnats-demo-")).resolve()
+    with socket.socket() as s:  # a free port: the demo must not collide with a real server
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    work = path / "demo-work"
+    work.mkdir(parents=True, exist_ok=True)
+
+    if args.no_console:
+        from .client import Client
+        from .serve import LocalStack
+
+        stack = LocalStack(data_dir=path, port=port)
+        await stack.start()
+        try:
+            async with await Client.connect(endpoint=stack.endpoint) as client:
+                ids = await seed(client, work)
+            print(f"dagnats demo: {len(ids)} runs started; server at {stack.endpoint.url}, data in {path}")
+            print(f"  look: DAGNATS_DATA_DIR={path} dagnats run list   (Ctrl-C stops the demo)", flush=True)
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            import signal
+
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            await stack.wait(stop)
+        finally:
+            await stack.stop()
+        return 0
+
+    _console_logging(path)
+
+    async def setup(client: Any) -> None:
+        await seed(client, work)
+
+    await run_console(None, None, port=port, setup=setup, embedded_dir=str(path))
+    print(f"dagnats demo: data kept in {path}; `DAGNATS_DATA_DIR={path} dagnats tui` reopens it")
+    return 0
 
 
 def _as_worker(obj: Any, spec: str, kind: type) -> Any:

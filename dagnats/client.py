@@ -11,7 +11,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -58,9 +58,24 @@ class Client:
 
     @classmethod
     async def connect(
-        cls, nats_url: str | None = None, data_dir: str | None = None, endpoint: Endpoint | None = None
+        cls,
+        nats_url: str | None = None,
+        data_dir: str | None = None,
+        endpoint: Endpoint | None = None,
+        *,
+        long_lived: bool = False,
+        on_disconnect: Callable[[], Awaitable[None]] | None = None,
+        on_reconnect: Callable[[], Awaitable[None]] | None = None,
     ) -> Client:
-        nc = await connect(endpoint or resolve_endpoint(nats_url, data_dir), name="dagnats-client")
+        """`long_lived` clients (the console) ride out server restarts and report them through
+        the callbacks; short ones (the CLI) fail fast."""
+        nc = await connect(
+            endpoint or resolve_endpoint(nats_url, data_dir),
+            name="dagnats-client",
+            long_lived=long_lived,
+            on_disconnect=on_disconnect,
+            on_reconnect=on_reconnect,
+        )
         return cls(nc)
 
     async def close(self) -> None:
@@ -141,14 +156,18 @@ class Client:
             raise NotFound(f"unknown run {run_id!r}: see `dagnats run list`")
         return events
 
-    async def follow(self, run_id: str, *, until_terminal: bool = True) -> AsyncIterator[tuple[int, Event]]:
-        """Yield the run's events from the first, live, until the run ends."""
+    async def follow(
+        self, run_id: str, *, until_terminal: bool = True, after: int = 0
+    ) -> AsyncIterator[tuple[int, Event]]:
+        """Yield the run's events (those after stream sequence `after`), live, until the run ends."""
         check_run_id(run_id)
+        start = (
+            {"deliver_policy": api.DeliverPolicy.BY_START_SEQUENCE, "opt_start_seq": after + 1}
+            if after
+            else {"deliver_policy": api.DeliverPolicy.ALL}
+        )
         sub = await self.store.js.subscribe(
-            names.history_filter(run_id),
-            ordered_consumer=True,
-            deliver_policy=api.DeliverPolicy.ALL,
-            inactive_threshold=5.0,
+            names.history_filter(run_id), ordered_consumer=True, inactive_threshold=5.0, **start
         )
         state: RunState | None = None
         try:
@@ -166,6 +185,61 @@ class Client:
                     return
         finally:
             await drop_consumer(self.store.js, names.HISTORY_STREAM, sub)
+
+    async def watch_runs(self) -> AsyncIterator[RunSummary | None]:
+        """Every run's summary, then each change as the engine records it, for as long as the
+        caller iterates. `None` marks the moment the existing runs have all been delivered.
+
+        It reads the snapshot bucket's stream directly (last value per run, then new ones),
+        decoding only the summaries, so a list of thousands of runs stays cheap to follow.
+        """
+        await self.store.require()
+        stream = f"KV_{names.RUNS_BUCKET}"
+        prefix = f"$KV.{names.RUNS_BUCKET}."
+        sub = await self.store.js.subscribe(
+            prefix + ">",
+            stream=stream,
+            ordered_consumer=True,
+            deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
+            inactive_threshold=30.0,
+        )
+        try:
+            caught_up = (await sub.consumer_info()).num_pending == 0
+            if caught_up:
+                yield None
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=5.0)
+                except (TimeoutError, NatsTimeout):
+                    continue
+                if (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE") or not msg.data:
+                    continue
+                yield _listing_dec.decode(msg.data).summary
+                if not caught_up and msg.metadata.num_pending == 0:
+                    caught_up = True
+                    yield None
+        finally:
+            await drop_consumer(self.store.js, stream, sub)
+
+    async def live_text(self, run_id: str) -> AsyncIterator[tuple[str, str]]:
+        """Model text of the run's agent steps as it streams: (step_id, chunk). Not stored:
+        what was said before the caller subscribed is in the recorded turns instead."""
+        check_run_id(run_id)
+        prefix = names.live_subject(run_id, "")
+        sub = await self.nc.subscribe(prefix + ">")
+        try:
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=5.0)
+                except (TimeoutError, NatsTimeout):
+                    continue
+                yield msg.subject[len(prefix) :], msg.data.decode(errors="replace")
+        finally:
+            await sub.unsubscribe()
+
+    async def approvals_of(self, run_id: str) -> list[PendingApproval]:
+        state = await self.run(run_id)
+        return [PendingApproval(state.run_id, state.workflow, a) for a in state.pending_approvals()]
 
     async def wait(self, run_id: str) -> RunState:
         async for _ in self.follow(run_id):
@@ -268,6 +342,15 @@ class Client:
         await self.store.append(
             run_id, SignalReceived(at=time.time(), name=name, data=data, by=operator_identity())
         )
+
+
+class _Listing(msgspec.Struct, frozen=True):
+    """A snapshot read for its summary only (the decoder skips the state)."""
+
+    summary: RunSummary
+
+
+_listing_dec = msgspec.json.Decoder(_Listing)
 
 
 class PendingApproval(msgspec.Struct, frozen=True):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,9 +44,18 @@ def resolve_endpoint(
 
 
 async def connect(
-    endpoint: Endpoint, *, name: str = "dagnats", long_lived: bool = False, timeout: float = 3.0
+    endpoint: Endpoint,
+    *,
+    name: str = "dagnats",
+    long_lived: bool = False,
+    timeout: float = 3.0,
+    on_disconnect: Callable[[], Awaitable[None]] | None = None,
+    on_reconnect: Callable[[], Awaitable[None]] | None = None,
 ) -> NATS:
-    """Connect, failing within about `timeout` seconds with a UserError instead of hanging."""
+    """Connect, failing within about `timeout` seconds with a UserError instead of hanging.
+
+    `on_disconnect` / `on_reconnect` are called when a live connection drops and comes back.
+    """
     seen: list[Exception] = []
 
     async def remember(exc: Exception) -> None:  # also keeps nats-py from logging tracebacks
@@ -65,6 +75,8 @@ async def connect(
                 allow_reconnect=True,
                 error_cb=remember,
                 pending_size=64 * 1024 * 1024,
+                **({"disconnected_cb": on_disconnect} if on_disconnect else {}),
+                **({"reconnected_cb": on_reconnect} if on_reconnect else {}),
             ),
             timeout + 1.0,
         )

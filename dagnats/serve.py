@@ -10,6 +10,8 @@ import signal
 import sys
 from pathlib import Path
 
+from nats.aio.client import Client as NATS
+
 from . import datadir, names
 from .agent.runtime import agent_worker
 from .builtins import builtin
@@ -57,77 +59,134 @@ class DataDirLock:
 async def serve(
     *, data_dir: str | None, port: int, nats_url: str | None, workers: list[Worker], concurrency: int = 16
 ) -> None:
-    server: EmbeddedServer | None = None
-    lock: DataDirLock | None = None
-    path = datadir.resolve(data_dir)
-    if nats_url:
-        endpoint = worker_endpoint = resolve_endpoint(nats_url)
-    else:
-        datadir.ensure(path)
-        lock = DataDirLock(path)
-        lock.acquire()
-        creds = datadir.load_or_create_credentials(path)
-        server = EmbeddedServer(path, port, creds)
-        server.start()
-        endpoint = Endpoint(url=server.url, user="operator", password=creds.operator)
-        worker_endpoint = Endpoint(url=server.url, user="worker", password=creds.worker)
-    try:
-        nc = await connect(endpoint, name="dagnats-serve", long_lived=True)
-        store = Store(nc)
-        await store.ensure()
-        # The built-in workers (and, with them, agents and their tools) get a worker's
-        # connection: they can report on their tasks but never approve, cancel or signal.
-        worker_nc = await connect(worker_endpoint, name="dagnats-serve-workers", long_lived=True)
-        worker_store = Store(worker_nc, source=names.SOURCE_WORKER)
-        if server is not None:
-            datadir.write_server_info(path, server.url, creds)
-        await _run(store, worker_store, endpoint, server, path, workers, concurrency)
-        await _close(worker_nc)
-        await _close(nc)
-    finally:
-        if server is not None:
-            datadir.remove_server_info(path)
-            server.stop()
-        if lock is not None:
-            lock.release()
-
-
-async def _run(
-    store: Store,
-    worker_store: Store,
-    endpoint: Endpoint,
-    server: EmbeddedServer | None,
-    path: Path,
-    workers: list[Worker],
-    concurrency: int,
-) -> None:
+    stack = LocalStack(
+        data_dir=data_dir, port=port, nats_url=nats_url, workers=workers, concurrency=concurrency
+    )
+    await stack.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)  # the drain below is bounded by DRAIN_SECONDS
-    combined = Worker(name=f"serve:{os.getpid()}")
-    for w in [builtin, agent_worker(path / "workspaces"), *workers]:
-        combined.include(w)
-    engine = Engine(store)
-    tasks = [
-        asyncio.create_task(engine.run(stop), name="engine"),
-        asyncio.create_task(TimerService(store).run(stop), name="timers"),
-        asyncio.create_task(combined.run(worker_store, stop, concurrency=concurrency), name="workers"),
-    ]
-    where = f"embedded NATS at {endpoint.url}, data in {path}" if server else f"NATS at {endpoint.url}"
-    print(
-        f"dagnats serve: {where}; tasks: {', '.join(sorted(combined.handlers))}. Ctrl-C to stop.", flush=True
-    )
-    done, _ = await asyncio.wait(
-        [asyncio.create_task(stop.wait()), *tasks], return_when=asyncio.FIRST_COMPLETED
-    )
-    stop.set()
-    for task in done:
-        if task in tasks and task.exception() is not None:
-            print(f"dagnats serve: {task.get_name()} stopped: {task.exception()!r}", file=sys.stderr)
-    print("dagnats serve: stopping; finishing tasks in hand…", file=sys.stderr, flush=True)
-    _, pending = await asyncio.wait(tasks, timeout=DRAIN_SECONDS)
-    for task in pending:
-        log.warning("%s did not stop within %.0fs; cancelling it", task.get_name(), DRAIN_SECONDS)
-        task.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)
+    try:
+        where = (
+            f"embedded NATS at {stack.endpoint.url}, data in {stack.path}"
+            if stack.server
+            else f"NATS at {stack.endpoint.url}"
+        )
+        print(f"dagnats serve: {where}; tasks: {', '.join(stack.task_names)}. Ctrl-C to stop.", flush=True)
+        failed = await stack.wait(stop)
+        if failed:
+            print(f"dagnats serve: {failed}", file=sys.stderr)
+        print("dagnats serve: stopping; finishing tasks in hand…", file=sys.stderr, flush=True)
+    finally:
+        await stack.stop()
+
+
+class LocalStack:
+    """NATS (embedded unless a URL is given), the engine, the timers and the built-in workers,
+    as asyncio tasks of the running loop. `serve` runs one; so do `tui` and `demo` when they find
+    no server to attach to."""
+
+    def __init__(
+        self,
+        *,
+        data_dir: str | os.PathLike[str] | None,
+        port: int,
+        nats_url: str | None = None,
+        workers: list[Worker] | None = None,
+        concurrency: int = 16,
+    ) -> None:
+        self.path = datadir.resolve(data_dir)
+        self.port = port
+        self.nats_url = nats_url
+        self.workers = workers or []
+        self.concurrency = concurrency
+        self.server: EmbeddedServer | None = None
+        self.endpoint = Endpoint(url=nats_url or "")
+        self._lock: DataDirLock | None = None
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._conns: list[NATS] = []
+        self.task_names: list[str] = []
+
+    async def start(self) -> None:
+        if self.nats_url:
+            self.endpoint = worker_endpoint = resolve_endpoint(self.nats_url)
+        else:
+            datadir.ensure(self.path)
+            self._lock = DataDirLock(self.path)
+            self._lock.acquire()
+            creds = datadir.load_or_create_credentials(self.path)
+            self.server = EmbeddedServer(self.path, self.port, creds)
+            try:
+                self.server.start()
+            except BaseException:
+                self._release()
+                raise
+            self.endpoint = Endpoint(url=self.server.url, user="operator", password=creds.operator)
+            worker_endpoint = Endpoint(url=self.server.url, user="worker", password=creds.worker)
+        try:
+            nc = await connect(self.endpoint, name="dagnats-serve", long_lived=True)
+            self._conns.append(nc)
+            store = Store(nc)
+            await store.ensure()
+            # The built-in workers (and, with them, agents and their tools) get a worker's
+            # connection: they can report on their tasks but never approve, cancel or signal.
+            worker_nc = await connect(worker_endpoint, name="dagnats-serve-workers", long_lived=True)
+            self._conns.append(worker_nc)
+            worker_store = Store(worker_nc, source=names.SOURCE_WORKER)
+            if self.server is not None:
+                datadir.write_server_info(self.path, self.server.url, creds)
+        except BaseException:
+            await self._close_all()
+            raise
+        combined = Worker(name=f"serve:{os.getpid()}")
+        for w in [builtin, agent_worker(self.path / "workspaces"), *self.workers]:
+            combined.include(w)
+        self.task_names = sorted(combined.handlers)
+        engine = Engine(store)
+        stop = self._stop
+        self._tasks = [
+            asyncio.create_task(engine.run(stop), name="engine"),
+            asyncio.create_task(TimerService(store).run(stop), name="timers"),
+            asyncio.create_task(
+                combined.run(worker_store, stop, concurrency=self.concurrency), name="workers"
+            ),
+        ]
+
+    async def wait(self, stop: asyncio.Event) -> str | None:
+        """Until `stop` is set or a part dies; what died and why, if one did."""
+        stopping = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([stopping, *self._tasks], return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        for task in done:
+            if task is not stopping and task.exception() is not None:
+                return f"{task.get_name()} stopped: {task.exception()!r}"
+        return None
+
+    async def stop(self) -> None:
+        """Finish the tasks in hand (bounded by DRAIN_SECONDS), then close and stop the server."""
+        self._stop.set()
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=DRAIN_SECONDS)
+            for task in pending:
+                log.warning("%s did not stop within %.0fs; cancelling it", task.get_name(), DRAIN_SECONDS)
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            self._tasks = []
+        await self._close_all()
+
+    async def _close_all(self) -> None:
+        for nc in reversed(self._conns):
+            await _close(nc)
+        self._conns = []
+        self._release()
+
+    def _release(self) -> None:
+        if self.server is not None:
+            datadir.remove_server_info(self.path)
+            self.server.stop()
+            self.server = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None

@@ -57,6 +57,9 @@ class RunSummary(msgspec.Struct, frozen=True, omit_defaults=True):
     finished_at: float | None = None
     error: str | None = None
     parent_run_id: str | None = None
+    approvals: int = 0  # pending: the run waits for an operator
+    forked_from: str | None = None
+    continued_from: str | None = None
 
     @classmethod
     def of(cls, state: RunState) -> RunSummary:
@@ -72,6 +75,9 @@ class RunSummary(msgspec.Struct, frozen=True, omit_defaults=True):
             finished_at=state.finished_at,
             error=state.error,
             parent_run_id=state.parent.run_id if state.parent else None,
+            approvals=len(state.pending_approvals()),
+            forked_from=state.forked_from,
+            continued_from=state.continued_from,
         )
 
 

@@ -82,6 +82,7 @@ def summary_doc(summary: RunSummary) -> dict[str, Any]:
         "steps_total": summary.steps_total,
         "error": summary.error,
         "parent_run_id": summary.parent_run_id,
+        "approvals_pending": summary.approvals,
     }
 
 
