@@ -41,4 +41,22 @@ def test_dagnats_never_imports_tui_or_llm_sdks_at_import_time():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == ""
     for path in sorted((ROOT / "dagnats").rglob("*.py")):
-        assert not any(n.split(".")[0] == "tui" for n in _imports(path)), path
+        tree = ast.parse(path.read_text())
+        top_level = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+        for node in top_level:
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            assert not any(n.split(".")[0] == "tui" for n in names), path
+        if path.name != "cli.py":  # the `tui` and `demo` commands import the console lazily
+            assert not any(n.split(".")[0] == "tui" for n in _imports(path)), path
+
+
+def test_console_talks_to_nats_only_through_the_client():
+    """tui/ uses dagnats' client and core types, never the engine, store internals or nats."""
+    allowed = {"dagnats.client", "dagnats.errors", "dagnats.views", "dagnats.serve", "dagnats.connection"}
+    for path in sorted((ROOT / "tui").glob("*.py")):
+        for name in _imports(path):
+            top = name.split(".")[0]
+            assert top != "nats", f"{path.name} imports {name}"
+            if top == "dagnats" and not name.startswith("dagnats.core"):
+                assert name in allowed, f"{path.name} imports {name}"
+            assert name not in ("dagnats.engine", "dagnats.worker", "dagnats.timers"), path.name

@@ -1,0 +1,326 @@
+"""The console against a real server: every screen opens, and approve, deny, cancel, fork and
+start act through the client; each result is checked by reading the run back through the client."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from rich.console import Console
+from textual.widgets import OptionList, RichLog, Select, Static, TabbedContent, TextArea
+
+from dagnats.client import operator_identity
+from tui.app import ConsoleApp
+from tui.dialogs import Confirm, Fork, Reason, Start
+from tui.screens import ApprovalsScreen, HelpScreen, RunScreen, RunsScreen
+from tui.widgets import DagView, RunsTable, StatusBar
+
+SHIP = {
+    "name": "ship",
+    "description": "build, ask, release",
+    "steps": [
+        {"id": "build", "task": "echo", "input": {"version": "v1"}},
+        {
+            "id": "ship",
+            "type": "approval",
+            "depends_on": ["build"],
+            "config": {"prompt": "Ship ${steps.build.output.version}?"},
+        },
+        {"id": "done", "task": "echo", "depends_on": ["ship"]},
+    ],
+}
+SLOW = {
+    "name": "slow",
+    "steps": [
+        {"id": "a", "task": "echo"},
+        {"id": "nap", "type": "sleep", "depends_on": ["a"], "config": {"duration": "1h"}},
+        {"id": "b", "task": "echo", "depends_on": ["nap"]},
+    ],
+}
+AGENT = {
+    "name": "agent",
+    "steps": [
+        {
+            "id": "fix",
+            "type": "agent_loop",
+            "config": {
+                "provider": "scripted",
+                "prompt": "list the files",
+                "tools": ["list_files", "run_command"],
+                "approve_tools": ["run_command"],
+                "script": [
+                    {"text": "Looking around.", "tool_calls": [{"name": "list_files", "arguments": {}}]},
+                    {
+                        "text": "Run it.",
+                        "tool_calls": [{"name": "run_command", "arguments": {"command": "echo hi"}}],
+                    },
+                    {"text": "All done."},
+                ],
+            },
+        }
+    ],
+}
+
+
+async def until(pilot: Any, check: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        await pilot.pause(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def until_async(check: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = await check()
+        if value:
+            return value
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+async def console(stack):
+    await stack.start()
+    for doc in (SHIP, SLOW, AGENT):
+        await stack.register(doc)
+    client = type(stack.client)(stack.client.nc)  # the app's own client on the same connection
+    return stack, ConsoleApp(client, where="test")
+
+
+def text_of(widget: Static) -> str:
+    """What the widget shows, as plain text."""
+    console = Console(width=200, record=True, file=io.StringIO())
+    console.print(widget.content)
+    return console.export_text()
+
+
+async def test_runs_screen_lists_runs_live_and_opens_one(console):
+    stack, app = console
+    first = await stack.client.start("slow")
+    async with app.run_test(size=(100, 30)) as pilot:
+        table = await until(pilot, lambda: app.screen.query_one(RunsTable), "the runs table")
+        await until(pilot, lambda: first in app.model.view, "the first run listed")
+        second = await stack.client.start("ship")  # arrives while the console is open
+        await until(pilot, lambda: app.model.view[:1] == [second], "the new run on top")
+        await until(
+            pilot, lambda: app.model.runs[second].status == "waiting", "the approval to reach the listing"
+        )
+        await until(pilot, lambda: app.screen.query_one(StatusBar).approvals == 1, "the badge")
+        assert table.selected == first  # a new run above does not move the cursor off its run
+        await pilot.press("up")
+        assert table.selected == second
+        await pilot.press("down")
+        assert table.selected == first
+        await pilot.press("enter")
+        screen = await until(
+            pilot, lambda: isinstance(app.screen, RunScreen) and app.screen, "the run screen"
+        )
+        await until(
+            pilot, lambda: screen.state is not None and screen.state.steps["nap"].status == "waiting", "sleep"
+        )
+        dag = screen.query_one(DagView)
+        assert dag.layout_ is not None and set(dag.layout_.pos) == {"a", "nap", "b"}
+        await pilot.press("e")
+        log = screen.query_one(RichLog)
+        await until(pilot, lambda: len(log.lines) >= 3, "the event log")
+        assert screen.query_one(TabbedContent).active == "events"
+        await pilot.press("escape")
+        assert isinstance(app.screen, RunsScreen)
+        # filter and status tabs
+        await pilot.press("slash")
+        await pilot.press(*"ship")
+        await until(pilot, lambda: app.model.view == [second], "the filter")
+        await pilot.press("escape")
+        await until(pilot, lambda: len(app.model.view) == 2, "the filter cleared")
+        await pilot.press("3")  # needs you
+        await until(pilot, lambda: app.model.view == [second], "the needs-you tab")
+        await pilot.press("1")
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape")
+
+
+async def test_approve_from_the_inbox(console):
+    stack, app = console
+    run_id = await stack.client.start("ship")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: len(app.inbox) == 1, "the approval in the inbox")
+        await pilot.press("a")
+        assert isinstance(app.screen, ApprovalsScreen)
+        detail = app.screen.query_one("#detail-body", Static)
+        assert "Ship v1?" in text_of(detail)
+        await pilot.press("y")
+        state = await until_async(lambda: _finished(stack, run_id), "the run to finish after the approval")
+        assert state.status == "completed"
+        approval = state.approvals["ship.1"]
+        assert (approval.status, approval.by) == ("approved", operator_identity())
+        await until(pilot, lambda: len(app.inbox) == 0, "the inbox to empty")
+
+
+async def test_deny_with_a_reason_from_the_run_screen(console):
+    stack, app = console
+    run_id = await stack.client.start("ship")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: len(app.inbox) == 1, "the approval in the inbox")
+        app.open_run(run_id, step="ship")
+        screen = await until(
+            pilot, lambda: isinstance(app.screen, RunScreen) and app.screen, "the run screen"
+        )
+        await until(pilot, lambda: screen.step == "ship", "the ship step selected")
+        await pilot.press("n")
+        assert isinstance(app.screen, Reason)
+        await pilot.press("enter")  # an empty reason is refused in the dialog
+        assert isinstance(app.screen, Reason)
+        assert "needs a reason" in text_of(app.screen.query_one("#error", Static))
+        await pilot.press(*"not today")
+        await pilot.press("enter")
+        state = await until_async(lambda: _finished(stack, run_id), "the run to fail")
+        assert state.status == "failed"
+        approval = state.approvals["ship.1"]
+        assert (approval.status, approval.comment) == ("denied", "not today")
+
+
+async def test_cancel_asks_first(console):
+    stack, app = console
+    run_id = await stack.client.start("slow")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: run_id in app.model.runs, "the run listed")
+        app.open_run(run_id)
+        await until(pilot, lambda: isinstance(app.screen, RunScreen), "the run screen")
+        await pilot.press("c")
+        assert isinstance(app.screen, Confirm)
+        await pilot.press("n")
+        assert isinstance(app.screen, RunScreen)
+        assert (await stack.client.run(run_id)).status != "cancelled"
+        await pilot.press("c")
+        await pilot.press("y")
+        state = await until_async(lambda: _finished(stack, run_id), "the run to be cancelled")
+        assert state.status == "cancelled"
+        await until(pilot, lambda: app.model.runs[run_id].status == "cancelled", "the listing to show it")
+
+
+async def test_fork_with_an_edited_input(console):
+    stack, app = console
+    run_id = await stack.client.start("ship")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: len(app.inbox) == 1, "the run waiting")
+        app.open_run(run_id, step="build")
+        screen = await until(
+            pilot, lambda: isinstance(app.screen, RunScreen) and app.screen, "the run screen"
+        )
+        await until(pilot, lambda: screen.step == "build" and screen.state is not None, "build selected")
+        await pilot.press("f")
+        dialog = app.screen
+        assert isinstance(dialog, Fork)
+        area = dialog.query_one(TextArea)
+        assert '"version": "v1"' in area.text
+        area.text = "{not json"
+        await pilot.press("ctrl+s")
+        assert isinstance(app.screen, Fork)
+        assert "not valid JSON" in text_of(dialog.query_one("#error", Static))
+        area.text = '{"version": "v2"}'
+        await pilot.press("ctrl+s")
+        forked = await until(
+            pilot,
+            lambda: isinstance(app.screen, RunScreen) and app.screen.run_id != run_id and app.screen.run_id,
+            "the fork to open",
+        )
+        state = await until_async(lambda: _waiting(stack, forked), "the fork to wait for approval")
+        assert state.forked_from == run_id
+        assert state.steps["build"].output == {"version": "v2"}
+        assert state.pending_approvals()[0].prompt == "Ship v2?"
+        original = await stack.client.run(run_id)
+        assert original.steps["build"].output == {"version": "v1"}
+
+
+async def test_start_a_run_from_the_dialog(console):
+    stack, app = console
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: app.loaded, "the listing to load")
+        await pilot.press("s")
+        dialog = await until(pilot, lambda: isinstance(app.screen, Start) and app.screen, "the start dialog")
+        await pilot.press("ctrl+s")
+        assert "pick a workflow" in text_of(dialog.query_one("#error", Static))
+        dialog.query_one(Select).value = "slow"
+        dialog.query_one(TextArea).text = '{"note": "from the console"}'
+        await pilot.press("ctrl+s")
+        screen = await until(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen, "the new run")
+        state = await stack.client.run(screen.run_id)
+        assert (state.workflow, state.input) == ("slow", {"note": "from the console"})
+
+
+async def test_agent_transcript_follows_turns_and_tool_approval(console):
+    stack, app = console
+    run_id = await stack.client.start("agent")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: len(app.inbox) == 1, "the tool call waiting")
+        item = app.inbox.items[0]
+        assert item.approval.kind == "tool_call" and item.approval.details["arguments"] == {
+            "command": "echo hi"
+        }
+        app.open_run(run_id, step="fix")
+        screen = await until(
+            pilot, lambda: isinstance(app.screen, RunScreen) and app.screen, "the run screen"
+        )
+        await pilot.press("t")
+        body = screen.query_one("#transcript-body", Static)
+        await until(pilot, lambda: "run_command" in text_of(body), "the tool call in the transcript")
+        assert "Looking around." in text_of(body) and "echo hi" in text_of(body)
+        await pilot.press("y")
+        await until(pilot, lambda: "All done." in text_of(body), "the final turn in the transcript")
+        state = await stack.client.run(run_id)
+        assert state.status == "completed"
+        assert (
+            "hi"
+            in state.steps["fix"].turns[1].results[state.steps["fix"].turns[1].tool_calls[0]["id"]].result
+        )
+
+
+async def test_lineage_jumps_to_a_fork(console):
+    stack, app = console
+    run_id = await stack.client.start("slow")
+    await until_async(lambda: _step_status(stack, run_id, "nap", "waiting"), "the sleep")
+    fork_id = await stack.client.fork(run_id, "b")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: fork_id in app.model.runs, "both runs listed")
+        app.open_run(run_id)
+        screen = await until(
+            pilot, lambda: isinstance(app.screen, RunScreen) and app.screen, "the run screen"
+        )
+        await pilot.press("l")
+        related = screen.query_one(OptionList)
+        await until(
+            pilot,
+            lambda: related.option_count and fork_id in str(related.get_option_at_index(0).prompt),
+            "lineage",
+        )
+        related.highlighted = 0
+        await pilot.press("enter")
+        await until(
+            pilot,
+            lambda: isinstance(app.screen, RunScreen) and app.screen.run_id == fork_id,
+            "the fork opened",
+        )
+
+
+async def _finished(stack, run_id):
+    state = await stack.client.run(run_id)
+    return state if state.terminal else None
+
+
+async def _waiting(stack, run_id):
+    state = await stack.client.run(run_id)
+    return state if state.pending_approvals() else None
+
+
+async def _step_status(stack, run_id, sid, status):
+    state = await stack.client.run(run_id)
+    return state.steps[sid].status == status

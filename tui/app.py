@@ -1,0 +1,325 @@
+"""`dagnats tui`: the operator console.
+
+It renders from JetStream subscriptions through the client (a watch of the run summaries for
+the list and the inbox, an ordered consumer per open run), coalesces bursts into one redraw,
+and acts only through the client, which records the operator's identity with every action.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from textual import work
+from textual.app import App
+from textual.screen import Screen
+
+from dagnats.client import Client, RunSummary
+from dagnats.core.state import Approval
+from dagnats.errors import UserError
+from tui.bindings import bindings
+from tui.dialogs import Confirm, ForkRequest, Reason, Start, StartRequest
+from tui.model import Inbox, RunsModel
+from tui.screens import ApprovalsScreen, HelpScreen, RunScreen, RunsScreen
+from tui.widgets import StatusBar
+
+
+class ConsoleApp(App[None]):
+    TITLE = "dagnats"
+    ENABLE_COMMAND_PALETTE = False
+    BINDINGS = bindings("global")
+    CSS = """
+    .hint { color: $text-muted; }
+    """
+
+    def __init__(
+        self,
+        client: Client | None = None,
+        *,
+        where: str = "",
+        now: Callable[[], float] = time.time,
+        redraw_delay: float = 0.05,
+    ) -> None:
+        """`client` None: a console fed by hand (tests and snapshots call `runs_changed`)."""
+        super().__init__()
+        self.client = client
+        self.where = where
+        self.now = now
+        self.redraw_delay = redraw_delay
+        self.model = RunsModel()
+        self.inbox = Inbox()
+        self.connection = "connecting" if client else "connected"
+        self.loaded = client is None
+        self._dirty = False
+        self._approvals_stale: set[str] = set()
+        self._approvals_wake = asyncio.Event()
+        self.on_rendered: Callable[[str], None] | None = None  # for measuring (bench)
+
+    def on_mount(self) -> None:
+        self.push_screen(RunsScreen())
+        if self.client is not None:
+            self.watch_runs()
+            self.refresh_approvals()
+
+    # --- data in -------------------------------------------------------------------------------
+
+    @work(exclusive=True, group="watch-runs")
+    async def watch_runs(self) -> None:
+        assert self.client is not None
+        try:
+            async for summary in self.client.watch_runs():
+                if summary is None:
+                    self.loaded = True
+                    self.set_connection("connected")
+                    self.schedule()
+                else:
+                    self.runs_changed([summary])
+        except Exception as exc:  # the connection dropped under the watch: reconnect restarts it
+            self.notify(f"lost the run list: {exc}", severity="error")
+
+    def runs_changed(self, summaries: list[RunSummary]) -> None:
+        """Take new summaries; runs whose approvals may have changed get their inbox entries
+        re-read. The screen is redrawn once per burst."""
+        for s in summaries:
+            before = self.model.runs.get(s.run_id)
+            if s.approvals or (before is not None and before.approvals) or s.run_id in self.inbox.by_run:
+                self._approvals_stale.add(s.run_id)
+        self.model.update(summaries)
+        if self._approvals_stale:
+            self._approvals_wake.set()
+        self.schedule()
+
+    @work(exclusive=True, group="approvals")
+    async def refresh_approvals(self) -> None:
+        assert self.client is not None
+        while True:
+            await self._approvals_wake.wait()
+            self._approvals_wake.clear()
+            stale, self._approvals_stale = self._approvals_stale, set()
+            for run_id in stale:
+                summary = self.model.runs.get(run_id)
+                try:
+                    pending = await self.client.approvals_of(run_id) if summary and summary.approvals else []
+                except Exception:
+                    self._approvals_stale.add(run_id)  # try again with the next change
+                    continue
+                self.inbox.replace(run_id, pending)
+            self.schedule()
+
+    def approvals_changed(self, run_id: str, pending: list[Any]) -> None:
+        self.inbox.replace(run_id, pending)
+        self.schedule()
+
+    def schedule(self) -> None:
+        if not self._dirty:
+            self._dirty = True
+            self.set_timer(self.redraw_delay, self.flush)
+
+    def flush(self) -> None:
+        self._dirty = False
+        if not self.screen_stack:  # shutting down
+            return
+        screen = self.screen
+        if isinstance(screen, RunsScreen):
+            screen.refresh_data()
+        elif isinstance(screen, ApprovalsScreen):
+            screen.refresh_data()
+        self.sync_status(screen)
+        if self.on_rendered is not None:
+            self.on_rendered("runs")
+
+    def rendered(self, what: str) -> None:
+        if self.on_rendered is not None:
+            self.on_rendered(what)
+
+    def sync_status(self, screen: Screen[Any]) -> None:
+        for bar in screen.query(StatusBar):
+            bar.connection = self.connection
+            bar.approvals = max(len(self.inbox), self.model.waiting_on_operator)
+            bar.where = self.where
+            bar.title = _title(screen)
+
+    def set_connection(self, state: str) -> None:
+        self.connection = state
+        if self.screen_stack:
+            self.sync_status(self.screen)
+
+    async def disconnected(self) -> None:
+        self.set_connection("reconnecting")
+
+    async def reconnected(self) -> None:
+        """nats-py resubscribes core subscriptions, but its push consumers and KV watchers can
+        stall for many seconds after a server restart: start them all again."""
+        self.set_connection("connected")
+        self.watch_runs()
+        for screen in self.screen_stack:
+            if isinstance(screen, RunScreen):
+                screen.reconnected()
+
+    # --- navigation --------------------------------------------------------------------------
+
+    def open_run(self, run_id: str, step: str | None = None) -> None:
+        self.push_screen(RunScreen(run_id, step=step))
+
+    def action_approvals(self) -> None:
+        if not isinstance(self.screen, ApprovalsScreen):
+            self.push_screen(ApprovalsScreen())
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    # --- actions, each through the client ------------------------------------------------------
+
+    def _act(
+        self, what: Callable[[Client], Any], done: str, then: Callable[[Any], None] | None = None
+    ) -> None:
+        if self.client is None:
+            self.notify("not connected", severity="error")
+            return
+        self._run_action(what, done, then)
+
+    @work(group="actions")
+    async def _run_action(
+        self, what: Callable[[Client], Any], done: str, then: Callable[[Any], None] | None
+    ) -> None:
+        assert self.client is not None
+        try:
+            result = await what(self.client)
+        except UserError as exc:
+            self.notify(str(exc), severity="error", timeout=8)
+            return
+        except Exception as exc:
+            self.notify(f"{type(exc).__name__}: {exc}", severity="error", timeout=8)
+            return
+        self.notify(done.format(result=result))
+        if then is not None:
+            then(result)
+
+    def decide(
+        self, run_id: str, step_id: str, approval_id: str, *, approved: bool, comment: str = ""
+    ) -> None:
+        verb = "approved" if approved else "denied"
+        self._act(
+            lambda c: c.decide(run_id, step_id, approved=approved, comment=comment, approval_id=approval_id),
+            f"{verb} {step_id} of {run_id}",
+        )
+
+    def ask_deny(self, run_id: str, approval: Approval) -> None:
+        def done(reason: str | None) -> None:
+            if reason:
+                self.decide(run_id, approval.step_id, approval.approval_id, approved=False, comment=reason)
+
+        self.push_screen(Reason(f"{approval.kind} of step {approval.step_id} (run {run_id})"), done)
+
+    def confirm_cancel(self, run_id: str) -> None:
+        def done(yes: bool | None) -> None:
+            if yes:
+                self._act(
+                    lambda c: c.cancel(run_id, reason="cancelled from the console"), f"cancelling {run_id}"
+                )
+
+        self.push_screen(Confirm(f"Cancel run {run_id}?"), done)
+
+    def fork(self, run_id: str, request: ForkRequest) -> None:
+        self._act(
+            lambda c: c.fork(run_id, request.step_id, input=request.input, turn=request.turn),
+            f"forked {run_id} from {request.step_id} as {{result}}",
+            then=self.open_run,
+        )
+
+    def action_start_run(self) -> None:
+        if self.client is None:
+            self.push_screen(Start([]))
+            return
+        self._load_workflows()
+
+    @work(group="actions")
+    async def _load_workflows(self) -> None:
+        assert self.client is not None
+        try:
+            workflows = await self.client.workflows()
+        except Exception as exc:
+            self.notify(f"cannot list workflows: {exc}", severity="error")
+            return
+
+        def done(request: StartRequest | None) -> None:
+            if request is not None:
+                self._act(
+                    lambda c: c.start(request.workflow, request.input),
+                    f"started {request.workflow} as {{result}}",
+                    then=self.open_run,
+                )
+
+        self.push_screen(Start([(w.name, w.definition.description) for w in workflows]), done)
+
+
+def _title(screen: Screen[Any]) -> str:
+    if isinstance(screen, RunScreen):
+        return f"run {screen.run_id}"
+    if isinstance(screen, ApprovalsScreen):
+        return "approvals"
+    return "runs"
+
+
+async def run_console(
+    nats_url: str | None,
+    data_dir: str | None,
+    *,
+    port: int = 4222,
+    setup: Callable[[Client], Any] | None = None,
+    embedded_dir: str | None = None,
+) -> None:
+    """Attach to the server found through --nats or the data dir; with none there, start one
+    (server, engine, workers) in this process for as long as the console is open."""
+    from dagnats.connection import resolve_endpoint
+    from dagnats.serve import LocalStack
+
+    app_ref: list[ConsoleApp] = []
+
+    async def on_disconnect() -> None:
+        if app_ref:
+            await app_ref[0].disconnected()
+
+    async def on_reconnect() -> None:
+        if app_ref:
+            await app_ref[0].reconnected()
+
+    stack: LocalStack | None = None
+    endpoint = None
+    if nats_url or embedded_dir is None:
+        try:
+            endpoint = resolve_endpoint(nats_url, data_dir)
+        except UserError:
+            if nats_url:
+                raise
+    client: Client | None = None
+    if endpoint is not None:
+        try:
+            client = await Client.connect(
+                endpoint=endpoint, long_lived=True, on_disconnect=on_disconnect, on_reconnect=on_reconnect
+            )
+        except UserError:
+            if nats_url:
+                raise
+    if client is None:
+        stack = LocalStack(data_dir=embedded_dir or data_dir, port=port)
+        await stack.start()
+        client = await Client.connect(
+            endpoint=stack.endpoint, long_lived=True, on_disconnect=on_disconnect, on_reconnect=on_reconnect
+        )
+    where = client.nc.connected_url.netloc if client.nc.connected_url else ""
+    if stack is not None:
+        where += " (embedded)"
+    try:
+        if setup is not None:
+            await setup(client)
+        app = ConsoleApp(client, where=where)
+        app_ref.append(app)
+        await app.run_async()
+    finally:
+        await client.close()
+        if stack is not None:
+            await stack.stop()

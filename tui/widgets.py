@@ -1,0 +1,222 @@
+"""The console's own widgets: a virtual runs table, the DAG view and the status bar.
+
+The runs table and the graph draw only the lines on screen (Textual's line API), so a list of
+thousands of runs costs no more to redraw than a list of twenty."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from rich.style import Style
+from rich.text import Text
+from textual.binding import Binding
+from textual.geometry import Region, Size
+from textual.message import Message
+from textual.reactive import reactive
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
+from textual.widget import Widget
+
+from dagnats.core.state import RunState
+from tui.bindings import bindings
+from tui.dag import Layout, layout, nodes_of, render
+from tui.model import RunsModel
+from tui.render import run_row, runs_header
+
+CURSOR = Style(reverse=True)
+
+
+class StatusBar(Widget):
+    """One line on every screen: where we are connected, and how many things wait for you."""
+
+    DEFAULT_CSS = """
+    StatusBar { height: 1; background: $panel; color: $text; }
+    """
+    connection: reactive[str] = reactive("connecting")
+    approvals: reactive[int] = reactive(0)
+    where: reactive[str] = reactive("")
+    title: reactive[str] = reactive("")
+
+    def render(self) -> Text:
+        text = Text()
+        text.append(" dagnats ", style="bold reverse")
+        text.append(f" {self.title}" if self.title else "")
+        right = Text()
+        if self.approvals:
+            right.append(f" ⚑ {self.approvals} waiting for you ", style="bold black on magenta")
+        else:
+            right.append(" ⚑ 0 ", style="dim")
+        style = {"connected": "green", "reconnecting": "bold black on yellow"}.get(self.connection, "yellow")
+        label = "● connected" if self.connection == "connected" else f"◌ {self.connection}…"
+        right.append(f" {label} ", style=style)
+        if self.where and text.cell_len + right.cell_len + len(self.where) + 2 <= self.size.width:
+            right.append(f"{self.where} ", style="dim")
+        pad = max(1, self.size.width - text.cell_len - right.cell_len)
+        text.append(" " * pad)
+        text.append_text(right)
+        text.truncate(self.size.width)
+        return text
+
+
+class RunsTable(ScrollView, can_focus=True):
+    """The runs, newest first, one line each, drawn from a RunsModel. The cursor stays on the
+    same run when new runs arrive above it."""
+
+    BINDINGS = [
+        Binding("up,k", "cursor(-1)", "Up", show=False),
+        Binding("down,j", "cursor(1)", "Down", show=False),
+        Binding("pageup", "page(-1)", "Page up", show=False),
+        Binding("pagedown", "page(1)", "Page down", show=False),
+        Binding("home", "jump(0)", "First", show=False),
+        Binding("end", "jump(-1)", "Last", show=False),
+        Binding("enter", "open", "Open", show=False),
+    ]
+    DEFAULT_CSS = """
+    RunsTable { height: 1fr; overflow-x: hidden; }
+    """
+
+    class Opened(Message):
+        def __init__(self, run_id: str) -> None:
+            super().__init__()
+            self.run_id = run_id
+
+    def __init__(self, model: RunsModel, now: Callable[[], float] = time.time, **kw: object) -> None:
+        super().__init__(**kw)  # type: ignore[arg-type]
+        self.model = model
+        self.now = now
+        self.cursor = 0
+        self.cursor_id: str | None = None
+
+    @property
+    def selected(self) -> str | None:
+        view = self.model.view
+        return view[self.cursor] if 0 <= self.cursor < len(view) else None
+
+    def refresh_view(self) -> None:
+        """The model changed: keep the cursor on its run, resize, redraw what is visible."""
+        view = self.model.view
+        index = self.model.index_of(self.cursor_id)
+        self.cursor = index if index is not None else min(self.cursor, max(0, len(view) - 1))
+        self.cursor_id = self.selected
+        self.virtual_size = Size(self.size.width, len(view))
+        self.refresh()
+
+    def on_resize(self) -> None:
+        self.virtual_size = Size(self.size.width, len(self.model.view))
+
+    def render_line(self, y: int) -> Strip:
+        _, scroll_y = self.scroll_offset
+        index = scroll_y + y
+        width = self.size.width
+        view = self.model.view
+        if index >= len(view):
+            return Strip.blank(width)
+        summary = self.model.runs[view[index]]
+        text = run_row(summary, self.now(), width)
+        segments = list(text.render(self.app.console))
+        strip = Strip(segments).crop_extend(0, width, None)
+        if index == self.cursor:
+            strip = strip.apply_style(CURSOR if self.has_focus else Style(bgcolor="grey23"))
+        return strip
+
+    def _move_to(self, index: int) -> None:
+        view = self.model.view
+        if not view:
+            return
+        self.cursor = max(0, min(len(view) - 1, index))
+        self.cursor_id = view[self.cursor]
+        self.scroll_to_region(Region(0, self.cursor, 1, 1), animate=False, immediate=True)
+        self.refresh()
+
+    def action_cursor(self, delta: int) -> None:
+        self._move_to(self.cursor + delta)
+
+    def action_page(self, direction: int) -> None:
+        self._move_to(self.cursor + direction * max(1, self.size.height - 1))
+
+    def action_jump(self, where: int) -> None:
+        self._move_to(0 if where == 0 else len(self.model.view) - 1)
+
+    def action_open(self) -> None:
+        if self.selected:
+            self.post_message(self.Opened(self.selected))
+
+    def on_focus(self) -> None:
+        self.refresh()
+
+    def on_blur(self) -> None:
+        self.refresh()
+
+
+class RunsHeader(Widget):
+    DEFAULT_CSS = "RunsHeader { height: 1; }"
+
+    def render(self) -> Text:
+        return runs_header(self.size.width)
+
+
+class DagView(ScrollView, can_focus=True):
+    """The run's graph, layered left to right, with a selected step moved by the arrow keys."""
+
+    BINDINGS = bindings("graph")
+    DEFAULT_CSS = """
+    DagView { height: 1fr; }
+    """
+
+    class Selected(Message):
+        def __init__(self, step_id: str | None) -> None:
+            super().__init__()
+            self.step_id = step_id
+
+    def __init__(self, **kw: object) -> None:
+        super().__init__(**kw)  # type: ignore[arg-type]
+        self.layout_: Layout | None = None
+        self.lines: list[Strip] = []
+        self.selected: str | None = None
+
+    def show(self, state: RunState) -> None:
+        self.layout_ = layout(nodes_of(state))  # deterministic: the same graph keeps its places
+        if self.selected is None or self.selected not in self.layout_.pos:
+            first = next(iter(self.layout_.pos), None)
+            self._select(first)
+        self._draw()
+
+    def _draw(self) -> None:
+        assert self.layout_ is not None
+        console = self.app.console
+        self.lines = [Strip(list(t.render(console))) for t in render(self.layout_, self.selected)]
+        self.virtual_size = Size(self.layout_.width, self.layout_.height)
+        self.refresh()
+
+    def _select(self, step_id: str | None) -> None:
+        if step_id != self.selected:
+            self.selected = step_id
+            self.post_message(self.Selected(step_id))
+
+    def select(self, step_id: str) -> None:
+        if self.layout_ is not None and step_id in self.layout_.pos:
+            self._select(step_id)
+            self._draw()
+            self._scroll_to_selected()
+
+    def _scroll_to_selected(self) -> None:
+        if self.layout_ is None or self.selected is None:
+            return
+        x, y = self.layout_.pos[self.selected]
+        self.scroll_to_region(Region(x, max(0, y - 1), 24, 3), animate=False, immediate=True)
+
+    def render_line(self, y: int) -> Strip:
+        scroll_x, scroll_y = self.scroll_offset
+        index = scroll_y + y
+        width = self.size.width
+        if index >= len(self.lines):
+            return Strip.blank(width)
+        return self.lines[index].crop_extend(scroll_x, scroll_x + width, None)
+
+    def action_move(self, direction: str) -> None:
+        if self.layout_ is None or self.selected is None:
+            return
+        target = self.layout_.neighbor(self.selected, direction)
+        if target is not None:
+            self.select(target)
