@@ -115,7 +115,10 @@ class ConsoleApp(App[None]):
     def schedule(self) -> None:
         if not self._dirty:
             self._dirty = True
-            self.set_timer(self.redraw_delay, self.flush)
+            if self.redraw_delay > 0:
+                self.set_timer(self.redraw_delay, self.flush)
+            else:
+                self.call_later(self.flush)
 
     def flush(self) -> None:
         self._dirty = False
@@ -126,7 +129,8 @@ class ConsoleApp(App[None]):
             screen.refresh_data()
         elif isinstance(screen, ApprovalsScreen):
             screen.refresh_data()
-        self.sync_status(screen)
+        for each in self.screen_stack:  # a dialog on top leaves the bars below it visible
+            self.sync_status(each)
         if self.on_rendered is not None:
             self.on_rendered("runs")
 

@@ -15,15 +15,17 @@ from textual.widgets import Button, Input, Label, Select, Static, TextArea
 from tui.bindings import bindings
 
 DIALOG_CSS = """
-ModalScreen { align: center middle; }
+DIALOG { align: center middle; }
 #dialog {
-    width: 76; max-width: 100%; height: auto; max-height: 100%;
+    width: 76; max-width: 96%; height: auto; max-height: 100%;
     border: thick $accent; background: $surface; padding: 0 1;
 }
+#dialog > * { width: 100%; }
 #dialog Label.title { text-style: bold; width: 100%; }
 #dialog .error { color: $error; height: auto; }
 #dialog TextArea { height: 8; }
 #dialog .buttons { height: 3; align-horizontal: right; }
+#dialog Button { margin-left: 1; }
 #dialog .hint { color: $text-muted; }
 """
 
@@ -36,7 +38,7 @@ def _json_text(value: Any) -> str:
 
 class Confirm(ModalScreen[bool]):
     BINDINGS = [*bindings("dialog"), ("y", "submit", "Yes"), ("n", "dismiss_dialog", "No")]
-    DEFAULT_CSS = DIALOG_CSS
+    DEFAULT_CSS = DIALOG_CSS.replace("DIALOG", "Confirm")
 
     def __init__(self, question: str) -> None:
         super().__init__()
@@ -67,7 +69,7 @@ class Reason(ModalScreen[str | None]):
     """Deny with a reason: the reason is what the model or the run's history will show."""
 
     BINDINGS = bindings("dialog")
-    DEFAULT_CSS = DIALOG_CSS
+    DEFAULT_CSS = DIALOG_CSS.replace("DIALOG", "Reason")
 
     def __init__(self, what: str) -> None:
         super().__init__()
@@ -105,7 +107,7 @@ class Fork(ModalScreen[ForkRequest | None]):
     turn to resume from may be picked."""
 
     BINDINGS = bindings("dialog")
-    DEFAULT_CSS = DIALOG_CSS
+    DEFAULT_CSS = DIALOG_CSS.replace("DIALOG", "Fork")
 
     def __init__(self, run_id: str, step_id: str, step_input: Any, turns: int | None) -> None:
         super().__init__()
@@ -118,7 +120,7 @@ class Fork(ModalScreen[ForkRequest | None]):
         with Vertical(id="dialog"):
             yield Label(f"Fork run {self.run_id} from step {self.step_id}", classes="title")
             yield Label(
-                "the new run keeps everything upstream and runs this step and what follows", classes="hint"
+                "the new run keeps what is upstream; this step and what follows run again", classes="hint"
             )
             yield Label("input of the step (JSON):")
             yield TextArea(self.original, language=None, id="input", soft_wrap=True)
@@ -175,7 +177,7 @@ class Start(ModalScreen[StartRequest | None]):
     """Start a run of a registered workflow, with an input typed as JSON."""
 
     BINDINGS = bindings("dialog")
-    DEFAULT_CSS = DIALOG_CSS
+    DEFAULT_CSS = DIALOG_CSS.replace("DIALOG", "Start")
 
     def __init__(self, workflows: list[tuple[str, str]]) -> None:
         """`workflows`: (name, description)."""

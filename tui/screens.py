@@ -148,7 +148,7 @@ class RunScreen(Base):
     BINDINGS = bindings("run")
     DEFAULT_CSS = """
     RunScreen #header { height: auto; max-height: 3; padding: 0 1; }
-    RunScreen DagView { height: 1fr; min-height: 5; }
+    RunScreen DagView { height: auto; max-height: 60%; min-height: 3; }
     RunScreen #details { height: 1fr; border-top: solid $panel-lighten-2; padding: 0 1; }
     RunScreen #transcript, RunScreen #lineage-box { padding: 0 1; }
     RunScreen TabbedContent { height: 1fr; }
@@ -450,8 +450,8 @@ class HelpScreen(ModalScreen[None]):
 def help_text() -> Group:
     parts: list[Any] = [Text("dagnats console: keys (escape closes)", style="bold")]
     for scope, keys in KEYS.items():
-        table = Table(box=None, show_header=False, padding=(0, 1), expand=True)
-        table.add_column(width=14, style="bold cyan")
+        table = Table(box=None, show_header=False, padding=(0, 1))
+        table.add_column(min_width=10, style="bold cyan")
         table.add_column()
         for binding in keys:
             table.add_row(key_label(binding), binding.description)
