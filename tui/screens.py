@@ -45,7 +45,12 @@ class Base(Screen[None]):
         return self.app  # type: ignore[return-value]
 
     def on_screen_resume(self) -> None:
+        """Back on top: catch up with what changed while another screen was showing."""
         self.console_app.sync_status(self)
+        self.refresh_data()
+
+    def refresh_data(self) -> None:
+        pass
 
     def action_back(self) -> None:
         if len(self.app.screen_stack) > 2:
@@ -79,6 +84,7 @@ class RunsScreen(Base):
     def on_mount(self) -> None:
         self.query_one(RunsTable).focus()
         self.refresh_data()
+        self.set_interval(1.0, self.table.refresh)  # ages move on; only the visible lines redraw
 
     @property
     def table(self) -> RunsTable:

@@ -324,3 +324,45 @@ async def _waiting(stack, run_id):
 async def _step_status(stack, run_id, sid, status):
     state = await stack.client.run(run_id)
     return state.steps[sid].status == status
+
+
+async def test_reconnects_after_the_server_restarts(serve, data_dir, tmp_path):
+    """The console shows that it lost the server, and when the server is back it follows the
+    run list again by itself (its watchers are started anew)."""
+    import json
+
+    from dagnats.client import Client
+
+    from conftest import dagnats_json
+
+    wf = tmp_path / "slow.json"
+    wf.write_text(json.dumps(SLOW))
+    assert dagnats_json("workflow", "register", str(wf), "--json", data_dir=data_dir)
+    first = dagnats_json("run", "start", "slow", "--json", data_dir=data_dir)["run_id"]
+    holder: list[ConsoleApp] = []
+
+    async def lost() -> None:
+        await holder[0].disconnected()
+
+    async def back() -> None:
+        await holder[0].reconnected()
+
+    client = await Client.connect(
+        data_dir=str(data_dir), long_lived=True, on_disconnect=lost, on_reconnect=back
+    )
+    app = ConsoleApp(client)
+    holder.append(app)
+    try:
+        async with app.run_test(size=(100, 30)) as pilot:
+            await until(pilot, lambda: first in app.model.runs, "the run listed")
+            bar = app.screen.query_one(StatusBar)
+            serve.kill()
+            await until(pilot, lambda: bar.connection == "reconnecting", "the reconnecting state")
+            serve.start()
+            await until(pilot, lambda: bar.connection == "connected", "the connection back", timeout=30)
+            second = dagnats_json("run", "start", "slow", "--json", data_dir=data_dir)["run_id"]
+            await until(
+                pilot, lambda: second in app.model.runs, "a run started after the restart", timeout=30
+            )
+    finally:
+        await client.close()
