@@ -592,7 +592,9 @@ async def cmd_bench(args: argparse.Namespace) -> int:
     def say(line: str) -> None:
         print(f"bench: {line}", file=sys.stderr, flush=True)
 
-    result = await bench.run(args.quick, args.fsync, args.nats, tiny=args.tiny, say=say)
+    from tui.bench import measure
+
+    result = await bench.run(args.quick, args.fsync, args.nats, tiny=args.tiny, say=say, console=measure)
     if args.json:
         _print_json(result)
     else:

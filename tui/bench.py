@@ -1,0 +1,127 @@
+"""The console's figure for `dagnats bench`: a headless console over many runs while a stream
+of events changes them. It measures, for each run that finishes, the time from its
+`run.completed` event (the engine's clock) to the console's redraw that shows it, and how long
+a key press takes while all that goes on.
+
+`dagnats bench` calls `measure` with its own client; dagnats itself never imports the console.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from textual import events
+
+from dagnats.client import Client
+from dagnats.core.definition import parse_definition
+from tui.app import ConsoleApp
+from tui.widgets import RunsTable
+
+WORKFLOW = {
+    "name": "bench-console",
+    "description": "waits for a signal, then finishes: one listing change per signal",
+    "steps": [{"id": "wait", "type": "wait_for_event", "config": {"name": "go", "timeout": "1h"}}],
+}
+
+
+async def measure(
+    client: Client, *, runs: int, rate: float, seconds: float, say: Callable[[str], None] = lambda s: None
+) -> dict[str, Any]:
+    await client.register(parse_definition(WORKFLOW))
+    say(f"console: starting {runs} runs for the console to list")
+    ids: list[str] = []
+    for start in range(0, runs, 200):
+        batch = range(start, min(runs, start + 200))
+        ids += await asyncio.gather(*(client.start("bench-console") for _ in batch))
+    app = ConsoleApp(client)
+    latencies: list[float] = []
+    keys: list[float] = []
+    renders = 0
+    pending: set[str] = set()
+
+    def on_rendered(what: str) -> None:
+        nonlocal renders
+        renders += 1
+        now = time.time()
+        for rid in [r for r in pending if _finished_at(app, r)]:
+            latencies.append(now - _finished_at(app, rid))  # type: ignore[operator]
+            pending.discard(rid)
+
+    async with app.run_test(headless=True, size=(120, 40)) as pilot:
+        deadline = time.monotonic() + 120
+        while not (app.loaded and _waiting(app, ids) == len(ids)):
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"console bench: only {_waiting(app, ids)} of {len(ids)} runs became waiting"
+                )
+            await asyncio.sleep(0.1)
+        app.on_rendered = on_rendered
+        count = min(len(ids), int(rate * seconds))
+        say(f"console: {len(app.model.runs)} runs listed; signalling {count} of them at {rate:.0f}/s")
+        t0 = time.monotonic()
+
+        async def send() -> float:
+            for i, rid in enumerate(ids[:count]):
+                delay = t0 + i / rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                pending.add(rid)
+                await client.signal(rid, "go")
+            return time.monotonic() - t0
+
+        sender = asyncio.create_task(send())
+        table = app.screen.query_one(RunsTable)
+        while not sender.done() or pending:
+            keys.append(await _key_latency(pilot, table))
+            await asyncio.sleep(0.2)
+            if time.monotonic() - t0 > seconds + 60:
+                break
+        sent_for = await sender
+    return {
+        "ms_p50": _ms(_pct(latencies, 0.5)),
+        "ms_p99": _ms(_pct(latencies, 0.99)),
+        "key_ms_p50": _ms(_pct(keys, 0.5)),
+        "key_ms_p99": _ms(_pct(keys, 0.99)),
+        "runs_listed": len(app.model.runs),
+        "signals_per_s": round(count / sent_for, 1),
+        "measured": len(latencies),
+        "missed": len(pending),
+        "redraws": renders,
+        "keys_pressed": len(keys),
+    }
+
+
+async def _key_latency(pilot: Any, table: RunsTable) -> float:
+    """From a key arriving (as the terminal driver delivers it) to the cursor having moved."""
+    before = table.cursor
+    key = "up" if before >= len(table.model.view) - 1 else "down"
+    event = events.Key(key, None)
+    event.set_sender(pilot.app)
+    started = time.perf_counter()
+    pilot.app._driver.send_message(event)
+    while table.cursor == before and time.perf_counter() - started < 5:
+        await asyncio.sleep(0.0005)
+    return time.perf_counter() - started
+
+
+def _finished_at(app: ConsoleApp, run_id: str) -> float | None:
+    s = app.model.runs.get(run_id)
+    return s.finished_at if s is not None and s.status == "completed" else None
+
+
+def _waiting(app: ConsoleApp, ids: list[str]) -> int:
+    return sum(1 for rid in ids if (s := app.model.runs.get(rid)) is not None and s.status == "waiting")
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 1)
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
