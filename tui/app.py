@@ -14,7 +14,7 @@ from typing import Any
 
 from textual import work
 from textual.app import App
-from textual.screen import Screen
+from textual.screen import ModalScreen, Screen
 
 from dagnats.client import Client, RunSummary
 from dagnats.core.state import Approval
@@ -161,6 +161,12 @@ class ConsoleApp(App[None]):
         for screen in self.screen_stack:
             if isinstance(screen, RunScreen):
                 screen.reconnected()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """With a dialog open, its keys are the only keys: no screens open on top of it."""
+        if action in ("approvals", "start_run", "help", "quit") and isinstance(self.screen, ModalScreen):
+            return False
+        return True
 
     # --- navigation --------------------------------------------------------------------------
 

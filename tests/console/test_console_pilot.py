@@ -14,6 +14,7 @@ from rich.console import Console
 from textual.widgets import OptionList, RichLog, Select, Static, TabbedContent, TextArea
 
 from dagnats.client import operator_identity
+from dagnats.names import live_subject
 from tui.app import ConsoleApp
 from tui.dialogs import Confirm, Fork, Reason, Start
 from tui.screens import ApprovalsScreen, HelpScreen, RunScreen, RunsScreen
@@ -274,8 +275,14 @@ async def test_agent_transcript_follows_turns_and_tool_approval(console):
         body = screen.query_one("#transcript-body", Static)
         await until(pilot, lambda: "run_command" in text_of(body), "the tool call in the transcript")
         assert "Looking around." in text_of(body) and "echo hi" in text_of(body)
+        # model text streamed on the live subject shows up before its turn is recorded
+        await stack.client.nc.publish(live_subject(run_id, "fix"), b"Thinking about")
+        await stack.client.nc.publish(live_subject(run_id, "fix"), " the output…".encode())
+        await until(pilot, lambda: "Thinking about the output…" in text_of(body), "the streamed text")
+        assert "(streaming)" in text_of(body)
         await pilot.press("y")
         await until(pilot, lambda: "All done." in text_of(body), "the final turn in the transcript")
+        assert "Thinking about" not in text_of(body)  # the recorded turn replaced the stream
         state = await stack.client.run(run_id)
         assert state.status == "completed"
         assert (
@@ -366,3 +373,18 @@ async def test_reconnects_after_the_server_restarts(serve, data_dir, tmp_path):
             )
     finally:
         await client.close()
+
+
+async def test_global_keys_wait_while_a_dialog_is_open():
+    app = ConsoleApp(None)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("s")
+        assert isinstance(app.screen, Start)
+        await pilot.press("a", "q")  # neither opens the inbox nor quits under the dialog
+        assert isinstance(app.screen, Start) and app.is_running
+        await pilot.press("escape")
+        assert isinstance(app.screen, RunsScreen)
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape")
+        assert isinstance(app.screen, RunsScreen)

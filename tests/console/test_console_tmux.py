@@ -91,3 +91,25 @@ def test_approve_from_the_keyboard_in_a_real_terminal(serve, data_dir, tmp_path)
         )
     finally:
         term.kill()
+
+
+def test_dagnats_demo_opens_the_console_on_runs_of_every_kind(tmp_path):
+    """The README's first command: runs offline, shows runs waiting for the operator, quits
+    cleanly and stops its server."""
+    data = tmp_path / "demo"
+    term = Tmux(
+        f"env PYTHONPATH={ROOT} {sys.executable} -m dagnats demo --data-dir {data}; echo DEMO-EXIT=$?; sleep 30"
+    )
+    try:
+        term.wait_for("waiting for you", timeout=40)
+        screen = term.wait_for("assistant", timeout=20)
+        for workflow in ("release", "coding", "triage", "countdown", "listener"):
+            assert workflow in screen, workflow
+        term.keys("a")
+        term.wait_for("tool_call")
+        term.keys("q")
+        screen = term.wait_for("DEMO-EXIT=", timeout=30)
+        assert "DEMO-EXIT=0" in screen
+        assert not (data / "server.json").exists()  # the embedded server was stopped
+    finally:
+        term.kill()
