@@ -64,13 +64,17 @@ async def measure(
         t0 = time.monotonic()
 
         async def send() -> float:
+            """On a fixed schedule, not one after another: a slow answer must not slow the stream."""
+            inflight = []
             for i, rid in enumerate(ids[:count]):
                 delay = t0 + i / rate - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
                 pending.add(rid)
-                await client.signal(rid, "go")
-            return time.monotonic() - t0
+                inflight.append(asyncio.create_task(client.signal(rid, "go")))
+            took = time.monotonic() - t0
+            await asyncio.gather(*inflight)
+            return took
 
         sender = asyncio.create_task(send())
         table = app.screen.query_one(RunsTable)
