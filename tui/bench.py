@@ -17,9 +17,12 @@ from textual import events
 
 from dagnats.client import Client
 from dagnats.core.definition import parse_definition
+from dagnats.names import HISTORY_PREFIX
 from tui.app import ConsoleApp
 from tui.widgets import RunsTable
 
+EVENTS_PER_SIGNAL = 3
+HISTORY_ALL = f"{HISTORY_PREFIX}.>"
 WORKFLOW = {
     "name": "bench-console",
     "description": "waits for a signal, then finishes: one listing change per signal",
@@ -30,6 +33,8 @@ WORKFLOW = {
 async def measure(
     client: Client, *, runs: int, rate: float, seconds: float, say: Callable[[str], None] = lambda s: None
 ) -> dict[str, Any]:
+    """`rate` is in history events per second: each signal records EVENTS_PER_SIGNAL events
+    (signal.received, step.completed, run.completed), all counted as they are stored."""
     await client.register(parse_definition(WORKFLOW))
     say(f"console: starting {runs} runs for the console to list")
     ids: list[str] = []
@@ -59,20 +64,33 @@ async def measure(
                 )
             await asyncio.sleep(0.1)
         app.on_rendered = on_rendered
-        count = min(len(ids), int(rate * seconds))
-        say(f"console: {len(app.model.runs)} runs listed; signalling {count} of them at {rate:.0f}/s")
+        signal_rate = rate / EVENTS_PER_SIGNAL
+        count = min(len(ids), int(signal_rate * seconds))
+        say(
+            f"console: {len(app.model.runs)} runs listed; signalling {count} of them at "
+            f"{signal_rate:.0f}/s ({rate:.0f} events/s)"
+        )
+        recorded = 0
+        window: list[int] = []  # events recorded while the signals went out
+
+        async def count_event(_msg: Any) -> None:
+            nonlocal recorded
+            recorded += 1
+
+        counter = await client.nc.subscribe(HISTORY_ALL, cb=count_event)
         t0 = time.monotonic()
 
         async def send() -> float:
             """On a fixed schedule, not one after another: a slow answer must not slow the stream."""
             inflight = []
             for i, rid in enumerate(ids[:count]):
-                delay = t0 + i / rate - time.monotonic()
+                delay = t0 + i / signal_rate - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
                 pending.add(rid)
                 inflight.append(asyncio.create_task(client.signal(rid, "go")))
             took = time.monotonic() - t0
+            window.append(recorded)
             await asyncio.gather(*inflight)
             return took
 
@@ -84,6 +102,7 @@ async def measure(
             if time.monotonic() - t0 > seconds + 60:
                 break
         sent_for = await sender
+        await counter.unsubscribe()
     return {
         "ms_p50": _ms(_pct(latencies, 0.5)),
         "ms_p99": _ms(_pct(latencies, 0.99)),
@@ -91,6 +110,7 @@ async def measure(
         "key_ms_p99": _ms(_pct(keys, 0.99)),
         "runs_listed": len(app.model.runs),
         "signals_per_s": round(count / sent_for, 1),
+        "history_events_per_s": round(window[0] / sent_for, 1),
         "measured": len(latencies),
         "missed": len(pending),
         "redraws": renders,
