@@ -283,7 +283,7 @@ async def test_agent_transcript_follows_turns_and_tool_approval(console):
         await pilot.press("y")
         await until(pilot, lambda: "All done." in text_of(body), "the final turn in the transcript")
         assert "Thinking about" not in text_of(body)  # the recorded turn replaced the stream
-        state = await stack.client.run(run_id)
+        state = await until_async(lambda: _finished(stack, run_id), "the run to complete")
         assert state.status == "completed"
         assert (
             "hi"
