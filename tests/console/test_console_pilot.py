@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from rich.console import Console
-from textual.widgets import OptionList, RichLog, Select, Static, TabbedContent, TextArea
+from textual.widgets import Input, OptionList, RichLog, Select, Static, TabbedContent, TextArea
 
 from dagnats.client import operator_identity
 from dagnats.names import live_subject
@@ -388,3 +388,48 @@ async def test_global_keys_wait_while_a_dialog_is_open():
         assert isinstance(app.screen, HelpScreen)
         await pilot.press("escape")
         assert isinstance(app.screen, RunsScreen)
+
+
+async def test_fork_an_agent_from_a_turn(console):
+    stack, app = console
+    run_id = await stack.client.start("agent")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: len(app.inbox) == 1, "the tool call waiting")
+        app.open_run(run_id, step="fix")
+        screen = await until(
+            pilot, lambda: isinstance(app.screen, RunScreen) and app.screen, "the run screen"
+        )
+        await until(pilot, lambda: screen.step == "fix" and screen.state is not None, "fix selected")
+        await pilot.press("f")
+        dialog = app.screen
+        assert isinstance(dialog, Fork) and dialog.turns == 2
+        dialog.query_one("#turn", Input).value = "5"
+        await pilot.press("ctrl+s")
+        assert "turn must be a number from 0 to 2" in text_of(dialog.query_one("#error", Static))
+        dialog.query_one("#turn", Input).value = "1"
+        await pilot.press("ctrl+s")
+        forked = await until(
+            pilot,
+            lambda: isinstance(app.screen, RunScreen) and app.screen.run_id != run_id and app.screen.run_id,
+            "the fork to open",
+        )
+        state = await until_async(lambda: _waiting(stack, forked), "the fork's agent to ask again")
+        assert [t.text for t in state.steps["fix"].turns] == ["Looking around.", "Run it."]
+        assert state.pending_approvals()[0].kind == "tool_call"
+
+
+async def test_a_refused_action_shows_the_servers_error(console):
+    stack, app = console
+    run_id = await stack.client.start("ship")
+    await until_async(lambda: _waiting(stack, run_id), "the approval")
+    await stack.client.cancel(run_id)
+    await until_async(lambda: _finished(stack, run_id), "the cancel")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: run_id in app.model.runs, "the run listed")
+        app.open_run(run_id)
+        await until(pilot, lambda: isinstance(app.screen, RunScreen), "the run screen")
+        await pilot.press("c", "y")
+        note = await until(
+            pilot, lambda: [n for n in app._notifications if n.severity == "error"], "an error notification"
+        )
+        assert "already cancelled" in note[0].message
