@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import weakref
 from typing import Any, Literal, get_args
 
 import msgspec
@@ -93,7 +94,7 @@ class StepDef(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defa
         return None if self.timeout is None else parse_duration(self.timeout)
 
 
-class WorkflowDef(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+class WorkflowDef(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True, weakref=True):
     name: str
     steps: list[StepDef]
     description: str = ""
@@ -101,10 +102,7 @@ class WorkflowDef(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_
     timeout: Duration | None = None
 
     def step(self, step_id: str) -> StepDef:
-        for step in self.steps:
-            if step.id == step_id:
-                return step
-        raise KeyError(step_id)
+        return _index(self)[step_id]
 
     @property
     def timeout_seconds(self) -> float | None:
@@ -536,3 +534,23 @@ def _msgspec_message(exc: msgspec.ValidationError, prefix: str) -> str:
     elif text.startswith("object missing required field"):
         text = "missing required field " + text.removeprefix("object missing required field ").strip()
     return f"{where or 'definition'}: {text}"
+
+
+# Step lookup by id, built once per definition (the core asks for steps by id on every event).
+# Keyed by identity, and dropped when the definition is: a definition is immutable.
+_INDEXES: dict[int, tuple[weakref.ref[WorkflowDef], dict[str, StepDef]]] = {}
+
+
+def _index(wf: WorkflowDef) -> dict[str, StepDef]:
+    key = id(wf)
+    entry = _INDEXES.get(key)
+    if entry is not None and entry[0]() is wf:
+        return entry[1]
+    index = {step.id: step for step in wf.steps}
+
+    def forget(ref: weakref.ref[WorkflowDef]) -> None:
+        if _INDEXES.get(key, (None, None))[0] is ref:
+            del _INDEXES[key]
+
+    _INDEXES[key] = (weakref.ref(wf, forget), index)
+    return index

@@ -58,10 +58,11 @@ def next_events(wf: WorkflowDef, state: RunState) -> list[Event]:
         if state.steps[sid].status == "failed":
             return [RunFailed(at=now, error=f"step {sid} failed: {state.steps[sid].error}")]
     out: list[Event] = []
+    contexts: dict[str | None, dict[str, Any]] = {}
     for sid in static:
         step = state.steps[sid]
         if step.status == "pending" and _deps_satisfied(state, sid):
-            out.append(_start_step(state, sid, now))
+            out.append(_start_step(state, sid, now, contexts))
         elif step.status == "running" and step.items is not None:
             out.extend(_advance_map(state, sid, now))
         elif step.status == "running" and step.plan is not None:
@@ -78,10 +79,20 @@ def next_events(wf: WorkflowDef, state: RunState) -> list[Event]:
     return out
 
 
-def _start_step(state: RunState, sid: str, now: float) -> Event:
+def _start_step(
+    state: RunState, sid: str, now: float, contexts: dict[str | None, dict[str, Any]] | None = None
+) -> Event:
+    """The event that starts `sid`. `contexts` shares template contexts between the steps one
+    plan starts: every static step (or every step of one planner) sees the same one, and
+    building it for each of a hundred parallel steps made a fan-out quadratic."""
     step = state.step_def(sid)
     attempt = state.steps[sid].attempts + 1
-    ctx = state.template_context(sid)
+    if contexts is None:
+        contexts = {}
+    scope = planner_of(sid)
+    if scope not in contexts:
+        contexts[scope] = state.template_context(sid)
+    ctx = contexts[scope]
     if attempt == 1:
         try:
             if step.when is not None and not _condition(step.when, ctx):
@@ -209,8 +220,9 @@ def _advance_plan(state: RunState, sid: str, now: float) -> list[Event]:
         used = {d for pid in step.plan_steps for d in state.step_def(pid).depends_on}
         leaves = {pid.split(".", 1)[1]: state.steps[pid].output for pid in step.plan_steps if pid not in used}
         return [PlanFinished(at=now, step_id=sid, output=leaves)]
+    contexts: dict[str | None, dict[str, Any]] = {}
     return [
-        _start_step(state, pid, now)
+        _start_step(state, pid, now, contexts)
         for pid, p in zip(step.plan_steps, planned)
         if p.status == "pending" and _deps_satisfied(state, pid)
     ]
