@@ -96,10 +96,14 @@ class RunsScreen(Base):
         counts = model.counts()
         for i, (tab, title) in enumerate(TABS.items(), 1):
             self.query_one(f"#tab-{tab}", Tab).label = f"{i} {title} {counts[tab]}"
-        empty = self.query_one("#empty")
+        empty = self.query_one("#empty", Static)
         empty.set_class(not model.view, "shown")
-        if model.runs and not model.view:
-            empty.update("no runs match: change the tab (1-6) or the filter (/)")  # type: ignore[attr-defined]
+        if not self.console_app.loaded:
+            empty.update("loading runs…")
+        elif model.runs and not model.view:
+            empty.update("no runs match: change the tab (1-6) or the filter (/)")
+        else:
+            empty.update("no runs yet: press s to start one")
 
     def on_tabs_tab_activated(self, event: Tabs.TabActivated) -> None:
         if event.tab is None or event.tab.id is None:
