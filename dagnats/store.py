@@ -7,6 +7,8 @@ history sequence they include; anything can be rebuilt from the history alone.
 from __future__ import annotations
 
 import json
+import secrets
+from dataclasses import replace
 from typing import Any
 
 import msgspec
@@ -34,6 +36,10 @@ MAX_EVENT_BYTES = 900_000
 
 class Conflict(Exception):
     """Someone else appended to the run's history first (optimistic concurrency)."""
+
+
+class BatchUnsupported(Exception):
+    """The server or stream cannot append a batch atomically; append one event at a time."""
 
 
 class TooLarge(UserError):
@@ -126,6 +132,7 @@ class Store:
                 retention=api.RetentionPolicy.LIMITS,
                 duplicate_window=names.HISTORY_DEDUP_SECONDS,
                 allow_direct=True,
+                allow_atomic=True,  # several events of one run appended all-or-nothing
             ),
             api.StreamConfig(
                 name=names.TASKS_STREAM,
@@ -145,13 +152,27 @@ class Store:
         for cfg in streams:
             assert cfg.name is not None
             try:
-                await self.js.stream_info(cfg.name)
+                info = await self.js.stream_info(cfg.name)
             except NotFoundError:
                 try:
                     await self.js.add_stream(cfg)
                 except BadRequestError:
                     pass  # another process created it meanwhile
+                continue
+            if cfg.allow_atomic and not info.config.allow_atomic and self.atomic_batches:
+                # a history stream from before atomic batches: turn them on (a compatible change)
+                await self.js.update_stream(replace(info.config, allow_atomic=True))
         await self._buckets(create=True)
+
+    @property
+    def atomic_batches(self) -> bool:
+        """Whether the server can append several messages atomically (nats-server 2.12+)."""
+        version = str(self.nc._server_info.get("version", "0.0.0"))
+        try:
+            major, minor = (int(x) for x in version.split(".")[:2])
+        except ValueError:
+            return False
+        return (major, minor) >= (2, 12)
 
     async def require(self) -> None:
         """Check that dagnats' streams and buckets exist (for workers, which may not create them)."""
@@ -205,6 +226,38 @@ class Store:
                 raise Conflict(run_id) from None
             raise
         return ack.seq
+
+    async def append_batch(self, run_id: str, events: list[Event], *, expected_last: int) -> list[int]:
+        """Append several events of one run all-or-nothing (a JetStream atomic batch), the first
+        checked against `expected_last` as `append` does; return their stream sequences.
+        Raise Conflict if the run moved on, BatchUnsupported if the stream cannot do batches."""
+        datas = [encode_event(e) for e in events]
+        for data in datas:
+            if len(data) > MAX_EVENT_BYTES:
+                raise TooLarge(len(data))
+        subject = names.history_subject(run_id, self.source)
+        batch = secrets.token_hex(16)
+        last = len(datas)
+        for i, data in enumerate(datas, 1):
+            headers = {api.Header.BATCH_ID: batch, api.Header.BATCH_SEQUENCE: str(i)}
+            if i == 1:
+                headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_last)
+                headers["Nats-Expected-Last-Subject-Sequence-Subject"] = names.history_filter(run_id)
+            if i < last:
+                await self.nc.publish(subject, data, headers=headers)
+                continue
+            headers[api.Header.BATCH_COMMIT] = "1"
+            try:
+                ack = await self.js.publish(subject, data, headers=headers)
+            except APIError as exc:
+                if exc.err_code == WRONG_LAST_SEQUENCE:
+                    raise Conflict(run_id) from None
+                if "atomic" in (exc.description or "").lower() or "batch" in (exc.description or "").lower():
+                    raise BatchUnsupported(exc.description or str(exc)) from None
+                raise
+        if getattr(ack, "batch_size", None) != last:
+            raise BatchUnsupported(f"the server did not commit the batch as one ({ack})")
+        return list(range(ack.seq - last + 1, ack.seq + 1))
 
     async def read_history(self, run_id: str, after: int = 0) -> list[tuple[int, Event]]:
         """Every event of a run with sequence > `after`, in order (batched direct get)."""

@@ -107,3 +107,46 @@ async def test_engine_crash_point_loses_and_duplicates_nothing(stack, method, wh
         if key[0] in {StepQueued.__name__, StepStarted.__name__, StepCompleted.__name__}:
             assert count == 1, (key, count)
     assert kinds[(RunCompleted.__name__, "", 0)] == 1
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+@pytest.mark.parametrize("nth", [1, 2])
+async def test_crash_around_an_atomic_batch_loses_and_duplicates_nothing(stack, when, nth):
+    """A fan-out appends its steps' `step.queued` events as one atomic batch; a crash just
+    before or just after it (memory wiped, message handed out again) still runs each once."""
+    calls: Counter[str] = Counter()
+    worker = Worker()
+
+    @worker.task("counted")
+    async def counted(ctx: TaskContext):
+        calls[ctx.step_id] += 1
+        return ctx.step_id
+
+    await stack.start(worker, engines=0)
+    engine_store = Store(stack.store.nc)
+    assert engine_store.atomic_batches  # the embedded nats-server can do them
+    fault = CrashOnce(engine_store, "append_batch", when, nth)
+    engine = Engine(engine_store)
+    fault.engines.append(engine)
+    stack.tasks.append(asyncio.create_task(engine.run(stack.stop_event)))
+    fan = [{"id": f"p{i}", "task": "counted", "depends_on": ["a"]} for i in range(4)]
+    await stack.register(
+        {
+            "name": "fanned",
+            "steps": [
+                {"id": "a", "task": "counted"},
+                *fan,
+                {"id": "z", "task": "counted", "depends_on": [f"p{i}" for i in range(4)]},
+                *[{"id": f"q{i}", "task": "counted", "depends_on": ["z"]} for i in range(3)],
+            ],
+        }
+    )
+    state = await stack.run_to_end("fanned", timeout=30)
+
+    assert fault.fired, "the batch was never appended"
+    assert state.status == "completed"
+    assert calls == Counter({sid: 1 for sid in ["a", "p0", "p1", "p2", "p3", "z", "q0", "q1", "q2"]})
+    events = [e for _, e in await stack.client.events(state.run_id)]
+    queued = Counter(e.step_id for e in events if isinstance(e, StepQueued))
+    assert set(queued.values()) == {1} and len(queued) == 9
+    assert sum(isinstance(e, RunCompleted) for e in events) == 1
