@@ -239,14 +239,14 @@ class Store:
         batch = secrets.token_hex(16)
         last = len(datas)
         for i, data in enumerate(datas, 1):
-            headers = {api.Header.BATCH_ID: batch, api.Header.BATCH_SEQUENCE: str(i)}
+            headers = {"Nats-Batch-Id": batch, "Nats-Batch-Sequence": str(i)}
             if i == 1:
                 headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_last)
                 headers["Nats-Expected-Last-Subject-Sequence-Subject"] = names.history_filter(run_id)
             if i < last:
                 await self.nc.publish(subject, data, headers=headers)
                 continue
-            headers[api.Header.BATCH_COMMIT] = "1"
+            headers["Nats-Batch-Commit"] = "1"
             try:
                 ack = await self.js.publish(subject, data, headers=headers)
             except APIError as exc:
