@@ -46,7 +46,15 @@ from .core.events import (
 from .core.plan import next_events
 from .core.state import RUN_TERMINAL, RunState
 from .errors import NotFound
-from .store import BatchUnsupported, Conflict, Store, TooLarge, WorkflowVersion, decode_recorded
+from .store import (
+    MAX_EVENT_BYTES,
+    BatchUnsupported,
+    Conflict,
+    Store,
+    TooLarge,
+    WorkflowVersion,
+    decode_recorded,
+)
 
 log = logging.getLogger("dagnats.engine")
 MAX_APPENDS_PER_PASS = 10_000
@@ -246,7 +254,10 @@ class Engine:
         state, upcoming, size = pass_.state, pass_.next, 0
         while upcoming and len(out) < BATCH_EVENTS:
             event = upcoming[0]
-            size += len(encode_event(event))
+            encoded = len(encode_event(event))
+            if encoded > MAX_EVENT_BYTES:
+                break  # the one-at-a-time path records what an oversize event causes instead
+            size += encoded
             if size > BATCH_BYTES and out:
                 break
             try:

@@ -27,7 +27,7 @@ STEP_TYPES = {
 }
 
 
-async def poll(check: Callable[[], Awaitable[Any]], what: str, timeout: float = 20.0) -> Any:
+async def poll(check: Callable[[], Awaitable[Any]], what: str, timeout: float = 60.0) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = await check()
@@ -78,7 +78,14 @@ async def test_seeded_runs_reach_the_states_the_console_shows(stack, tmp_path: P
         wanted = {("deploy", "step"), ("coding", "step"), ("assistant", "tool_call"), ("triage", "plan")}
         return found if wanted <= found.keys() else {}
 
-    inbox = await poll(pending, "the approvals of kinds step, tool_call and plan")
+    try:
+        inbox = await poll(pending, "the approvals of kinds step, tool_call and plan")
+    except AssertionError as exc:  # say where each of the four runs is
+        where = {}
+        for rid in (coding, assistant, triage, deploy):
+            st = await client.run(rid)
+            where[st.workflow] = (st.status, {k: v.status for k, v in st.steps.items()}, st.error)
+        raise AssertionError(f"{exc}: {where}") from None
     tool_call = inbox["assistant", "tool_call"].approval
     assert tool_call.details["name"] == "run_command"
     assert tool_call.details["arguments"]["command"].startswith("wc -l README.md TODO.md")
