@@ -8,6 +8,7 @@ and acts only through the client, which records the operator's identity with eve
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -299,11 +300,12 @@ async def run_console(
 
     stack: LocalStack | None = None
     endpoint = None
-    if nats_url or embedded_dir is None:
+    explicit = bool(nats_url or os.environ.get("DAGNATS_NATS_URL"))  # then never embed instead
+    if embedded_dir is None:  # `tui`: attach if there is anything to attach to (`demo` never does)
         try:
             endpoint = resolve_endpoint(nats_url, data_dir)
         except UserError:
-            if nats_url:
+            if explicit:
                 raise
     client: Client | None = None
     if endpoint is not None:
@@ -312,7 +314,7 @@ async def run_console(
                 endpoint=endpoint, long_lived=True, on_disconnect=on_disconnect, on_reconnect=on_reconnect
             )
         except UserError:
-            if nats_url:
+            if explicit:
                 raise
     if client is None:
         stack = LocalStack(data_dir=embedded_dir or data_dir, port=port)
