@@ -72,6 +72,13 @@ class TaskContext:
     checkpoint_data: Any = None
     _store: Store | None = field(default=None, repr=False)
     _msg: Any = field(default=None, repr=False)
+    _announce: Callable[[], Awaitable[None]] | None = field(default=None, repr=False)
+
+    async def announce(self) -> None:
+        """Record step.started now. It is otherwise recorded only once a task has run for
+        STARTED_AFTER, and before anything else the handler records (logs, checkpoints)."""
+        if self._announce is not None:
+            await self._announce()
 
     async def heartbeat(self) -> None:
         """Tell NATS this task is still being worked on (the runtime also does it by itself)."""
@@ -81,6 +88,7 @@ class TaskContext:
     async def checkpoint(self, data: Any) -> None:
         """Save progress; a later attempt of this step starts with `ctx.checkpoint_data == data`."""
         self.checkpoint_data = data
+        await self.announce()
         if self._store is not None:
             await self._store.append(
                 self.run_id,
@@ -89,6 +97,7 @@ class TaskContext:
 
     async def log(self, message: str) -> None:
         """Record a line in the run's history, shown by `dagnats run events`."""
+        await self.announce()
         if self._store is not None:
             await self._store.append(
                 self.run_id,
@@ -105,6 +114,11 @@ def _superseded(state: RunState, task: DispatchTask) -> bool:
         step.attempts > task.attempt
         or (step.attempts == task.attempt and (step.status in STEP_TERMINAL or step.retry_at is not None))
     )
+
+
+# A task still running after this long gets a step.started event (the console shows it
+# running); a shorter one is recorded by its result alone.
+STARTED_AFTER = 0.1
 
 
 class Worker:
@@ -273,17 +287,34 @@ class _Runtime:
 
     async def _run_task(self, msg: Any, task: DispatchTask) -> None:
         store = self.store
-        # Recorded while the handler already runs: publishes on one connection keep their order,
-        # so it still lands before the result; a short task saves a round trip.
-        started = asyncio.ensure_future(
-            store.append(
-                task.run_id,
-                StepStarted(
-                    at=time.time(), step_id=task.step_id, attempt=task.attempt, worker=self.worker.name
-                ),
-                msg_id=f"{task.run_id}:started:{task.step_id}:{task.attempt}",
+        started_at = time.time()
+        started: asyncio.Future[int] | None = None
+
+        def record_started() -> None:
+            """A task still running after STARTED_AFTER gets its step.started (publishes on one
+            connection keep their order, so it lands before the result). A shorter one reports
+            only its result, which carries when and where it ran: one event and one engine pass
+            less per step."""
+            nonlocal started
+            if started is not None:
+                return
+            started = asyncio.ensure_future(
+                store.append(
+                    task.run_id,
+                    StepStarted(
+                        at=started_at, step_id=task.step_id, attempt=task.attempt, worker=self.worker.name
+                    ),
+                    msg_id=f"{task.run_id}:started:{task.step_id}:{task.attempt}",
+                )
             )
-        )
+
+        async def ensure_started() -> None:
+            if started is None:
+                record_started()
+            assert started is not None
+            await started
+
+        announce = asyncio.get_running_loop().call_later(STARTED_AFTER, record_started)
         ctx = TaskContext(
             input=task.input,
             config=task.config,
@@ -294,6 +325,7 @@ class _Runtime:
             checkpoint_data=task.checkpoint,
             _store=store,
             _msg=msg,
+            _announce=ensure_started,
         )
         handler = asyncio.create_task(self._call(self.worker.handlers[task.task], ctx))
         stopped: list[str] = []  # why we cancelled the handler ourselves, if we did
@@ -317,15 +349,17 @@ class _Runtime:
                 return
             outcome = (False, "the task was cancelled (CancelledError escaped its handler)", True)
         finally:
+            announce.cancel()
             watcher.cancel()
             if timer is not None:
                 timer.cancel()
-        try:
-            await started
-        except Exception as exc:  # the result below still counts: an engine accepts it from "queued"
-            log.warning("step.started of %s/%s was not recorded: %r", task.run_id, task.step_id, exc)
+        if started is not None:
+            try:
+                await started
+            except Exception as exc:  # the result still counts: an engine accepts it from "queued"
+                log.warning("step.started of %s/%s was not recorded: %r", task.run_id, task.step_id, exc)
         if not (outcome[0] and outcome[1] is SUSPEND):
-            await self._report(task, outcome)
+            await self._report(task, outcome, None if started is not None else started_at)
         await msg.ack()
 
     async def _call(self, fn: Handler, ctx: TaskContext) -> tuple[bool, Any, bool]:
@@ -348,7 +382,10 @@ class _Runtime:
             log.debug("task %s failed:\n%s", ctx.task, traceback.format_exc())
             return False, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, True
 
-    async def _report(self, task: DispatchTask, outcome: tuple[bool, Any, bool]) -> None:
+    async def _report(
+        self, task: DispatchTask, outcome: tuple[bool, Any, bool], started_at: float | None = None
+    ) -> None:
+        """Record the attempt's result; `started_at` when no step.started was recorded for it."""
         ok, value, retryable = outcome
         base = f"{task.run_id}:%s:{task.step_id}:{task.attempt}"
         event: StepCompleted | StepFailed
@@ -381,6 +418,8 @@ class _Runtime:
                 error=str(value)[:4000],
                 retryable=retryable,
             )
+        if started_at is not None:
+            event = msgspec.structs.replace(event, started_at=started_at, worker=self.worker.name)
         kind = "completed" if isinstance(event, StepCompleted) else "failed"
         await self.store.append(task.run_id, event, msg_id=base % kind)
 

@@ -31,10 +31,12 @@ def agent_worker(workspace_root: Path) -> Worker:
 
     @worker.task(AGENT_TASK)
     async def agent_loop(ctx: TaskContext) -> Any:
+        await ctx.announce()  # the loop records turns and approvals of a running step
         return await AgentLoop(ctx, workspace_root).run()
 
     @worker.task(PLANNER_TASK)
     async def planner(ctx: TaskContext) -> Any:
+        await ctx.announce()
         return await write_plan(ctx)
 
     return worker

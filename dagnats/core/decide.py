@@ -246,7 +246,7 @@ def _apply(state: RunState, event: Event) -> RunState:
         case StepCompleted():
             return _on_completed(state, event)
         case StepFailed(step_id=sid, attempt=attempt, error=error, retryable=retryable):
-            return _on_failed(state, sid, attempt, error, retryable, event.at)
+            return _on_failed(state, sid, attempt, error, retryable, event.at, event.started_at)
         case StepSkipped(step_id=sid):
             step = state.steps[sid]
             if step.status != "pending":
@@ -323,7 +323,13 @@ def _on_completed(state: RunState, ev: StepCompleted) -> RunState:
         state,
         ev.step_id,
         replace(
-            step, status="completed", output=ev.output, error=None, finished_at=ev.at, waiting_until=None
+            step,
+            status="completed",
+            output=ev.output,
+            error=None,
+            finished_at=ev.at,
+            waiting_until=None,
+            started_at=step.started_at if ev.started_at is None else ev.started_at,
         ),
     )
     if step.waiting_signal is not None:
@@ -331,8 +337,18 @@ def _on_completed(state: RunState, ev: StepCompleted) -> RunState:
     return new
 
 
-def _on_failed(state: RunState, sid: str, attempt: int, error: str, retryable: bool, at: float) -> RunState:
+def _on_failed(
+    state: RunState,
+    sid: str,
+    attempt: int,
+    error: str,
+    retryable: bool,
+    at: float,
+    started_at: float | None = None,
+) -> RunState:
     step = state.steps[sid]
+    if started_at is not None:
+        step = replace(step, started_at=started_at)
     engine_failure = step.status == "pending" and attempt == step.attempts + 1
     if not engine_failure and (
         step.status not in STEP_ACTIVE or step.attempts != attempt or step.retry_at is not None

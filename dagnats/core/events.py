@@ -104,6 +104,9 @@ class StepCompleted(_Event, tag="step.completed", frozen=True):
     step_id: str
     attempt: int
     output: Any = None
+    # A short task reports no step.started of its own: its result says when and where it ran.
+    started_at: float | None = None
+    worker: str = ""
 
 
 class StepFailed(_Event, tag="step.failed", frozen=True):
@@ -111,6 +114,8 @@ class StepFailed(_Event, tag="step.failed", frozen=True):
     attempt: int
     error: str
     retryable: bool = True
+    started_at: float | None = None
+    worker: str = ""
 
 
 class StepSkipped(_Event, tag="step.skipped", frozen=True):
