@@ -24,7 +24,7 @@ from tui.bindings import bindings
 from tui.dialogs import Confirm, ForkRequest, Reason, Start, StartRequest
 from tui.model import Inbox, RunsModel
 from tui.screens import ApprovalsScreen, HelpScreen, RunScreen, RunsScreen
-from tui.widgets import StatusBar
+from tui.widgets import DagView, StatusBar
 
 
 class ConsoleApp(App[None]):
@@ -69,16 +69,21 @@ class ConsoleApp(App[None]):
     @work(exclusive=True, group="watch-runs")
     async def watch_runs(self) -> None:
         assert self.client is not None
-        try:
-            async for summary in self.client.watch_runs():
-                if summary is None:
-                    self.loaded = True
-                    self.set_connection("connected")
-                    self.schedule()
-                else:
-                    self.runs_changed([summary])
-        except Exception as exc:  # the connection dropped under the watch: reconnect restarts it
-            self.notify(f"lost the run list: {exc}", severity="error")
+        delay = 0.5
+        while True:  # a failed watch (no buckets yet, a timeout) is tried again, not given up
+            try:
+                async for summary in self.client.watch_runs():
+                    delay = 0.5
+                    if summary is None:
+                        self.loaded = True
+                        self.set_connection("connected")
+                        self.schedule()
+                    else:
+                        self.runs_changed([summary])
+            except Exception as exc:
+                self.notify(f"run list: {exc}; trying again", severity="warning", timeout=4)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
     def runs_changed(self, summaries: list[RunSummary]) -> None:
         """Take new summaries; runs whose approvals may have changed get their inbox entries
@@ -126,10 +131,8 @@ class ConsoleApp(App[None]):
         if not self.screen_stack:  # shutting down
             return
         screen = self.screen
-        if isinstance(screen, RunsScreen):
-            screen.refresh_data()
-        elif isinstance(screen, ApprovalsScreen):
-            screen.refresh_data()
+        if isinstance(screen, (RunsScreen, ApprovalsScreen, RunScreen)):
+            screen.update_data()
         for each in self.screen_stack:  # a dialog on top leaves the bars below it visible
             self.sync_status(each)
         if self.on_rendered is not None:
@@ -165,13 +168,20 @@ class ConsoleApp(App[None]):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """With a dialog open, its keys are the only keys: no screens open on top of it."""
-        if action in ("approvals", "start_run", "help", "quit") and isinstance(self.screen, ModalScreen):
+        if action in ("approvals", "start_run", "help") and isinstance(self.screen, ModalScreen):
             return False
         return True
 
     # --- navigation --------------------------------------------------------------------------
 
     def open_run(self, run_id: str, step: str | None = None) -> None:
+        for screen in self.screen_stack:
+            if isinstance(screen, RunScreen) and screen.run_id == run_id:
+                while self.screen is not screen:  # back to it, instead of a second copy
+                    self.pop_screen()
+                if step:
+                    screen.query_one(DagView).select(step)
+                return
         self.push_screen(RunScreen(run_id, step=step))
 
     def action_approvals(self) -> None:
@@ -319,9 +329,16 @@ async def run_console(
     if client is None:
         stack = LocalStack(data_dir=embedded_dir or data_dir, port=port)
         await stack.start()
-        client = await Client.connect(
-            endpoint=stack.endpoint, long_lived=True, on_disconnect=on_disconnect, on_reconnect=on_reconnect
-        )
+        try:
+            client = await Client.connect(
+                endpoint=stack.endpoint,
+                long_lived=True,
+                on_disconnect=on_disconnect,
+                on_reconnect=on_reconnect,
+            )
+        except BaseException:
+            await stack.stop()
+            raise
     where = client.nc.connected_url.netloc if client.nc.connected_url else ""
     if stack is not None:
         where += " (embedded)"

@@ -66,14 +66,16 @@ def when(ts: float | None) -> str:
     return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def pretty(value: Any, limit: int = 4000) -> str:
+def pretty(value: Any, limit: int | None = 4000) -> str:
     if value is msgspec.UNSET:
         return "-"
     try:
         text = json.dumps(msgspec.to_builtins(value), indent=2, ensure_ascii=False)
     except (TypeError, ValueError):
         text = repr(value)
-    return text if len(text) <= limit else text[:limit] + f"\n… ({len(text) - limit} more characters)"
+    if limit is None or len(text) <= limit:
+        return text
+    return text[:limit] + f"\n… ({len(text) - limit} more characters)"
 
 
 def run_header(state: RunState, now: float) -> Text:
@@ -160,7 +162,11 @@ def transcript(state: RunState, sid: str | None, streaming: str = "") -> Rendera
         parts.append(Text(f"task: {cfg['prompt']}", style="dim"))
     elif prompt:
         parts.append(Text(f"task: {prompt}", style="dim"))
-    approvals = {a.details.get("call_id"): a for a in state.approvals.values() if isinstance(a.details, dict)}
+    approvals = {  # this step's attempt only: call ids repeat across steps and retries
+        a.details.get("call_id"): a
+        for a in state.approvals.values()
+        if isinstance(a.details, dict) and a.step_id == sid and a.attempt == step.attempts
+    }
     for i, turn in enumerate(step.turns):
         parts.append(_turn(i, turn, approvals))
     if streaming:
@@ -237,7 +243,7 @@ def approval_details(p: PendingApproval) -> RenderableType:
         parts.append(Text(f"expires {when(a.expires_at)}", style="dim"))
     if a.kind == "tool_call" and isinstance(a.details, dict):
         parts.append(Text(f"tool {a.details.get('name')} with arguments:", style="bold yellow"))
-        parts.append(Text(pretty(a.details.get("arguments"))))
+        parts.append(Text(pretty(a.details.get("arguments"), limit=None)))  # all of it: it is approved
     elif a.kind == "plan" and isinstance(a.details, dict):
         from tui.dag import layout, nodes_of_plan, render
 

@@ -25,7 +25,7 @@ from textual.widgets import (
 from textual.widgets.option_list import Option
 
 from dagnats.core.decide import fold
-from dagnats.core.events import AgentTurnRecorded, Event
+from dagnats.core.events import AgentTurnRecorded, Event, StepCompleted, StepFailed, StepStarted
 from dagnats.core.state import RunState
 from tui import render
 from tui.bindings import BUILT_IN, KEYS, SCOPE_TITLES, bindings, key_label
@@ -47,7 +47,13 @@ class Base(Screen[None]):
     def on_screen_resume(self) -> None:
         """Back on top: catch up with what changed while another screen was showing."""
         self.console_app.sync_status(self)
-        self.refresh_data()
+        self.update_data()
+
+    def update_data(self) -> None:
+        """Redraw from the app's model, once the screen's widgets exist (its own on_mount
+        draws it the first time)."""
+        if self.is_mounted:
+            self.refresh_data()
 
     def refresh_data(self) -> None:
         pass
@@ -132,7 +138,7 @@ class RunsScreen(Base):
 
     def on_key(self, event: Any) -> None:
         box = self.query_one("#filter", Input)
-        if event.key == "escape" and box.has_focus:
+        if event.key == "escape" and (box.has_focus or box.value):
             box.value = ""
             box.remove_class("shown")
             self.table.focus()
@@ -221,23 +227,32 @@ class RunScreen(Base):
                 self.state = fold(None, self.state, event)
                 self.events.append((seq, event))
                 self.last_seq = seq
-                if isinstance(event, AgentTurnRecorded):
-                    self.streaming.pop(event.step_id, None)
+                if isinstance(event, (AgentTurnRecorded, StepStarted, StepCompleted, StepFailed)):
+                    self.streaming.pop(event.step_id, None)  # what streamed is recorded, or lost
                 self.schedule()
         except Exception as exc:  # unknown run, lost connection: say so, the app retries on reconnect
             self.query_one("#header", Static).update(Text(f"{self.run_id}: {exc}", style="red"))
 
-    @work(exclusive=True, group="live-text")
+    @work(exclusive=True, group="live-text", exit_on_error=False)
     async def follow_text(self) -> None:
+        """Streamed model text is a nicety: losing it must never take the console down."""
         client = self.console_app.client
         assert client is not None
-        async for step_id, chunk in client.live_text(self.run_id):
-            self.streaming[step_id] = self.streaming.get(step_id, "") + chunk
-            self.schedule()
+        try:
+            async for step_id, chunk in client.live_text(self.run_id):
+                self.streaming[step_id] = self.streaming.get(step_id, "") + chunk
+                self.schedule()
+        except Exception:
+            pass  # restarted on reconnect
 
     def reconnected(self) -> None:
         self.follow()
         self.follow_text()
+        self.schedule()  # redraw the header, which may still show the error of the lost follow
+
+    def refresh_data(self) -> None:
+        if self.state is not None:
+            self._draw_lineage()  # forks and children appear in the run list, not in this run
 
     def schedule(self) -> None:
         """Coalesce: many events in a burst give one redraw."""
@@ -292,9 +307,10 @@ class RunScreen(Base):
         related = render.lineage(self.state, self.console_app.model.runs)
         box = self.query_one("#related", OptionList)
         options = [Option(f"{label}: {rid}", id=f"{i}:{rid}") for i, (label, rid) in enumerate(related)]
+        options = options or [Option("no related runs", id="none", disabled=True)]
         if [o.id for o in options] != [box.get_option_at_index(i).id for i in range(box.option_count)]:
             box.clear_options()
-            box.add_options(options or [Option("no related runs", disabled=True)])
+            box.add_options(options)
 
     def on_dag_view_selected(self, event: DagView.Selected) -> None:
         self.step = event.step_id
@@ -390,6 +406,7 @@ class ApprovalsScreen(Base):
         now = self.console_app.now()
         width = max(40, self.size.width - 6)  # the list's border and padding
         keep = box.highlighted_option.id if box.highlighted_option else None
+        was = box.highlighted or 0
         box.clear_options()
         if not items:
             box.add_option(Option(Text("nothing waits for you", style="dim"), disabled=True))
@@ -399,7 +416,9 @@ class ApprovalsScreen(Base):
             )
         ids = [f"{p.run_id}/{p.approval.approval_id}" for p in items]
         if ids:
-            box.highlighted = ids.index(keep) if keep in ids else 0
+            # the same item, or, when it went away, the one that took its place: never jump to
+            # another run's approval at the top, where a second `y` would approve it unseen
+            box.highlighted = ids.index(keep) if keep in ids else min(was, len(ids) - 1)
         self._show_detail()
 
     def _current(self) -> Any:

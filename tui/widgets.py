@@ -96,10 +96,15 @@ class RunsTable(ScrollView, can_focus=True):
     def refresh_view(self) -> None:
         """The model changed: keep the cursor on its run, resize, redraw what is visible."""
         view = self.model.view
+        before = self.cursor
+        _, top = self.scroll_offset
+        visible = top <= before < top + self.size.height
         index = self.model.index_of(self.cursor_id)
         self.cursor = index if index is not None else min(self.cursor, max(0, len(view) - 1))
         self.cursor_id = self.selected
         self.virtual_size = Size(self.size.width, len(view))
+        if visible and self.cursor != before:  # runs arrived above: the page moves with its run
+            self.scroll_to(y=max(0, top + self.cursor - before), animate=False, immediate=True)
         self.refresh()
 
     def on_resize(self) -> None:

@@ -65,7 +65,7 @@ def test_approve_from_the_keyboard_in_a_real_terminal(serve, data_dir, tmp_path)
     wait_until(lambda: dagnats_json("approval", "list", "--json", data_dir=data_dir), what="the approval")
 
     env = f"env DAGNATS_DATA_DIR={data_dir} PYTHONPATH={ROOT}"
-    term = Tmux(f"{env} {sys.executable} -m dagnats tui; sleep 5")
+    term = Tmux(f"{env} {sys.executable} -m dagnats tui; echo TUI-EXIT=$?; sleep 5")
     try:
         term.wait_for(run_id[:12])
         screen = term.wait_for("1 waiting for you")
@@ -86,9 +86,7 @@ def test_approve_from_the_keyboard_in_a_real_terminal(serve, data_dir, tmp_path)
         except AssertionError:
             raise AssertionError(term.screen()) from None
         term.keys("q")
-        wait_until(
-            lambda: "Ship" not in term.screen() and "RUN" not in term.screen(), what="the console to exit"
-        )
+        assert "TUI-EXIT=0" in term.wait_for("TUI-EXIT=")
     finally:
         term.kill()
 
