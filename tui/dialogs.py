@@ -30,6 +30,52 @@ DIALOG { align: center middle; }
 """
 
 
+class Dialog(ModalScreen[Any]):
+    """A dialog's shared parts: its centred frame, ctrl+s / escape, Submit and Cancel buttons,
+    and an error line that shows what `validate` finds wrong instead of closing."""
+
+    BINDINGS = bindings("dialog")
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        cls.DEFAULT_CSS = DIALOG_CSS.replace("DIALOG", cls.__name__)  # CSS is scoped per class
+
+    def validate(self) -> tuple[Any, str | None]:
+        """What the dialog returns, and what is wrong with the form (None if nothing)."""
+        raise NotImplementedError
+
+    def buttons(self, submit: str) -> ComposeResult:
+        yield Static("", classes="error", id="error")
+        yield Label(f"ctrl+s: {submit.lower()}   escape: cancel", classes="hint")
+        with Horizontal(classes="buttons"):
+            yield Button(submit, id="submit", variant="primary")
+            yield Button("Cancel", id="cancel")
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "submit":
+            self.action_submit()
+        else:
+            self.dismiss(None)
+
+    def action_submit(self) -> None:
+        result, problem = self.validate()
+        if problem:
+            self.query_one("#error", Static).update(problem)
+            return
+        self.dismiss(result)
+
+    def action_dismiss_dialog(self) -> None:
+        self.dismiss(None)
+
+
+def _parse_json(text: str) -> tuple[Any, str | None]:
+    """The value typed, or what is wrong with it."""
+    try:
+        return json.loads(text), None
+    except json.JSONDecodeError as exc:
+        return None, f"input is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+
+
 def _json_text(value: Any) -> str:
     if value is None or value is msgspec.UNSET:
         return "null"
@@ -65,11 +111,8 @@ class Confirm(ModalScreen[bool]):
         self.dismiss(False)
 
 
-class Reason(ModalScreen[str | None]):
+class Reason(Dialog):
     """Deny with a reason: the reason is what the model or the run's history will show."""
-
-    BINDINGS = bindings("dialog")
-    DEFAULT_CSS = DIALOG_CSS.replace("DIALOG", "Reason")
 
     def __init__(self, what: str) -> None:
         super().__init__()
@@ -85,15 +128,9 @@ class Reason(ModalScreen[str | None]):
     def on_input_submitted(self, event: Input.Submitted) -> None:
         self.action_submit()
 
-    def action_submit(self) -> None:
+    def validate(self) -> tuple[str, str | None]:
         reason = self.query_one("#reason", Input).value.strip()
-        if not reason:
-            self.query_one("#error", Static).update("a denial needs a reason")
-            return
-        self.dismiss(reason)
-
-    def action_dismiss_dialog(self) -> None:
-        self.dismiss(None)
+        return reason, None if reason else "a denial needs a reason"
 
 
 class ForkRequest(msgspec.Struct, frozen=True):
@@ -102,12 +139,9 @@ class ForkRequest(msgspec.Struct, frozen=True):
     turn: int | None = None
 
 
-class Fork(ModalScreen[ForkRequest | None]):
+class Fork(Dialog):
     """Fork from a step: its input is shown as JSON and may be edited; for an agent loop, the
     turn to resume from may be picked."""
-
-    BINDINGS = bindings("dialog")
-    DEFAULT_CSS = DIALOG_CSS.replace("DIALOG", "Fork")
 
     def __init__(self, run_id: str, step_id: str, step_input: Any, turns: int | None) -> None:
         super().__init__()
@@ -127,45 +161,23 @@ class Fork(ModalScreen[ForkRequest | None]):
             if self.turns is not None:
                 yield Label(f"resume the agent after turn (0-{self.turns}, empty = all {self.turns}):")
                 yield Input(placeholder=str(self.turns), id="turn")
-            yield Static("", classes="error", id="error")
-            yield Label("ctrl+s: fork   escape: cancel", classes="hint")
-            with Horizontal(classes="buttons"):
-                yield Button("Fork", id="fork", variant="primary")
-                yield Button("Cancel", id="cancel")
+            yield from self.buttons("Fork")
 
-    def on_button_pressed(self, event: Button.Pressed) -> None:
-        if event.button.id == "fork":
-            self.action_submit()
-        else:
-            self.dismiss(None)
-
-    def validate(self) -> ForkRequest | str:
-        """The request, or what is wrong with the form."""
+    def validate(self) -> tuple[ForkRequest | None, str | None]:
         text = self.query_one("#input", TextArea).text
         new_input: Any = msgspec.UNSET
         if text.strip() != self.original.strip():
-            try:
-                new_input = json.loads(text)
-            except json.JSONDecodeError as exc:
-                return f"input is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+            new_input, problem = _parse_json(text)
+            if problem:
+                return None, problem
         turn: int | None = None
         if self.turns is not None:
             raw = self.query_one("#turn", Input).value.strip()
             if raw:
                 if not raw.isdigit() or not 0 <= int(raw) <= self.turns:
-                    return f"turn must be a number from 0 to {self.turns}"
+                    return None, f"turn must be a number from 0 to {self.turns}"
                 turn = int(raw)
-        return ForkRequest(step_id=self.step_id, input=new_input, turn=turn)
-
-    def action_submit(self) -> None:
-        result = self.validate()
-        if isinstance(result, str):
-            self.query_one("#error", Static).update(result)
-            return
-        self.dismiss(result)
-
-    def action_dismiss_dialog(self) -> None:
-        self.dismiss(None)
+        return ForkRequest(step_id=self.step_id, input=new_input, turn=turn), None
 
 
 class StartRequest(msgspec.Struct, frozen=True):
@@ -173,11 +185,8 @@ class StartRequest(msgspec.Struct, frozen=True):
     input: Any = None
 
 
-class Start(ModalScreen[StartRequest | None]):
+class Start(Dialog):
     """Start a run of a registered workflow, with an input typed as JSON."""
-
-    BINDINGS = bindings("dialog")
-    DEFAULT_CSS = DIALOG_CSS.replace("DIALOG", "Start")
 
     def __init__(self, workflows: list[tuple[str, str]]) -> None:
         """`workflows`: (name, description)."""
@@ -193,34 +202,11 @@ class Start(ModalScreen[StartRequest | None]):
             yield Select(options, prompt="workflow", id="workflow", allow_blank=True)
             yield Label("input (JSON):")
             yield TextArea("{}", language=None, id="input", soft_wrap=True)
-            yield Static("", classes="error", id="error")
-            yield Label("ctrl+s: start   escape: cancel", classes="hint")
-            with Horizontal(classes="buttons"):
-                yield Button("Start", id="start", variant="primary")
-                yield Button("Cancel", id="cancel")
+            yield from self.buttons("Start")
 
-    def on_button_pressed(self, event: Button.Pressed) -> None:
-        if event.button.id == "start":
-            self.action_submit()
-        else:
-            self.dismiss(None)
-
-    def validate(self) -> StartRequest | str:
+    def validate(self) -> tuple[StartRequest | None, str | None]:
         choice = self.query_one("#workflow", Select).value
         if not isinstance(choice, str):
-            return "pick a workflow"
-        try:
-            value = json.loads(self.query_one("#input", TextArea).text or "null")
-        except json.JSONDecodeError as exc:
-            return f"input is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-        return StartRequest(workflow=choice, input=value)
-
-    def action_submit(self) -> None:
-        result = self.validate()
-        if isinstance(result, str):
-            self.query_one("#error", Static).update(result)
-            return
-        self.dismiss(result)
-
-    def action_dismiss_dialog(self) -> None:
-        self.dismiss(None)
+            return None, "pick a workflow"
+        value, problem = _parse_json(self.query_one("#input", TextArea).text or "null")
+        return (None, problem) if problem else (StartRequest(workflow=choice, input=value), None)
