@@ -211,10 +211,13 @@ class Engine:
             if not pass_.next:
                 break
             chain = self._chain(pass_) if self.batching else []
-            if len(chain) > 1:
+            if chain:  # decided once here, appended in one round trip
                 try:
-                    seqs = await self.store.append_batch(
-                        run_id, [event for event, _, _ in chain], expected_last=pass_.last
+                    events = [event for event, _, _ in chain]
+                    seqs = (
+                        [await self.store.append(run_id, events[0], expected_last=pass_.last)]
+                        if len(events) == 1
+                        else await self.store.append_batch(run_id, events, expected_last=pass_.last)
                     )
                 except Conflict:
                     await self._fold_tail(run_id, pass_)
@@ -223,8 +226,8 @@ class Engine:
                     log.warning("appending one event at a time: %s", exc)
                     self.batching = False
                     continue
-                for (event, new, actions), seq in zip(chain, seqs):
-                    self._record(pass_, event, seq, new, actions)
+                for (_, new, actions), seq in zip(chain, seqs):
+                    self._record(pass_, seq, new, actions)
                 continue
             event = pass_.next[0]
             try:
@@ -277,9 +280,9 @@ class Engine:
             pass_.last = seq
             log.warning("ignoring illegal event #%d (%s): %s", seq, type(event).__name__, exc)
             return
-        self._record(pass_, event, seq, new, actions)
+        self._record(pass_, seq, new, actions)
 
-    def _record(self, pass_: _Pass, event: Event, seq: int, new: RunState, actions: list[Action]) -> None:
+    def _record(self, pass_: _Pass, seq: int, new: RunState, actions: list[Action]) -> None:
         pass_.last = seq
         self.processed += 1
         pass_.state = new
