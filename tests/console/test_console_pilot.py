@@ -87,6 +87,15 @@ async def until_async(check: Callable[[], Any], what: str, timeout: float = 15.0
     raise AssertionError(f"timed out waiting for {what}")
 
 
+async def opened(pilot: Any, app: ConsoleApp, run_id: str, step: str | None = None, selected: bool = True):
+    """Open a run's screen; wait until it shows, and (with `step`) until that step is selected."""
+    app.open_run(run_id, step=step)
+    screen = await until(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen, "the run screen")
+    if step and selected:
+        await until(pilot, lambda: screen.step == step and screen.state is not None, f"{step} selected")
+    return screen
+
+
 @pytest.fixture
 async def console(stack):
     await stack.start()
@@ -171,10 +180,7 @@ async def test_deny_with_a_reason_from_the_run_screen(console):
     run_id = await stack.client.start("ship")
     async with app.run_test(size=(100, 30)) as pilot:
         await until(pilot, lambda: len(app.inbox) == 1, "the approval in the inbox")
-        app.open_run(run_id, step="ship")
-        screen = await until(
-            pilot, lambda: isinstance(app.screen, RunScreen) and app.screen, "the run screen"
-        )
+        screen = await opened(pilot, app, run_id, step="ship", selected=False)
         await until(pilot, lambda: screen.step == "ship", "the ship step selected")
         await pilot.press("n")
         assert isinstance(app.screen, Reason)
@@ -194,8 +200,7 @@ async def test_cancel_asks_first(console):
     run_id = await stack.client.start("slow")
     async with app.run_test(size=(100, 30)) as pilot:
         await until(pilot, lambda: run_id in app.model.runs, "the run listed")
-        app.open_run(run_id)
-        await until(pilot, lambda: isinstance(app.screen, RunScreen), "the run screen")
+        await opened(pilot, app, run_id)
         await pilot.press("c")
         assert isinstance(app.screen, Confirm)
         await pilot.press("n")
@@ -214,11 +219,7 @@ async def test_fork_with_an_edited_input(console):
     run_id = await stack.client.start("ship")
     async with app.run_test(size=(100, 30)) as pilot:
         await until(pilot, lambda: len(app.inbox) == 1, "the run waiting")
-        app.open_run(run_id, step="build")
-        screen = await until(
-            pilot, lambda: isinstance(app.screen, RunScreen) and app.screen, "the run screen"
-        )
-        await until(pilot, lambda: screen.step == "build" and screen.state is not None, "build selected")
+        await opened(pilot, app, run_id, step="build")
         await pilot.press("f")
         dialog = app.screen
         assert isinstance(dialog, Fork)
@@ -268,10 +269,7 @@ async def test_agent_transcript_follows_turns_and_tool_approval(console):
         assert item.approval.kind == "tool_call" and item.approval.details["arguments"] == {
             "command": "echo hi"
         }
-        app.open_run(run_id, step="fix")
-        screen = await until(
-            pilot, lambda: isinstance(app.screen, RunScreen) and app.screen, "the run screen"
-        )
+        screen = await opened(pilot, app, run_id, step="fix", selected=False)
         await pilot.press("t")
         body = screen.query_one("#transcript-body", Static)
         await until(pilot, lambda: "run_command" in text_of(body), "the tool call in the transcript")
@@ -299,10 +297,7 @@ async def test_lineage_jumps_to_a_fork(console):
     fork_id = await stack.client.fork(run_id, "b")
     async with app.run_test(size=(100, 30)) as pilot:
         await until(pilot, lambda: fork_id in app.model.runs, "both runs listed")
-        app.open_run(run_id)
-        screen = await until(
-            pilot, lambda: isinstance(app.screen, RunScreen) and app.screen, "the run screen"
-        )
+        screen = await opened(pilot, app, run_id, selected=False)
         await pilot.press("l")
         related = screen.query_one(OptionList)
         await until(
@@ -396,11 +391,7 @@ async def test_fork_an_agent_from_a_turn(console):
     run_id = await stack.client.start("agent")
     async with app.run_test(size=(120, 40)) as pilot:
         await until(pilot, lambda: len(app.inbox) == 1, "the tool call waiting")
-        app.open_run(run_id, step="fix")
-        screen = await until(
-            pilot, lambda: isinstance(app.screen, RunScreen) and app.screen, "the run screen"
-        )
-        await until(pilot, lambda: screen.step == "fix" and screen.state is not None, "fix selected")
+        await opened(pilot, app, run_id, step="fix")
         await pilot.press("f")
         dialog = app.screen
         assert isinstance(dialog, Fork) and dialog.turns == 2
@@ -427,8 +418,7 @@ async def test_a_refused_action_shows_the_servers_error(console):
     await until_async(lambda: _finished(stack, run_id), "the cancel")
     async with app.run_test(size=(100, 30)) as pilot:
         await until(pilot, lambda: run_id in app.model.runs, "the run listed")
-        app.open_run(run_id)
-        await until(pilot, lambda: isinstance(app.screen, RunScreen), "the run screen")
+        await opened(pilot, app, run_id)
         await pilot.press("c", "y")
         note = await until(
             pilot, lambda: [n for n in app._notifications if n.severity == "error"], "an error notification"
