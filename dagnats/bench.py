@@ -203,9 +203,10 @@ class Bench:
         n = self.sizes.w2_runs
         self.say(f"w2: {n} runs of 3 steps started at once")
         await _register(client, "bench-three", [_echo("a", []), _echo("b", ["a"]), _echo("c", ["b"])])
-        t0 = time.perf_counter()
-        run_ids = await asyncio.gather(*(client.start("bench-three", i) for i in range(n)))
-        await _wait_all(client, list(run_ids))
+        async with _Ends(client) as ends:
+            t0 = time.perf_counter()
+            run_ids = await asyncio.gather(*(client.start("bench-three", i) for i in range(n)))
+            await ends.wait(run_ids)
         elapsed = time.perf_counter() - t0
         return {"steps_per_s": round(3 * n / elapsed), "runs_per_s": round(n / elapsed, 1)}
 
@@ -297,20 +298,21 @@ class Bench:
         try:
             await _register(client, "bench-recovery", steps)
             engine = self._engine_process()
-            run_ids = list(await asyncio.gather(*(client.start("bench-recovery", i) for i in range(n))))
-            while len(list(marks.iterdir())) < n:  # wait until work is well under way
-                await asyncio.sleep(0.01)
-            engine.send_signal(signal.SIGKILL)
-            engine.wait()
-            seen = await _counter(client)
-            before = seen["count"]
-            t0 = time.perf_counter()
-            engine = self._engine_process()
-            while seen["count"] == before:
-                await asyncio.sleep(0.005)
-            first = time.perf_counter() - t0
-            await _wait_all(client, run_ids, timeout=300)
-            done = time.perf_counter() - t0
+            async with _Ends(client) as ends:
+                run_ids = list(await asyncio.gather(*(client.start("bench-recovery", i) for i in range(n))))
+                while len(list(marks.iterdir())) < n:  # wait until work is well under way
+                    await asyncio.sleep(0.01)
+                engine.send_signal(signal.SIGKILL)
+                engine.wait()
+                seen = await _counter(client)
+                before = seen["count"]
+                t0 = time.perf_counter()
+                engine = self._engine_process()
+                while seen["count"] == before:
+                    await asyncio.sleep(0.005)
+                first = time.perf_counter() - t0
+                await ends.wait(run_ids, timeout=300)
+                done = time.perf_counter() - t0
             engine.send_signal(signal.SIGTERM)
             engine.wait(30)
         finally:
@@ -363,27 +365,36 @@ async def _run_and_wait(client: Client, workflow: str, timeout: float = 120) -> 
     return run_id
 
 
-async def _wait_all(client: Client, run_ids: list[str], timeout: float = 300) -> None:
-    """Wait for many runs with one subscription to the history (not one consumer per run)."""
-    pending = set(run_ids)
-    done = asyncio.Event()
+class _Ends:
+    """The runs that end, heard from the history with one subscription opened before they
+    start (no per-run reads that would cost the engine in this process its CPU)."""
 
-    async def on_event(msg: Any) -> None:
-        if b'"run.completed"' in msg.data or b'"run.failed"' in msg.data:
-            pending.discard(names.run_of_history_subject(msg.subject))
-            if not pending:
-                done.set()
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.ended: set[str] = set()
+        self.changed = asyncio.Event()
+        self.sub: Any = None
 
-    sub = await client.nc.subscribe(f"{names.HISTORY_PREFIX}.>", cb=on_event)
-    try:
-        for run_id in list(pending):  # some may have ended before we listened
-            state = await client.store.current_state(run_id)
-            if state is not None and state.terminal:
-                pending.discard(run_id)
-        if pending:
-            await asyncio.wait_for(done.wait(), timeout)
-    finally:
-        await sub.unsubscribe()
+    async def __aenter__(self) -> _Ends:
+        async def on_event(msg: Any) -> None:
+            if b'"run.completed"' in msg.data or b'"run.failed"' in msg.data:
+                self.ended.add(names.run_of_history_subject(msg.subject))
+                self.changed.set()
+
+        self.sub = await self.client.nc.subscribe(f"{names.HISTORY_PREFIX}.>", cb=on_event)
+        await self.client.nc.flush()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.sub.unsubscribe()
+
+    async def wait(self, run_ids: list[str], timeout: float = 300) -> None:
+        async def all_ended() -> None:
+            while not self.ended.issuperset(run_ids):
+                self.changed.clear()
+                await self.changed.wait()
+
+        await asyncio.wait_for(all_ended(), timeout)
 
 
 async def _first(client: Client, run_id: str, match: Callable[[Any], bool]) -> float:

@@ -28,6 +28,7 @@ from .core.actions import (
     CancelTimers,
     ContinueRun,
     DispatchTask,
+    DropTasks,
     NotifyParent,
     StartChildRun,
     StartTimer,
@@ -74,14 +75,16 @@ class _Cached:
     revision: int  # KV revision of the stored snapshot
     saved: RunState | None = None  # the state that snapshot holds
     saved_applied: int = 0
+    epoch: int = -1  # the delivery epoch in which `state` is known to miss no event (see Engine)
 
 
 class _Pass:
     """One run's pass: its state so far, the events to record next, and effects not yet done."""
 
-    def __init__(self, state: RunState | None, last: int) -> None:
+    def __init__(self, state: RunState | None, last: int, epoch: int) -> None:
         self.state = state
         self.last = last  # last history sequence folded into `state`
+        self.epoch = epoch  # see _Cached.epoch
         self.next: list[Event] | None = None
         self.effects: list[Coroutine[Any, Any, None]] = []
 
@@ -107,6 +110,15 @@ class Engine:
         self._jobs: set[asyncio.Task[None]] = set()
         self.processed = 0
         self.batching = store.atomic_batches  # append a pass's chain of events in one batch
+        # Delivery epochs. While every message this engine fetches is a first delivery whose
+        # consumer sequence follows the previous one's, no other engine took any message and
+        # none is missing: this engine sees every new history event, in stream order. A run
+        # whose state was complete in such an epoch then needs no tail read: the delivered
+        # events are its whole tail. A gap (another engine, a message lost in transit) or a
+        # redelivery starts a new epoch, and runs are read from the history again.
+        self._epoch = 0
+        self._live = False  # a message of this epoch was received (so reads started now count)
+        self._next_delivery: int | None = None  # the consumer sequence expected next
 
     async def run(self, stop: asyncio.Event) -> None:
         psub = await self.store.js.pull_subscribe(
@@ -122,9 +134,11 @@ class Engine:
             except (TimeoutError, NatsTimeout):
                 continue
             except Exception as exc:  # connection trouble: keep going once NATS is back
+                self._broken()
                 log.warning("engine fetch failed: %s", exc)
                 await asyncio.sleep(0.5)
                 continue
+            self._track_deliveries(msgs)
             for run_id, run_msgs in _by_run(msgs).items():
                 # Each run is brought up to date on its own task, so a long pass over a big run
                 # never holds back the others (nor the next fetch).
@@ -135,6 +149,24 @@ class Engine:
         sweep.cancel()
         if self._jobs:
             await asyncio.gather(*self._jobs, return_exceptions=True)
+
+    def _track_deliveries(self, msgs: list[Any]) -> None:
+        for msg in msgs:
+            meta = msg.metadata
+            if meta.num_delivered != 1:
+                self._epoch += 1
+                self._live = False
+            else:
+                if self._next_delivery is not None and meta.sequence.consumer != self._next_delivery:
+                    self._epoch += 1
+                self._live = True
+            self._next_delivery = meta.sequence.consumer + 1
+
+    def _broken(self) -> None:
+        """Something went wrong with delivery or processing: trust no run's cached tail."""
+        self._epoch += 1
+        self._live = False
+        self._next_delivery = None
 
     async def _sweep(self) -> None:
         """At start, bring every unfinished run up to date at once, rather than waiting for the
@@ -162,6 +194,7 @@ class Engine:
             await self.process(run_id, seen, msgs)
         except Exception as exc:
             log.error("run %s: processing failed: %r", run_id, exc)
+            self._cache.pop(run_id, None)  # its redo starts from the stored snapshot and history
             for msg in msgs:
                 await msg.nak(delay=1.0)
             return
@@ -187,14 +220,21 @@ class Engine:
         cached = await self._load(run_id)
         if cached.applied >= seen_seq > 0:
             return
-        pass_ = _Pass(cached.state, cached.applied)
+        pass_ = _Pass(cached.state, cached.applied, cached.epoch)
+        if cached.epoch == self._epoch:
+            delivered = sorted(
+                (m for m in msgs if m.metadata.sequence.stream > cached.applied),
+                key=lambda m: m.metadata.sequence.stream,
+            )
+        else:
+            delivered = _delivered_tail(msgs, cached.applied)
         try:
-            await self._advance(run_id, pass_, _delivered_tail(msgs, cached.applied))
+            await self._advance(run_id, pass_, delivered)
         finally:
             pass_.drop()  # after a failure: the redone pass redoes these effects
         if pass_.state is None:
             return
-        await self._save(run_id, cached, pass_.state, pass_.last)
+        await self._save(run_id, cached, pass_.state, pass_.last, pass_.epoch)
 
     async def _advance(self, run_id: str, pass_: _Pass, delivered: list[Any] | None) -> None:
         """Fold the run's new events, record what they call for, and do their effects."""
@@ -244,8 +284,11 @@ class Engine:
         await pass_.flush()
 
     async def _fold_tail(self, run_id: str, pass_: _Pass) -> None:
+        epoch = self._epoch if self._live else -1
         for seq, event in await self.store.read_history(run_id, after=pass_.last):
             self._apply(pass_, event, seq)
+        if epoch == self._epoch:  # complete now, and every later event will be delivered here
+            pass_.epoch = epoch
 
     def _chain(self, pass_: _Pass) -> list[tuple[Event, RunState, list[Action]]]:
         """The events the loop below would append one after another, each decided on the state
@@ -298,6 +341,8 @@ class Engine:
                 await self.store.start_timer(action)
             case CancelTimers(run_id=run_id):
                 await self.store.cancel_timers(run_id)
+            case DropTasks(run_id=run_id):
+                await self.store.drop_tasks(run_id)
             case StartChildRun():
                 await self._start_child(state, action)
             case ContinueRun():
@@ -418,19 +463,22 @@ class Engine:
             return _Cached(state=None, applied=0, revision=revision)
         return _Cached(snap.state, snap.applied, revision, saved=snap.state, saved_applied=snap.applied)
 
-    async def _save(self, run_id: str, cached: _Cached, state: RunState, last: int) -> None:
+    async def _save(self, run_id: str, cached: _Cached, state: RunState, last: int, epoch: int) -> None:
         if last <= cached.applied and cached.state is not None:
+            cached.epoch = max(cached.epoch, epoch)
             self._remember(run_id, cached)
             return
         if not _worth_saving(cached, state, last):
             # The snapshot is only a cache: keep the new state in memory and save it later.
-            self._remember(run_id, _Cached(state, last, cached.revision, cached.saved, cached.saved_applied))
+            self._remember(
+                run_id, _Cached(state, last, cached.revision, cached.saved, cached.saved_applied, epoch)
+            )
             return
         revision = cached.revision
         for _ in range(5):
             new_rev = await self.store.save_snapshot(last, state, revision)
             if new_rev is not None:
-                self._remember(run_id, _Cached(state, last, new_rev, saved=state, saved_applied=last))
+                self._remember(run_id, _Cached(state, last, new_rev, state, last, epoch))
                 return
             theirs, revision = await self.store.load_snapshot(run_id)
             if theirs is not None and theirs.applied >= last:

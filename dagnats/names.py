@@ -45,8 +45,19 @@ def source_of_history_subject(subject: str) -> str:
     return subject.rsplit(".", 1)[1]
 
 
-def task_subject(task: str) -> str:
-    return f"{TASK_PREFIX}.{task}"
+def task_subject(task: str, run_id: str) -> str:
+    """Tasks carry their run in the subject, so a run that ends can take its queued tasks back."""
+    return f"{TASK_PREFIX}.{task}.{run_id}"
+
+
+def task_filters(task: str) -> list[str]:
+    """What a task's consumer takes: its tasks of every run (and, from data written before
+    tasks carried their run, the bare task subject)."""
+    return [f"{TASK_PREFIX}.{task}", f"{TASK_PREFIX}.{task}.*"]
+
+
+def run_tasks_filter(run_id: str) -> str:
+    return f"{TASK_PREFIX}.*.{run_id}"
 
 
 def task_consumer(task: str) -> str:

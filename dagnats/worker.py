@@ -22,7 +22,7 @@ import socket
 import time
 import traceback
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import msgspec
@@ -114,6 +114,26 @@ def _superseded(state: RunState, task: DispatchTask) -> bool:
         step.attempts > task.attempt
         or (step.attempts == task.attempt and (step.status in STEP_TERMINAL or step.retry_at is not None))
     )
+
+
+def _needs_check(msg: Any, task: DispatchTask) -> bool:
+    """Whether a task must be checked against its run's snapshot before it runs.
+
+    A task delivered for the first time, soon after it was queued, cannot be stale: its run
+    was live when it was queued, a run that ends takes its queued tasks off the queue, and an
+    attempt is superseded only when its timeout passes. Anything else is checked: a redelivery
+    (its result may already be recorded), or a task that waited in the queue.
+    """
+    meta = msg.metadata
+    if meta.num_delivered != 1:
+        return True
+    prompt = min(FRESH_SECONDS, task.timeout / 2) if task.timeout else FRESH_SECONDS
+    queued_at: float = meta.timestamp.timestamp()
+    return abs(time.time() - queued_at) > prompt
+
+
+FRESH_SECONDS = 1.0
+FETCH_MAX = 32  # tasks asked for in one fetch, at most
 
 
 # A task still running after this long gets a step.started event (the console shows it
@@ -213,14 +233,23 @@ class _Runtime:
         return await self.store.nc.subscribe(names.tool_subject(name), queue=f"tool-{name}", cb=answer)
 
     async def _pull(self, task: str, stop: asyncio.Event) -> None:
+        filters = names.task_filters(task)
         psub = await self.store.js.pull_subscribe(
-            names.task_subject(task),
+            filters[-1],
             durable=names.task_consumer(task),
             stream=names.TASKS_STREAM,
-            config=api.ConsumerConfig(ack_wait=self.ack_wait, max_deliver=-1, max_ack_pending=100_000),
+            config=api.ConsumerConfig(
+                ack_wait=self.ack_wait, max_deliver=-1, max_ack_pending=100_000, filter_subjects=filters
+            ),
         )
+        config = (await psub.consumer_info()).config
+        if sorted(config.filter_subjects or [config.filter_subject or ""]) != sorted(filters):
+            # a consumer from before tasks carried their run in the subject
+            await self.store.js.add_consumer(
+                names.TASKS_STREAM, replace(config, filter_subject=None, filter_subjects=filters)
+            )
         # The consumer may predate this worker with another ack wait: heartbeats must follow it.
-        actual = (await psub.consumer_info()).config.ack_wait or self.ack_wait
+        actual = config.ack_wait or self.ack_wait
         self.ack_waits[task] = actual
         if abs(actual - self.ack_wait) > 0.001:
             log.info(
@@ -230,20 +259,36 @@ class _Runtime:
                 self.ack_wait,
             )
         while not stop.is_set():
+            # Wait for work holding one slot (other tasks' pullers need theirs); when more tasks
+            # are queued behind the one delivered, take them in one request, as many as slots.
             await self.slots.acquire()
-            try:
-                msgs = await psub.fetch(1, timeout=0.5)
-            except (TimeoutError, NatsTimeout):
+            msgs = await self._fetch(psub, task, 1, 0.5)
+            if msgs and msgs[0].metadata.num_pending > 0:
+                more = 0
+                while more < min(FETCH_MAX, msgs[0].metadata.num_pending) and not self.slots.locked():
+                    await self.slots.acquire()
+                    more += 1
+                if more:
+                    extra = await self._fetch(psub, task, more, 0.05)
+                    for _ in range(more - len(extra)):
+                        self.slots.release()
+                    msgs += extra
+            for msg in msgs:
+                job = asyncio.create_task(self._guarded(msg))
+                self.inflight.add(job)
+                job.add_done_callback(self._done)
+            if not msgs:
                 self.slots.release()
-                continue
-            except Exception as exc:
-                self.slots.release()
-                log.warning("fetch for %s failed: %s", task, exc)
-                await asyncio.sleep(0.5)
-                continue
-            job = asyncio.create_task(self._guarded(msgs[0]))
-            self.inflight.add(job)
-            job.add_done_callback(self._done)
+
+    async def _fetch(self, psub: Any, task: str, n: int, timeout: float) -> list[Any]:
+        try:
+            return list(await psub.fetch(n, timeout=timeout))
+        except (TimeoutError, NatsTimeout):
+            return []
+        except Exception as exc:
+            log.warning("fetch for %s failed: %s", task, exc)
+            await asyncio.sleep(0.5)
+            return []
 
     def _done(self, job: asyncio.Task[None]) -> None:
         self.inflight.discard(job)
@@ -276,7 +321,7 @@ class _Runtime:
         if key in self.running:  # redelivered while we still work on it: keep it, do not run it twice
             await msg.in_progress()
             return
-        if await self._stale(task):
+        if _needs_check(msg, task) and await self._stale(task):
             await msg.ack()
             return
         self.running.add(key)

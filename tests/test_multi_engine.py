@@ -7,6 +7,7 @@ from collections import Counter
 
 from dagnats.client import Client
 from dagnats.connection import Endpoint
+from dagnats.core.decide import replay
 from dagnats.core.definition import parse_definition
 from dagnats.datadir import Credentials
 from dagnats.server import EmbeddedServer
@@ -69,3 +70,32 @@ async def test_two_serves_share_one_nats_and_run_everything_once(tmp_path):
         for e in engines:
             e.stop()
         nats.stop()
+
+
+FAN = 6
+
+
+async def test_two_engines_in_one_process_never_fold_a_run_with_an_event_missing(stack):
+    """Each engine trusts the events delivered to it as a run's whole tail only while it sees
+    every delivery; sharing the consumer, neither does, so both read. Every snapshot must
+    equal a replay of the history it claims to cover."""
+    await stack.start(engines=2)
+    steps = [{"id": f"p{i}", "task": "echo", "input": i} for i in range(FAN)]
+    steps.append(
+        {
+            "id": "join",
+            "task": "echo",
+            "depends_on": [f"p{i}" for i in range(FAN)],
+            "input": [f"${{steps.p{i}.output}}" for i in range(FAN)],
+        }
+    )
+    await stack.register({"name": "fan", "steps": steps})
+    run_ids = [await stack.client.start("fan") for _ in range(40)]
+    states = await asyncio.wait_for(asyncio.gather(*(stack.client.wait(r) for r in run_ids)), 60)
+    assert [s.status for s in states] == ["completed"] * len(run_ids)
+    assert all(s.output == list(range(FAN)) for s in states)
+    for run_id in run_ids:
+        snap, _ = await stack.store.load_snapshot(run_id)
+        assert snap is not None and snap.state is not None
+        history = [e for seq, e in await stack.client.events(run_id) if seq <= snap.applied]
+        assert replay(None, history) == snap.state, run_id

@@ -48,6 +48,12 @@ class CancelTimers(_Action, tag="cancel_timers", frozen=True):
     run_id: str
 
 
+class DropTasks(_Action, tag="drop_tasks", frozen=True):
+    """The run ended with tasks still queued: take them off the queue, unrun."""
+
+    run_id: str
+
+
 class StartChildRun(_Action, tag="start_child_run", frozen=True):
     child_run_id: str
     workflow: str
@@ -93,6 +99,7 @@ Action = (
     | DispatchTask
     | StartTimer
     | CancelTimers
+    | DropTasks
     | StartChildRun
     | ContinueRun
     | CancelChildRun

@@ -19,6 +19,7 @@ from .actions import (
     CancelTimers,
     ContinueRun,
     DispatchTask,
+    DropTasks,
     NotifyParent,
     StartChildRun,
     StartTimer,
@@ -102,7 +103,9 @@ def effects(wf: WorkflowDef, old: RunState | None, new: RunState, event: Event) 
                 )
                 yield CancelChildRun(child_run_id=before.child_run_id, reason=why)
     if new.terminal and (old is None or not old.terminal):
-        yield from _on_run_end(new, event)
+        if old is not None and any(s.status in ("queued", "running") for s in old.steps.values()):
+            yield DropTasks(run_id=run_id)
+        yield from _on_run_end(wf, new, event)
 
 
 def _dispatch(state: RunState, sid: str, attempt: int, resume: str = "") -> Iterable[Action]:
@@ -199,8 +202,9 @@ def _task_of(step: StepDef) -> str | None:
     return step.task
 
 
-def _on_run_end(state: RunState, event: Event) -> Iterable[Action]:
-    yield CancelTimers(run_id=state.run_id)
+def _on_run_end(wf: WorkflowDef, state: RunState, event: Event) -> Iterable[Action]:
+    if _may_have_timers(wf, state):
+        yield CancelTimers(run_id=state.run_id)
     if isinstance(event, RunContinued):
         return  # a parent hears from the last run of the chain, not from this one
     if state.parent is not None:
@@ -211,6 +215,23 @@ def _on_run_end(state: RunState, event: Event) -> Iterable[Action]:
             output=state.output,
             error=state.error,
         )
+
+
+def _may_have_timers(wf: WorkflowDef, state: RunState) -> bool:
+    """Whether any timer may have been started for this run (a run timeout, a step's timeout,
+    a retry, a sleep or wait, an expiring approval); a run without any has none to cancel."""
+    if wf.timeout_seconds is not None:
+        return True
+    for sid, step in state.steps.items():
+        if step.status == "pending" and step.attempts == 0:
+            continue
+        d = state.step_def(sid)
+        if d.type not in _TIMERLESS_TYPES or d.timeout is not None or (d.retry and d.retry.max_attempts > 1):
+            return True
+    return False
+
+
+_TIMERLESS_TYPES = frozenset({"task", "agent_loop", "planner"})
 
 
 def _timer(run_id: str, kind: str, sid: str, attempt: int, fire_at: float) -> StartTimer:

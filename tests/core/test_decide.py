@@ -18,6 +18,7 @@ from dagnats.core.actions import (
     CancelChildRun,
     CancelTimers,
     DispatchTask,
+    DropTasks,
     NotifyParent,
     StartChildRun,
     StartTimer,
@@ -590,8 +591,7 @@ def test_a_child_run_notifies_its_parent_when_it_ends(finish: str, status: str) 
     assert run.st.root_run_id == "p1"
     effects = run.complete("a", 42) if finish == "complete" else run.fail("a", "nope", retryable=False)
     output, error = (42, None) if finish == "complete" else (None, "step a failed: nope")
-    assert effects == [
-        CancelTimers(run_id="c1"),
+    assert effects == [  # no timer was ever started for it, so there are none to cancel
         NotifyParent(parent=parent, child_run_id="c1", status=status, output=output, error=error),
     ]
 
@@ -601,9 +601,23 @@ def test_cancelling_a_parent_cancels_its_running_child() -> None:
     effects = run.send(RunCancelRequested(at=T0 + 5))
     assert effects == [
         CancelChildRun(child_run_id=child_run_id("r1", "child", 1), reason="parent run cancelled"),
+        DropTasks(run_id="r1"),  # step a's task is still queued
         CancelTimers(run_id="r1"),
     ]
     assert run.st.error == "cancelled"
+
+
+def test_a_run_that_ends_takes_back_its_queued_tasks_and_cancels_only_timers_it_may_have() -> None:
+    run = Run(flow(task("a"), task("b")))  # both queued at once, no timeouts, no retries
+    assert run.send(RunCancelRequested(at=T0 + 1)) == [DropTasks(run_id="r1")]
+    run = Run(flow(task("a"), task("b", timeout="5s")))
+    assert run.send(RunCancelRequested(at=T0 + 1)) == [DropTasks(run_id="r1"), CancelTimers(run_id="r1")]
+    run = Run(flow(task("a"), task("b", "a")))
+    run.complete("a", 1)
+    assert run.complete("b", 2) == []  # completed: nothing queued, no timers
+    run = Run(flow(task("a"), task("b", "a"), timeout="1h"))
+    run.complete("a", 1)
+    assert run.complete("b", 2) == [CancelTimers(run_id="r1")]  # the run's own timeout timer
 
 
 # --- map ------------------------------------------------------------------------------------
