@@ -18,7 +18,6 @@ from nats.js.errors import (
     APIError,
     BadRequestError,
     KeyNotFoundError,
-    KeyWrongLastSequenceError,
     NotFoundError,
 )
 
@@ -29,6 +28,7 @@ from .core.definition import NAME_RE, WorkflowDef
 from .core.events import Event, decode_event, encode_event
 from .core.state import RunState
 from .errors import NotFound, UserError
+from .replies import Replies
 
 WRONG_LAST_SEQUENCE = 10071
 MAX_EVENT_BYTES = 900_000
@@ -116,6 +116,7 @@ class Store:
         self.nc = nc
         self.source = source  # the history subject token this store writes under
         self.js = nc.jetstream()
+        self.replies = Replies(nc)  # the hot path's publishes and reads
         self._runs: Any = None
         self._workflows: Any = None
         self._wf_cache: dict[tuple[str, int], WorkflowVersion] = {}
@@ -227,7 +228,7 @@ class Store:
             headers["Nats-Msg-Id"] = msg_id
         try:
             subject = names.history_subject(run_id, self.source)
-            ack = await self.js.publish(subject, data, headers=headers or None)
+            ack = await self.replies.publish(subject, data, headers or None)
         except APIError as exc:
             if exc.err_code == WRONG_LAST_SEQUENCE:
                 raise Conflict(run_id) from None
@@ -255,14 +256,14 @@ class Store:
                 continue
             headers["Nats-Batch-Commit"] = "1"
             try:
-                ack = await self.js.publish(subject, data, headers=headers)
+                ack = await self.replies.publish(subject, data, headers)
             except APIError as exc:
                 if exc.err_code == WRONG_LAST_SEQUENCE:
                     raise Conflict(run_id) from None
                 if "atomic" in (exc.description or "").lower() or "batch" in (exc.description or "").lower():
                     raise BatchUnsupported(exc.description or str(exc)) from None
                 raise
-        if getattr(ack, "batch_size", None) != last:
+        if ack.count != last:
             raise BatchUnsupported(f"the server did not commit the batch as one ({ack})")
         return list(range(ack.seq - last + 1, ack.seq + 1))
 
@@ -299,11 +300,17 @@ class Store:
     async def load_snapshot(self, run_id: str) -> tuple[Snapshot | None, int]:
         """The run's snapshot and its KV revision (0 when there is none)."""
         await self._buckets()
-        try:
-            entry = await self._runs.get(run_id)
-        except KeyNotFoundError:
+        msg = await self.replies.request(
+            f"$JS.API.DIRECT.GET.KV_{names.RUNS_BUCKET}.$KV.{names.RUNS_BUCKET}.{run_id}", b""
+        )
+        headers = msg.headers or {}
+        if headers.get("Status") or not msg.data:
+            if headers.get("Status") not in (None, "404"):
+                raise APIError(code=int(headers["Status"]), description=headers.get("Description", ""))
+            return None, 0  # no such key (or a direct get of a deleted one)
+        if headers.get("KV-Operation") in ("DEL", "PURGE"):
             return None, 0
-        return _snap_dec.decode(entry.value), entry.revision
+        return _snap_dec.decode(msg.data), int(headers["Nats-Sequence"])
 
     async def save_snapshot(self, applied: int, state: RunState, revision: int) -> int | None:
         """Compare-and-set; return the new revision, or None if someone else saved first."""
@@ -312,10 +319,12 @@ class Store:
         if len(data) > MAX_EVENT_BYTES:
             data = _enc.encode(Snapshot(applied=applied, summary=summary))
         try:
-            revision_now: int = await self._runs.update(state.run_id, data, last=revision)
-            return revision_now
-        except KeyWrongLastSequenceError:
-            return None
+            ack = await self.replies.publish(
+                f"$KV.{names.RUNS_BUCKET}.{state.run_id}",
+                data,
+                {"Nats-Expected-Last-Subject-Sequence": str(revision)},
+            )
+            return ack.seq
         except APIError as exc:
             if exc.err_code == WRONG_LAST_SEQUENCE:
                 return None
@@ -437,10 +446,10 @@ class Store:
     # --- tasks and timers --------------------------------------------------------------------
 
     async def dispatch(self, action: DispatchTask) -> None:
-        await self.js.publish(
+        await self.replies.publish(
             names.task_subject(action.task, action.run_id),
             _enc.encode(action),
-            headers={"Nats-Msg-Id": action.msg_id},
+            {"Nats-Msg-Id": action.msg_id},
         )
 
     async def drop_tasks(self, run_id: str) -> None:
@@ -451,8 +460,8 @@ class Store:
         await self.js.purge_stream(names.TIMERS_STREAM, subject=names.timer_subject(run_id))
 
     async def start_timer(self, action: StartTimer) -> None:
-        await self.js.publish(
-            names.timer_subject(action.run_id), _enc.encode(action), headers={"Nats-Msg-Id": action.msg_id}
+        await self.replies.publish(
+            names.timer_subject(action.run_id), _enc.encode(action), {"Nats-Msg-Id": action.msg_id}
         )
 
 
