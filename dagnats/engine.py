@@ -10,9 +10,10 @@ a lost append race re-reads the tail, and every effect carries a deterministic N
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,6 +120,8 @@ class Engine:
         self._epoch = 0
         self._live = False  # a message of this epoch was received (so reads started now count)
         self._next_delivery: int | None = None  # the consumer sequence expected next
+        self._due: dict[str, asyncio.TimerHandle] = {}  # runs whose snapshot is saved soon
+        self._flushes: set[asyncio.Task[None]] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
         psub = await self.store.js.pull_subscribe(
@@ -149,6 +152,12 @@ class Engine:
         sweep.cancel()
         if self._jobs:
             await asyncio.gather(*self._jobs, return_exceptions=True)
+        for run_id, handle in list(self._due.items()):  # save what is only in memory
+            handle.cancel()
+            self._due.pop(run_id, None)
+            self._flushes.add(asyncio.create_task(self._flush(run_id)))
+        if self._flushes:
+            await asyncio.gather(*self._flushes, return_exceptions=True)
 
     def _track_deliveries(self, msgs: list[Any]) -> None:
         for msg in msgs:
@@ -204,11 +213,16 @@ class Engine:
     async def process(self, run_id: str, seen_seq: int = 0, msgs: list[Any] | None = None) -> None:
         """Bring one run up to date. Serialized per run within this engine; other engines race
         through optimistic appends and compare-and-set snapshots."""
+        async with self._run_lock(run_id):
+            await self._process(run_id, seen_seq, msgs or [])
+
+    @contextlib.asynccontextmanager
+    async def _run_lock(self, run_id: str) -> AsyncIterator[None]:
         lock, users = self._locks.get(run_id, (asyncio.Lock(), 0))
         self._locks[run_id] = (lock, users + 1)
         try:
             async with lock:
-                await self._process(run_id, seen_seq, msgs or [])
+                yield
         finally:
             lock, users = self._locks[run_id]
             if users == 1:
@@ -468,20 +482,42 @@ class Engine:
             cached.epoch = max(cached.epoch, epoch)
             self._remember(run_id, cached)
             return
-        if not _worth_saving(cached, state, last):
-            # The snapshot is only a cache: keep the new state in memory and save it later.
-            self._remember(
-                run_id, _Cached(state, last, cached.revision, cached.saved, cached.saved_applied, epoch)
-            )
-            return
-        revision = cached.revision
+        entry = _Cached(state, last, cached.revision, cached.saved, cached.saved_applied, epoch)
+        self._remember(run_id, entry)
+        if _shows_news(cached.saved, state):
+            await self._write(run_id, entry)
+        elif run_id not in self._due:
+            # The snapshot is only a cache: what listing shows did not change, so the state
+            # waits in memory and is saved once, a moment later, whatever happens meanwhile.
+            loop = asyncio.get_running_loop()
+            self._due[run_id] = loop.call_later(SAVE_DELAY, self._flush_soon, run_id)
+
+    def _flush_soon(self, run_id: str) -> None:
+        self._due.pop(run_id, None)
+        job = asyncio.create_task(self._flush(run_id))
+        self._flushes.add(job)
+        job.add_done_callback(self._flushes.discard)
+
+    async def _flush(self, run_id: str) -> None:
+        try:
+            async with self._run_lock(run_id):
+                entry = self._cache.get(run_id)
+                if entry is not None and entry.state is not None and entry.applied > entry.saved_applied:
+                    await self._write(run_id, entry)
+        except Exception as exc:  # the history still has everything; the next pass saves
+            log.warning("run %s: saving the snapshot failed: %r", run_id, exc)
+
+    async def _write(self, run_id: str, entry: _Cached) -> None:
+        """Save the entry's state with compare-and-set; give up the entry if another engine is ahead."""
+        assert entry.state is not None
+        revision = entry.revision
         for _ in range(5):
-            new_rev = await self.store.save_snapshot(last, state, revision)
+            new_rev = await self.store.save_snapshot(entry.applied, entry.state, revision)
             if new_rev is not None:
-                self._remember(run_id, _Cached(state, last, new_rev, state, last, epoch))
+                entry.revision, entry.saved, entry.saved_applied = new_rev, entry.state, entry.applied
                 return
             theirs, revision = await self.store.load_snapshot(run_id)
-            if theirs is not None and theirs.applied >= last:
+            if theirs is not None and theirs.applied >= entry.applied:
                 self._cache.pop(run_id, None)  # another engine is ahead; reload next time
                 return
         self._cache.pop(run_id, None)
@@ -529,18 +565,16 @@ def _delivered_tail(msgs: list[Any], applied: int) -> list[Any] | None:
     return ordered
 
 
-SAVE_EVERY = 16  # events folded between snapshot saves, at most, while nothing visible changes
+SAVE_DELAY = 0.5  # seconds a run's newer state may wait in memory while listing shows nothing new
 
 
-def _worth_saving(cached: _Cached, state: RunState, last: int) -> bool:
-    """Save the snapshot when listing would show something new, or it lags too far behind."""
-    saved = cached.saved
+def _shows_news(saved: RunState | None, state: RunState) -> bool:
+    """Whether listing the run would show something new: it appears, changes status, or waits
+    for an operator. Progress alone (steps done) is saved within SAVE_DELAY."""
     return (
         saved is None
-        or state.terminal
         or state.status != saved.status
-        or state.progress() != saved.progress()
-        or last - cached.saved_applied >= SAVE_EVERY
+        or len(state.pending_approvals()) != len(saved.pending_approvals())
     )
 
 

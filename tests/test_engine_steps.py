@@ -650,3 +650,40 @@ async def test_a_big_run_does_not_hold_back_small_ones(stack):
     assert small.status == "completed"
     assert (await stack.client.run(big)).status == "running"  # the small run did not wait for it
     assert (await asyncio.wait_for(stack.client.wait(big), 120)).status == "completed"
+
+
+async def test_progress_alone_reaches_the_snapshot_a_moment_later(stack):
+    """A status change is saved at once; steps finishing while the status stays `running` are
+    saved together within SAVE_DELAY, and listing catches up without any further event."""
+    release = asyncio.Event()
+    slow = Worker()
+
+    @slow.task("hold")
+    async def hold(ctx: TaskContext):
+        await release.wait()
+
+    await stack.start(slow)
+    await stack.register(
+        {
+            "name": "halfway",
+            "steps": [{"id": "a", "task": "echo"}, {"id": "b", "task": "hold", "depends_on": ["a"]}],
+        }
+    )
+    run_id = await stack.client.start("halfway")
+    try:
+        last = 0
+        for _ in range(100):
+            state, last = await stack.store.current(run_id)
+            if state is not None and state.steps["b"].status == "running":
+                break
+            await asyncio.sleep(0.05)
+        snap = None
+        for _ in range(40):  # nothing else happens to the run; the saved state still catches up
+            snap, _rev = await stack.store.load_snapshot(run_id)
+            if snap is not None and snap.applied == last:
+                break
+            await asyncio.sleep(0.05)
+        assert snap is not None and snap.applied == last
+        assert (snap.summary.status, snap.summary.steps_done, snap.summary.steps_total) == ("running", 1, 2)
+    finally:
+        release.set()
