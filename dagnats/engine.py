@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from nats.errors import TimeoutError as NatsTimeout
 from nats.js import api
 
 from . import names
@@ -48,6 +47,7 @@ from .core.events import (
 from .core.plan import next_events
 from .core.state import RUN_TERMINAL, RunState
 from .errors import NotFound
+from .pull import Puller, ensure_consumer
 from .store import (
     MAX_EVENT_BYTES,
     BatchUnsupported,
@@ -124,18 +124,24 @@ class Engine:
         self._flushes: set[asyncio.Task[None]] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        psub = await self.store.js.pull_subscribe(
-            f"{names.HISTORY_PREFIX}.>",
-            durable=names.ENGINE_CONSUMER,
-            stream=names.HISTORY_STREAM,
-            config=api.ConsumerConfig(ack_wait=15, max_deliver=-1, max_ack_pending=50_000),
+        await ensure_consumer(
+            self.store.js,
+            names.HISTORY_STREAM,
+            api.ConsumerConfig(
+                durable_name=names.ENGINE_CONSUMER,
+                filter_subject=f"{names.HISTORY_PREFIX}.>",
+                ack_wait=15,
+                max_deliver=-1,
+                max_ack_pending=50_000,
+            ),
         )
+        puller = await Puller(self.store.nc, names.HISTORY_STREAM, names.ENGINE_CONSUMER).start()
         sweep = asyncio.create_task(self._sweep())
         while not stop.is_set():
             try:
-                msgs = await psub.fetch(self.batch, timeout=0.5)
-            except (TimeoutError, NatsTimeout):
-                continue
+                msgs = await puller.fetch(self.batch, timeout=0.5)
+                if not msgs:
+                    continue
             except Exception as exc:  # connection trouble: keep going once NATS is back
                 self._broken()
                 log.warning("engine fetch failed: %s", exc)
@@ -150,6 +156,7 @@ class Engine:
                 self._jobs.add(job)
                 job.add_done_callback(self._finished)
         sweep.cancel()
+        await puller.stop()
         if self._jobs:
             await asyncio.gather(*self._jobs, return_exceptions=True)
         for run_id, handle in list(self._due.items()):  # save what is only in memory

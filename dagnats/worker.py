@@ -26,13 +26,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import msgspec
-from nats.errors import TimeoutError as NatsTimeout
 from nats.js import api
 
 from . import names
 from .core.actions import DispatchTask
 from .core.events import StepCheckpointed, StepCompleted, StepFailed, StepLog, StepStarted
 from .core.state import RUN_TERMINAL, STEP_TERMINAL, RunState
+from .pull import Puller, ensure_consumer
 from .store import MAX_EVENT_BYTES, Store, decode_task
 
 log = logging.getLogger("dagnats.worker")
@@ -234,15 +234,18 @@ class _Runtime:
 
     async def _pull(self, task: str, stop: asyncio.Event) -> None:
         filters = names.task_filters(task)
-        psub = await self.store.js.pull_subscribe(
-            filters[-1],
-            durable=names.task_consumer(task),
-            stream=names.TASKS_STREAM,
-            config=api.ConsumerConfig(
-                ack_wait=self.ack_wait, max_deliver=-1, max_ack_pending=100_000, filter_subjects=filters
+        info = await ensure_consumer(
+            self.store.js,
+            names.TASKS_STREAM,
+            api.ConsumerConfig(
+                durable_name=names.task_consumer(task),
+                ack_wait=self.ack_wait,
+                max_deliver=-1,
+                max_ack_pending=100_000,
+                filter_subjects=filters,
             ),
         )
-        config = (await psub.consumer_info()).config
+        config = info.config
         if sorted(config.filter_subjects or [config.filter_subject or ""]) != sorted(filters):
             # a consumer from before tasks carried their run in the subject
             await self.store.js.add_consumer(
@@ -258,6 +261,13 @@ class _Runtime:
                 actual,
                 self.ack_wait,
             )
+        psub = await Puller(self.store.nc, names.TASKS_STREAM, names.task_consumer(task)).start()
+        try:
+            await self._serve(psub, task, stop)
+        finally:
+            await psub.stop()
+
+    async def _serve(self, psub: Puller, task: str, stop: asyncio.Event) -> None:
         while not stop.is_set():
             # Wait for work holding one slot (other tasks' pullers need theirs); when more tasks
             # are queued behind the one delivered, take them in one request, as many as slots.
@@ -269,7 +279,7 @@ class _Runtime:
                     await self.slots.acquire()
                     more += 1
                 if more:
-                    extra = await self._fetch(psub, task, more, 0.05)
+                    extra = await self._fetch(psub, task, more, 0.05, no_wait=True)
                     for _ in range(more - len(extra)):
                         self.slots.release()
                     msgs += extra
@@ -280,11 +290,11 @@ class _Runtime:
             if not msgs:
                 self.slots.release()
 
-    async def _fetch(self, psub: Any, task: str, n: int, timeout: float) -> list[Any]:
+    async def _fetch(
+        self, psub: Puller, task: str, n: int, timeout: float, no_wait: bool = False
+    ) -> list[Any]:
         try:
-            return list(await psub.fetch(n, timeout=timeout))
-        except (TimeoutError, NatsTimeout):
-            return []
+            return await psub.fetch(n, timeout, no_wait=no_wait)
         except Exception as exc:
             log.warning("fetch for %s failed: %s", task, exc)
             await asyncio.sleep(0.5)

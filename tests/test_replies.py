@@ -1,4 +1,5 @@
-"""The hot path's own requests and JetStream publishes: acks, errors and timeouts as nats-py's."""
+"""The hot path's own NATS plumbing: publishes acked (errors and timeouts raised as nats-py's),
+and pulling from a consumer."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ import asyncio
 
 import pytest
 from nats.errors import TimeoutError as NatsTimeout
+from nats.js import api
 from nats.js.errors import APIError, NoStreamResponseError
 
 from dagnats.connection import Endpoint, connect
 from dagnats.datadir import Credentials
+from dagnats.pull import PullFailed, Puller, ensure_consumer
 from dagnats.replies import Replies
 from dagnats.server import EmbeddedServer
 
@@ -42,6 +45,49 @@ async def test_publishes_are_acked_and_errors_and_silence_raise_as_nats_py_does(
         with pytest.raises(NatsTimeout):
             await replies.request("silent", b"?", timeout=0.2)
         assert replies._waiting == {}  # nothing left behind by answered, failed or expired requests
+    finally:
+        await nc.close()
+        server.stop()
+
+
+async def test_a_puller_takes_what_is_there_waits_for_the_first_and_reports_a_missing_consumer(tmp_path):
+    server = EmbeddedServer(tmp_path, free_port(), Credentials(operator="op", worker="w"))
+    server.start()
+    nc = await connect(Endpoint(url=server.url, user="operator", password="op"))
+    try:
+        js = nc.jetstream()
+        await js.add_stream(name="Q", subjects=["q.>"])
+        await ensure_consumer(js, "Q", api.ConsumerConfig(durable_name="c", filter_subject="q.>"))
+        await ensure_consumer(
+            js, "Q", api.ConsumerConfig(durable_name="c", filter_subject="q.>")
+        )  # again: kept
+        puller = await Puller(nc, "Q", "c").start()
+        assert await puller.fetch(10, 0.2) == []  # nothing within the timeout
+        assert await puller.fetch(10, 0.2, no_wait=True) == []
+        for i in range(5):
+            await js.publish(f"q.{i}", str(i).encode())
+        got: list[bytes] = []
+        while len(got) < 5:
+            batch = await puller.fetch(3, 1.0)
+            assert 1 <= len(batch) <= 3
+            got += [m.data for m in batch]
+            for m in batch:
+                await m.ack()
+        assert got == [b"0", b"1", b"2", b"3", b"4"]  # in order, none twice
+
+        async def later() -> None:
+            await asyncio.sleep(0.2)
+            await js.publish("q.late", b"late")
+
+        publishing = asyncio.create_task(later())
+        waited = await puller.fetch(10, 2.0)  # returns with the first message, not at the timeout
+        await publishing
+        assert [m.data for m in waited] == [b"late"] and waited[0].metadata.num_delivered == 1
+        await puller.stop()
+        missing = await Puller(nc, "Q", "nobody").start()
+        with pytest.raises(PullFailed):
+            await missing.fetch(1, 1.0)
+        await missing.stop()
     finally:
         await nc.close()
         server.stop()
