@@ -12,7 +12,7 @@ from nats.js.errors import APIError, NoStreamResponseError
 
 from dagnats.connection import Endpoint, connect
 from dagnats.datadir import Credentials
-from dagnats.pull import PullFailed, Puller, ensure_consumer
+from dagnats.pull import Puller, PullFailed, ensure_consumer
 from dagnats.replies import Replies
 from dagnats.server import EmbeddedServer
 
