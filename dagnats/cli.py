@@ -85,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--worker", action="append", default=[], metavar="MODULE:ATTR", help="also serve these tasks"
     )
     s.add_argument("--concurrency", type=int, default=16, help="tasks run at once by the built-in workers")
+    s.add_argument(
+        "--no-workers",
+        dest="builtins",
+        action="store_false",
+        help="run the engine and timers only; tasks are left to `dagnats worker` processes",
+    )
     s.add_argument("-v", "--verbose", action="store_true")
     s.set_defaults(handler=cmd_serve)
 
@@ -231,6 +237,7 @@ def cmd_serve(args: argparse.Namespace) -> Any:
         nats_url=args.nats,
         workers=workers,
         concurrency=args.concurrency,
+        builtins=args.builtins,
     )
 
 

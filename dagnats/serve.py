@@ -57,10 +57,21 @@ class DataDirLock:
 
 
 async def serve(
-    *, data_dir: str | None, port: int, nats_url: str | None, workers: list[Worker], concurrency: int = 16
+    *,
+    data_dir: str | None,
+    port: int,
+    nats_url: str | None,
+    workers: list[Worker],
+    concurrency: int = 16,
+    builtins: bool = True,
 ) -> None:
     stack = LocalStack(
-        data_dir=data_dir, port=port, nats_url=nats_url, workers=workers, concurrency=concurrency
+        data_dir=data_dir,
+        port=port,
+        nats_url=nats_url,
+        workers=workers,
+        concurrency=concurrency,
+        builtins=builtins,
     )
     await stack.start()
     stop = asyncio.Event()
@@ -73,7 +84,8 @@ async def serve(
             if stack.server
             else f"NATS at {stack.endpoint.url}"
         )
-        print(f"dagnats serve: {where}; tasks: {', '.join(stack.task_names)}. Ctrl-C to stop.", flush=True)
+        tasks = ", ".join(stack.task_names) or "none (engine and timers only)"
+        print(f"dagnats serve: {where}; tasks: {tasks}. Ctrl-C to stop.", flush=True)
         failed = await stack.wait(stop)
         if failed:
             print(f"dagnats serve: {failed}", file=sys.stderr)
@@ -95,8 +107,10 @@ class LocalStack:
         nats_url: str | None = None,
         workers: list[Worker] | None = None,
         concurrency: int = 16,
+        builtins: bool = True,  # run the built-in workers (and agents) in this process
     ) -> None:
         self.path = datadir.resolve(data_dir)
+        self.builtins = builtins
         self.port = port
         self.nats_url = nats_url
         self.workers = workers or []
@@ -141,7 +155,8 @@ class LocalStack:
             await self._close_all()
             raise
         combined = Worker(name=f"serve:{os.getpid()}")
-        for w in [builtin, agent_worker(self.path / "workspaces"), *self.workers]:
+        own = [builtin, agent_worker(self.path / "workspaces")] if self.builtins else []
+        for w in [*own, *self.workers]:
             combined.include(w)
         self.task_names = sorted(combined.handlers)
         engine = Engine(store)
@@ -149,10 +164,13 @@ class LocalStack:
         self._tasks = [
             asyncio.create_task(engine.run(stop), name="engine"),
             asyncio.create_task(TimerService(store).run(stop), name="timers"),
-            asyncio.create_task(
-                combined.run(worker_store, stop, concurrency=self.concurrency), name="workers"
-            ),
         ]
+        if combined.handlers or combined.tools:
+            self._tasks.append(
+                asyncio.create_task(
+                    combined.run(worker_store, stop, concurrency=self.concurrency), name="workers"
+                )
+            )
 
     async def wait(self, stop: asyncio.Event) -> str | None:
         """Until `stop` is set or a part dies; what died and why, if one did."""

@@ -311,6 +311,39 @@ def test_user_worker_process_runs_python_tasks(serve, data_dir):
     assert worker.returncode == 0
 
 
+def test_serve_without_workers_leaves_tasks_to_a_worker_process(data_dir):
+    import subprocess
+    import sys
+
+    engine = ServeProcess(data_dir, args=("--no-workers",)).start()
+    try:
+        assert "tasks: none (engine and timers only)" in engine.log()
+        wf = data_dir.parent / "one.json"
+        wf.write_text(json.dumps({"name": "one", "steps": [{"id": "a", "task": "echo", "input": 7}]}))
+        dagnats("workflow", "register", str(wf), data_dir=data_dir)
+        run_id = dagnats_json("run", "start", "one", data_dir=data_dir)["run_id"]
+        time.sleep(1.0)
+        assert dagnats_json("run", "show", run_id, data_dir=data_dir)["steps"]["a"]["status"] == "queued"
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "dagnats", "worker", "dagnats.builtins:builtin"],
+            env=cli_env(data_dir),
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_until(
+                lambda: dagnats_json("run", "show", run_id, data_dir=data_dir)["status"] == "completed",
+                what="the worker process to run the queued task",
+            )
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            worker.wait(10)
+        assert dagnats_json("run", "show", run_id, data_dir=data_dir)["output"] == 7
+    finally:
+        engine.kill()
+
+
 def test_second_serve_on_same_data_dir_refuses(serve, data_dir):
     proc = dagnats("serve", "--data-dir", str(data_dir), "--port", str(free_port()), timeout=20)
     assert proc.returncode == 1
