@@ -147,12 +147,13 @@ class Engine:
                 log.warning("engine fetch failed: %s", exc)
                 await asyncio.sleep(0.5)
                 continue
-            self._track_deliveries(msgs)
+            fresh = set(map(id, msgs[self._track_deliveries(msgs) :]))
             for run_id, run_msgs in _by_run(msgs).items():
                 # Each run is brought up to date on its own task, so a long pass over a big run
                 # never holds back the others (nor the next fetch).
+                epoch = self._epoch if all(id(m) in fresh for m in run_msgs) else -1
                 await self._slots.acquire()
-                job = asyncio.create_task(self._handle(run_id, run_msgs))
+                job = asyncio.create_task(self._handle(run_id, run_msgs, epoch))
                 self._jobs.add(job)
                 job.add_done_callback(self._finished)
         sweep.cancel()
@@ -166,17 +167,22 @@ class Engine:
         if self._flushes:
             await asyncio.gather(*self._flushes, return_exceptions=True)
 
-    def _track_deliveries(self, msgs: list[Any]) -> None:
-        for msg in msgs:
+    def _track_deliveries(self, msgs: list[Any]) -> int:
+        """Follow the delivery epoch; return the index from which `msgs` belong to the current one."""
+        since = 0
+        for i, msg in enumerate(msgs):
             meta = msg.metadata
             if meta.num_delivered != 1:
                 self._epoch += 1
                 self._live = False
+                since = i + 1
             else:
                 if self._next_delivery is not None and meta.sequence.consumer != self._next_delivery:
                     self._epoch += 1
+                    since = i
                 self._live = True
             self._next_delivery = meta.sequence.consumer + 1
+        return since
 
     def _broken(self) -> None:
         """Something went wrong with delivery or processing: trust no run's cached tail."""
@@ -196,7 +202,7 @@ class Engine:
             if snap.summary.status in RUN_TERMINAL:
                 continue
             await self._slots.acquire()
-            job = asyncio.create_task(self._handle(snap.summary.run_id, []))
+            job = asyncio.create_task(self._handle(snap.summary.run_id, [], -1))
             self._jobs.add(job)
             job.add_done_callback(self._finished)
 
@@ -204,10 +210,10 @@ class Engine:
         self._jobs.discard(job)
         self._slots.release()
 
-    async def _handle(self, run_id: str, msgs: list[Any]) -> None:
+    async def _handle(self, run_id: str, msgs: list[Any], epoch: int) -> None:
         seen = max((m.metadata.sequence.stream for m in msgs), default=0)
         try:
-            await self.process(run_id, seen, msgs)
+            await self.process(run_id, seen, msgs, epoch)
         except Exception as exc:
             log.error("run %s: processing failed: %r", run_id, exc)
             self._cache.pop(run_id, None)  # its redo starts from the stored snapshot and history
@@ -217,11 +223,14 @@ class Engine:
         for msg in msgs:
             await msg.ack()
 
-    async def process(self, run_id: str, seen_seq: int = 0, msgs: list[Any] | None = None) -> None:
+    async def process(
+        self, run_id: str, seen_seq: int = 0, msgs: list[Any] | None = None, epoch: int = -1
+    ) -> None:
         """Bring one run up to date. Serialized per run within this engine; other engines race
-        through optimistic appends and compare-and-set snapshots."""
+        through optimistic appends and compare-and-set snapshots. `epoch`: the delivery epoch
+        all of `msgs` came in, if they did (-1 otherwise)."""
         async with self._run_lock(run_id):
-            await self._process(run_id, seen_seq, msgs or [])
+            await self._process(run_id, seen_seq, msgs or [], epoch)
 
     @contextlib.asynccontextmanager
     async def _run_lock(self, run_id: str) -> AsyncIterator[None]:
@@ -237,8 +246,13 @@ class Engine:
             else:
                 self._locks[run_id] = (lock, users - 1)
 
-    async def _process(self, run_id: str, seen_seq: int, msgs: list[Any]) -> None:
-        cached = await self._load(run_id)
+    async def _process(self, run_id: str, seen_seq: int, msgs: list[Any], epoch: int) -> None:
+        if run_id not in self._cache and epoch == self._epoch and _starts_run(msgs):
+            # A new run whose run.started (always its first event) came in this epoch: every
+            # event it has is in hand or on its way here. No snapshot to load, no tail to read.
+            cached = _Cached(state=None, applied=0, revision=0, epoch=epoch)
+        else:
+            cached = await self._load(run_id)
         if cached.applied >= seen_seq > 0:
             return
         pass_ = _Pass(cached.state, cached.applied, cached.epoch)
@@ -583,6 +597,15 @@ def _shows_news(saved: RunState | None, state: RunState) -> bool:
         or state.status != saved.status
         or len(state.pending_approvals()) != len(saved.pending_approvals())
     )
+
+
+def _starts_run(msgs: list[Any]) -> bool:
+    """Whether the first of these history messages is a run.started (events are encoded with
+    their type first)."""
+    if not msgs:
+        return False
+    first = min(msgs, key=lambda m: m.metadata.sequence.stream)
+    return bool(first.data.startswith(b'{"type":"run.started"'))
 
 
 def _by_run(msgs: list[Any]) -> dict[str, list[Any]]:

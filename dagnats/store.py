@@ -299,18 +299,24 @@ class Store:
 
     async def load_snapshot(self, run_id: str) -> tuple[Snapshot | None, int]:
         """The run's snapshot and its KV revision (0 when there is none)."""
-        await self._buckets()
-        msg = await self.replies.request(
-            f"$JS.API.DIRECT.GET.KV_{names.RUNS_BUCKET}.$KV.{names.RUNS_BUCKET}.{run_id}", b""
-        )
-        headers = msg.headers or {}
-        if headers.get("Status") or not msg.data:
-            if headers.get("Status") not in (None, "404"):
-                raise APIError(code=int(headers["Status"]), description=headers.get("Description", ""))
-            return None, 0  # no such key (or a direct get of a deleted one)
-        if headers.get("KV-Operation") in ("DEL", "PURGE"):
+        found = await self._kv_get(names.RUNS_BUCKET, run_id)
+        if found is None:
             return None, 0
-        return _snap_dec.decode(msg.data), int(headers["Nats-Sequence"])
+        return _snap_dec.decode(found[0]), found[1]
+
+    async def _kv_get(self, bucket: str, key: str) -> tuple[bytes, int] | None:
+        """A key's value and revision, or None: one direct get through `replies`."""
+        await self._buckets()
+        msg = await self.replies.request(f"$JS.API.DIRECT.GET.KV_{bucket}.$KV.{bucket}.{key}", b"")
+        headers = msg.headers or {}
+        status = headers.get("Status")
+        if status:
+            if status != "404":
+                raise APIError(code=int(status), description=headers.get("Description", ""))
+            return None
+        if headers.get("KV-Operation") in ("DEL", "PURGE"):
+            return None
+        return msg.data, int(headers["Nats-Sequence"])
 
     async def save_snapshot(self, applied: int, state: RunState, revision: int) -> int | None:
         """Compare-and-set; return the new revision, or None if someone else saved first."""
@@ -408,12 +414,10 @@ class Store:
         return found
 
     async def latest_workflow(self, name: str) -> WorkflowVersion | None:
-        await self._buckets()
-        try:
-            entry = await self._workflows.get(names.workflow_latest_key(name))
-        except KeyNotFoundError:
+        found = await self._kv_get(names.WORKFLOWS_BUCKET, names.workflow_latest_key(name))
+        if found is None:
             return await self._adopt_versions(name)
-        return await self._version(name, int(entry.value))
+        return await self._version(name, int(found[0]))
 
     async def _adopt_versions(self, name: str) -> WorkflowVersion | None:
         """Versions stored before the `latest` pointer existed: point at the newest of them."""
@@ -429,12 +433,10 @@ class Store:
         cached = self._wf_cache.get((name, version))
         if cached is not None:
             return cached
-        await self._buckets()
-        try:
-            entry = await self._workflows.get(names.workflow_key(name, version))
-        except KeyNotFoundError:
+        found = await self._kv_get(names.WORKFLOWS_BUCKET, names.workflow_key(name, version))
+        if found is None:
             return None
-        record = _wfv_dec.decode(entry.value)
+        record = _wfv_dec.decode(found[0])
         self._wf_cache[(name, version)] = record
         return record
 
