@@ -44,7 +44,7 @@ from .core.events import (
     StepFailed,
     encode_event,
 )
-from .core.plan import next_events
+from .core.plan import next_event
 from .core.state import RUN_TERMINAL, RunState
 from .errors import NotFound
 from .pull import Puller, ensure_consumer
@@ -282,7 +282,8 @@ class Engine:
             if pass_.state is None:
                 break
             if pass_.next is None:  # nothing folded yet in this pass: ask the plan directly
-                pass_.next = next_events(pass_.state.definition, pass_.state)
+                first = next_event(pass_.state.definition, pass_.state)
+                pass_.next = [] if first is None else [first]
             if not pass_.next:
                 break
             chain = self._chain(pass_) if self.batching else []
@@ -342,7 +343,7 @@ class Engine:
             if size > BATCH_BYTES and out:
                 break
             try:
-                new, actions = decide(None, state, event)
+                new, actions = decide(None, state, event, first_only=True)
             except IllegalEvent:
                 break  # the one-at-a-time path logs and skips it
             out.append((event, new, actions))
@@ -353,7 +354,7 @@ class Engine:
     def _apply(self, pass_: _Pass, event: Event, seq: int) -> None:
         """Fold one event; queue its effects (done together, before the pass acknowledges)."""
         try:
-            new, actions = decide(None, pass_.state, event)
+            new, actions = decide(None, pass_.state, event, first_only=True)
         except IllegalEvent as exc:
             pass_.last = seq
             log.warning("ignoring illegal event #%d (%s): %s", seq, type(event).__name__, exc)

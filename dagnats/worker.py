@@ -389,7 +389,12 @@ class _Runtime:
             stopped.append(why)
             handler.cancel()
 
-        watcher = asyncio.create_task(self._keep_alive(msg, task, handler, stop))
+        watchers: list[asyncio.Task[None]] = []
+
+        def watch() -> None:  # only for a task that outlives a short one: most never need it
+            watchers.append(asyncio.create_task(self._keep_alive(msg, task, handler, stop)))
+
+        watching = asyncio.get_running_loop().call_later(STARTED_AFTER, watch)
         timer = None
         if task.timeout is not None:
             # The engine's step timer decides the attempt's fate; stop the handler to match.
@@ -405,7 +410,9 @@ class _Runtime:
             outcome = (False, "the task was cancelled (CancelledError escaped its handler)", True)
         finally:
             announce.cancel()
-            watcher.cancel()
+            watching.cancel()
+            for watcher in watchers:
+                watcher.cancel()
             if timer is not None:
                 timer.cancel()
         if started is not None:

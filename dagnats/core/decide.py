@@ -59,7 +59,7 @@ from .events import (
     TimerFired,
     ToolResultRecorded,
 )
-from .plan import next_events
+from .plan import next_event, next_events
 from .state import (
     STEP_ACTIVE,
     STEP_TERMINAL,
@@ -80,13 +80,19 @@ class IllegalEvent(Exception):
 
 
 def decide(
-    definition: WorkflowDef | None, state: RunState | None, event: Event
+    definition: WorkflowDef | None, state: RunState | None, event: Event, *, first_only: bool = False
 ) -> tuple[RunState, list[Action]]:
-    """Fold one event into the run state and say what must happen next."""
+    """Fold one event into the run state and say what must happen next. With `first_only`,
+    only the first event to record is worked out (the engine records one at a time)."""
     new = transition(state, event)
     wf = definition or new.definition
     actions: list[Action] = list(effects(wf, state, new, event))
-    actions += [AppendEvent(event=e) for e in next_events(wf, new)]
+    if first_only:
+        upcoming = next_event(wf, new)
+        if upcoming is not None:
+            actions.append(AppendEvent(event=upcoming))
+    else:
+        actions += [AppendEvent(event=e) for e in next_events(wf, new)]
     return new, actions
 
 

@@ -7,6 +7,7 @@ the same answer. The engine records the first event, folds it, and asks again.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import msgspec
@@ -50,33 +51,51 @@ MAX_DEPTH = 5  # root run is depth 0; sub_workflow nesting stops at this depth
 
 def next_events(wf: WorkflowDef, state: RunState) -> list[Event]:
     """Events the engine must record next, derived from the state alone (level-triggered)."""
+    return list(_upcoming(state))
+
+
+def next_event(wf: WorkflowDef, state: RunState) -> Event | None:
+    """The first of `next_events`, without working out the others: the engine records one
+    event at a time and asks again, and building all hundred start events of a fan-out after
+    each of its hundred `step.queued` made the fan-out quadratic."""
+    return next(_upcoming(state), None)
+
+
+def _upcoming(state: RunState) -> Iterator[Event]:
     if state.terminal:
-        return []
+        return
     now = state.updated_at
     static = state.static_ids()
     for sid in static:
         if state.steps[sid].status == "failed":
-            return [RunFailed(at=now, error=f"step {sid} failed: {state.steps[sid].error}")]
-    out: list[Event] = []
+            yield RunFailed(at=now, error=f"step {sid} failed: {state.steps[sid].error}")
+            return
+    some = False
     contexts: dict[str | None, dict[str, Any]] = {}
     for sid in static:
         step = state.steps[sid]
         if step.status == "pending" and _deps_satisfied(state, sid):
-            out.append(_start_step(state, sid, now, contexts))
+            some = True
+            yield _start_step(state, sid, now, contexts)
         elif step.status == "running" and step.items is not None:
-            out.extend(_advance_map(state, sid, now))
+            for event in _advance_map(state, sid, now):
+                some = True
+                yield event
         elif step.status == "running" and step.plan is not None:
-            out.extend(_advance_plan(state, sid, now))
+            for event in _advance_plan(state, sid, now):
+                some = True
+                yield event
         elif step.status == "running" and step.carry is not None and state.generation >= MAX_GENERATIONS:
             bound = f"continue_as_new reached max_generations ({MAX_GENERATIONS})"
-            out.append(StepFailed(at=now, step_id=sid, attempt=step.attempts, error=bound, retryable=False))
+            some = True
+            yield StepFailed(at=now, step_id=sid, attempt=step.attempts, error=bound, retryable=False)
         elif step.status == "waiting" and step.waiting_signal is not None:
             sig = _buffered_signal(state, step.waiting_signal)
             if sig is not None:
-                out.append(StepCompleted(at=now, step_id=sid, attempt=step.attempts, output=sig.data))
-    if not out and all(state.steps[sid].status in STEP_SATISFIED for sid in static):
-        out.append(RunCompleted(at=now, output=_run_output(state)))
-    return out
+                some = True
+                yield StepCompleted(at=now, step_id=sid, attempt=step.attempts, output=sig.data)
+    if not some and all(state.steps[sid].status in STEP_SATISFIED for sid in static):
+        yield RunCompleted(at=now, output=_run_output(state))
 
 
 def _start_step(
@@ -178,7 +197,7 @@ def _continue(
     return StepQueued(at=now, step_id=sid, attempt=attempt, input=next_input)
 
 
-def _advance_plan(state: RunState, sid: str, now: float) -> list[Event]:
+def _advance_plan(state: RunState, sid: str, now: float) -> Iterable[Event]:
     """Check, review, expand and run a planner's plan; finish the planner when the plan is done."""
     step = state.steps[sid]
     planner = state.step_def(sid)
@@ -221,11 +240,11 @@ def _advance_plan(state: RunState, sid: str, now: float) -> list[Event]:
         leaves = {pid.split(".", 1)[1]: state.steps[pid].output for pid in step.plan_steps if pid not in used}
         return [PlanFinished(at=now, step_id=sid, output=leaves)]
     contexts: dict[str | None, dict[str, Any]] = {}
-    return [
+    return (  # built as they are asked for (see next_event)
         _start_step(state, pid, now, contexts)
         for pid, p in zip(step.plan_steps, planned)
         if p.status == "pending" and _deps_satisfied(state, pid)
-    ]
+    )
 
 
 def _expand_map(step: StepDef, sid: str, attempt: int, items: Any, now: float) -> Event:

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from dagnats.core.actions import DispatchTask, StartChildRun, StartTimer
+from dagnats.core.actions import AppendEvent, DispatchTask, StartChildRun, StartTimer
 from dagnats.core.decide import decide, fold, next_events, replay
 from dagnats.core.definition import RetryPolicy, WorkflowDef, parse_definition
 from dagnats.core.events import (
@@ -39,6 +39,7 @@ from dagnats.core.events import (
     decode_event,
     encode_event,
 )
+from dagnats.core.plan import next_event
 from dagnats.core.state import STEP_SATISFIED, STEP_TERMINAL, RunState, parent_of
 
 SEEDS = range(200)
@@ -206,6 +207,11 @@ class World:
         rng = self.rng
         if kind == "engine":
             event = next_events(self.wf, self.st)[0]
+            assert next_event(self.wf, self.st) == event  # the engine's shortcut asks for this one
+            _, first_only = decide(self.wf, self.st, event, first_only=True)
+            _, every = decide(self.wf, self.st, event)
+            append = [a for a in every if isinstance(a, AppendEvent)]
+            assert first_only == [a for a in every if not isinstance(a, AppendEvent)] + append[:1]
             self.appended.append(event)
             self.apply(event)
         elif kind == "engine_redo":  # the engine crashed after appending and appends again
