@@ -22,6 +22,8 @@ from nats.aio.client import Client as NATS
 from nats.js import api
 from nats.js.errors import NotFoundError
 
+from .replies import subscribe_direct
+
 
 async def ensure_consumer(js: Any, stream: str, config: api.ConsumerConfig) -> api.ConsumerInfo:
     """The durable consumer `config.durable_name`, created with `config` unless it exists."""
@@ -55,7 +57,7 @@ class Puller:
     async def start(self) -> Puller:
         inbox = self.nc.new_inbox()
         self._prefix = inbox + "."
-        self._sub = await self.nc.subscribe(inbox + ".*", cb=self._on_msg)
+        self._sub = await subscribe_direct(self.nc, inbox + ".*", self._on_msg)
         return self
 
     async def stop(self) -> None:
@@ -63,7 +65,7 @@ class Puller:
             await self._sub.unsubscribe()
             self._sub = None
 
-    async def _on_msg(self, msg: Any) -> None:
+    def _on_msg(self, msg: Any) -> None:
         current = msg.subject == self._prefix + str(self._request)  # (statuses come on the inbox)
         headers = msg.headers
         status = headers.get("Status") if headers else None
@@ -94,13 +96,14 @@ class Puller:
                 await self.nc.publish(
                     self.subject, json.dumps(request).encode(), reply=self._prefix + str(self._request)
                 )
-            self._waiter = loop.create_future()
-            wake = loop.call_later(timeout, _settle, self._waiter)
-            try:
-                await self._waiter
-            finally:
-                wake.cancel()
-                self._waiter = None
+            if not self._buf and not self._problem:  # (some may have come while requesting)
+                self._waiter = loop.create_future()
+                wake = loop.call_later(timeout, _settle, self._waiter)
+                try:
+                    await self._waiter
+                finally:
+                    wake.cancel()
+                    self._waiter = None
         if not self._buf and self._problem:
             problem, self._problem = self._problem, None
             raise PullFailed(f"pulling from {self.subject}: {problem}")

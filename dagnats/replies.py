@@ -13,6 +13,7 @@ The errors raised are nats-py's own (`nats.js.errors.APIError` and subclasses wi
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -21,6 +22,51 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import APIError, NoStreamResponseError
 
 TIMEOUT = 5.0
+
+
+async def subscribe_direct(nc: NATS, subject: str, handler: Callable[[Any], None]) -> Any:
+    """Subscribe so that each message is handed to `handler` as the connection reads it.
+
+    A nats-py subscription with a callback queues each message for a task of its own, which
+    then calls back: one more trip through the event loop per message, on every reply and
+    every pulled message of the hot path. nats-py (pinned) hands a message to its
+    subscription's `_pending_queue.put_nowait`; a stand-in there calls `handler` at once.
+    `handler` must not block. Where the stand-in cannot go, a callback subscription does.
+    """
+    sub = await nc.subscribe(subject)
+    if not isinstance(getattr(sub, "_pending_queue", None), asyncio.Queue):
+
+        async def relay(msg: Any) -> None:
+            handler(msg)
+
+        await sub.unsubscribe()
+        return await nc.subscribe(subject, cb=relay)
+    sub._pending_queue = _HandOver(sub, handler)  # type: ignore[assignment]
+    return sub
+
+
+class _HandOver:
+    """What nats-py uses of a subscription's pending queue, handing each message on at once."""
+
+    def __init__(self, sub: Any, handler: Callable[[Any], None]) -> None:
+        self.sub = sub
+        self.handler = handler
+
+    def put_nowait(self, msg: Any) -> None:
+        self.sub._pending_size -= len(msg.data)  # nats-py counted it as waiting in the queue
+        self.handler(msg)
+
+    def qsize(self) -> int:
+        return 0
+
+    def empty(self) -> bool:
+        return True
+
+    def task_done(self) -> None:
+        pass
+
+    async def join(self) -> None:
+        pass
 
 
 class PubAck(msgspec.Struct, frozen=True):
@@ -53,10 +99,10 @@ class Replies:
             if self._sub is not None:
                 return
             inbox = self.nc.new_inbox()
-            self._sub = await self.nc.subscribe(inbox + ".*", cb=self._on_reply)
+            self._sub = await subscribe_direct(self.nc, inbox + ".*", self._on_reply)
             self._prefix = inbox + "."
 
-    async def _on_reply(self, msg: Any) -> None:
+    def _on_reply(self, msg: Any) -> None:
         future = self._waiting.pop(msg.subject[len(self._prefix) :], None)
         if future is not None and not future.done():
             future.set_result(msg)
