@@ -149,6 +149,10 @@ class Engine:
                 continue
             fresh = set(map(id, msgs[self._track_deliveries(msgs) :]))
             for run_id, run_msgs in _by_run(msgs).items():
+                if self._folded_already(run_id, run_msgs):
+                    for msg in run_msgs:  # this engine's own appends, coming back: done with
+                        await msg.ack()
+                    continue
                 # Each run is brought up to date on its own task, so a long pass over a big run
                 # never holds back the others (nor the next fetch).
                 epoch = self._epoch if all(id(m) in fresh for m in run_msgs) else -1
@@ -166,6 +170,16 @@ class Engine:
             self._flushes.add(asyncio.create_task(self._flush(run_id)))
         if self._flushes:
             await asyncio.gather(*self._flushes, return_exceptions=True)
+
+    def _folded_already(self, run_id: str, msgs: list[Any]) -> bool:
+        """Whether these messages were folded by a pass that has finished (its effects done),
+        as this engine's own appends are by the time they are delivered back: they need no
+        pass. (Acking them before a snapshot covers them is safe: at start an engine brings
+        every unfinished run up to date from its snapshot and history.)"""
+        if run_id in self._locks:
+            return False
+        cached = self._cache.get(run_id)
+        return cached is not None and all(m.metadata.sequence.stream <= cached.applied for m in msgs)
 
     def _track_deliveries(self, msgs: list[Any]) -> int:
         """Follow the delivery epoch; return the index from which `msgs` belong to the current one."""
