@@ -10,10 +10,9 @@ a lost append race re-reads the tail, and every effect carries a deterministic N
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,7 +105,9 @@ class Engine:
         self.store = store
         self.batch = batch
         self._cache: OrderedDict[str, _Cached] = OrderedDict()
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}  # run id -> (lock, holders + waiters)
+        # Runs being worked on, each by one job that takes what is queued for it in turn:
+        # delivered messages (with their delivery epoch), or None to save the snapshot.
+        self._queues: dict[str, list[tuple[list[Any] | None, int]]] = {}
         self._slots = asyncio.Semaphore(MAX_ACTIVE_RUNS)
         self._jobs: set[asyncio.Task[None]] = set()
         self.processed = 0
@@ -121,7 +122,6 @@ class Engine:
         self._live = False  # a message of this epoch was received (so reads started now count)
         self._next_delivery: int | None = None  # the consumer sequence expected next
         self._due: dict[str, asyncio.TimerHandle] = {}  # runs whose snapshot is saved soon
-        self._flushes: set[asyncio.Task[None]] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
         await ensure_consumer(
@@ -156,27 +156,54 @@ class Engine:
                 # Each run is brought up to date on its own task, so a long pass over a big run
                 # never holds back the others (nor the next fetch).
                 epoch = self._epoch if all(id(m) in fresh for m in run_msgs) else -1
-                await self._slots.acquire()
-                job = asyncio.create_task(self._handle(run_id, run_msgs, epoch))
-                self._jobs.add(job)
-                job.add_done_callback(self._finished)
+                await self._submit(run_id, run_msgs, epoch)
         sweep.cancel()
         await puller.stop()
-        if self._jobs:
+        while self._jobs:
             await asyncio.gather(*self._jobs, return_exceptions=True)
         for run_id, handle in list(self._due.items()):  # save what is only in memory
             handle.cancel()
             self._due.pop(run_id, None)
-            self._flushes.add(asyncio.create_task(self._flush(run_id)))
-        if self._flushes:
-            await asyncio.gather(*self._flushes, return_exceptions=True)
+            await self._flush(run_id)
+
+    async def _submit(self, run_id: str, msgs: list[Any], epoch: int) -> None:
+        """Queue a run's messages for its job, starting one (within MAX_ACTIVE_RUNS) if none
+        works on the run. One job per run keeps its passes in delivery order."""
+        queue = self._queues.get(run_id)
+        if queue is None:
+            await self._slots.acquire()
+            queue = self._queues.get(run_id)  # (a save may have started one meanwhile)
+            if queue is None:
+                self._start(run_id, [(msgs, epoch)], self._finished)
+                return
+            self._slots.release()
+        queue.append((msgs, epoch))
+
+    def _start(
+        self, run_id: str, queue: list[tuple[list[Any] | None, int]], done: Callable[[Any], None]
+    ) -> None:
+        self._queues[run_id] = queue
+        job = asyncio.create_task(self._drain(run_id, queue))
+        self._jobs.add(job)
+        job.add_done_callback(done)
+
+    async def _drain(self, run_id: str, queue: list[tuple[list[Any] | None, int]]) -> None:
+        try:
+            while queue:
+                msgs, epoch = queue.pop(0)
+                if msgs is None:
+                    await self._flush(run_id)
+                else:
+                    await self._handle(run_id, msgs, epoch)
+        finally:
+            del self._queues[run_id]
 
     def _folded_already(self, run_id: str, msgs: list[Any]) -> bool:
         """Whether these messages were folded by a pass that has finished (its effects done),
         as this engine's own appends are by the time they are delivered back: they need no
         pass. (Acking them before a snapshot covers them is safe: at start an engine brings
         every unfinished run up to date from its snapshot and history.)"""
-        if run_id in self._locks:
+        if run_id in self._queues:
             return False
         cached = self._cache.get(run_id)
         return cached is not None and all(m.metadata.sequence.stream <= cached.applied for m in msgs)
@@ -215,10 +242,7 @@ class Engine:
         for snap in snapshots:
             if snap.summary.status in RUN_TERMINAL:
                 continue
-            await self._slots.acquire()
-            job = asyncio.create_task(self._handle(snap.summary.run_id, [], -1))
-            self._jobs.add(job)
-            job.add_done_callback(self._finished)
+            await self._submit(snap.summary.run_id, [], -1)
 
     def _finished(self, job: asyncio.Task[None]) -> None:
         self._jobs.discard(job)
@@ -227,7 +251,7 @@ class Engine:
     async def _handle(self, run_id: str, msgs: list[Any], epoch: int) -> None:
         seen = max((m.metadata.sequence.stream for m in msgs), default=0)
         try:
-            await self.process(run_id, seen, msgs, epoch)
+            await self._process(run_id, seen, msgs, epoch)
         except Exception as exc:
             log.error("run %s: processing failed: %r", run_id, exc)
             self._cache.pop(run_id, None)  # its redo starts from the stored snapshot and history
@@ -237,30 +261,10 @@ class Engine:
         for msg in msgs:
             await msg.ack()
 
-    async def process(
-        self, run_id: str, seen_seq: int = 0, msgs: list[Any] | None = None, epoch: int = -1
-    ) -> None:
-        """Bring one run up to date. Serialized per run within this engine; other engines race
+    async def _process(self, run_id: str, seen_seq: int, msgs: list[Any], epoch: int) -> None:
+        """Bring one run up to date (only ever on its job: see _submit). Other engines race
         through optimistic appends and compare-and-set snapshots. `epoch`: the delivery epoch
         all of `msgs` came in, if they did (-1 otherwise)."""
-        async with self._run_lock(run_id):
-            await self._process(run_id, seen_seq, msgs or [], epoch)
-
-    @contextlib.asynccontextmanager
-    async def _run_lock(self, run_id: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(run_id, (asyncio.Lock(), 0))
-        self._locks[run_id] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[run_id]
-            if users == 1:
-                del self._locks[run_id]
-            else:
-                self._locks[run_id] = (lock, users - 1)
-
-    async def _process(self, run_id: str, seen_seq: int, msgs: list[Any], epoch: int) -> None:
         if run_id not in self._cache and epoch == self._epoch and _starts_run(msgs):
             # A new run whose run.started (always its first event) came in this epoch: every
             # event it has is in hand or on its way here. No snapshot to load, no tail to read.
@@ -530,16 +534,17 @@ class Engine:
 
     def _flush_soon(self, run_id: str) -> None:
         self._due.pop(run_id, None)
-        job = asyncio.create_task(self._flush(run_id))
-        self._flushes.add(job)
-        job.add_done_callback(self._flushes.discard)
+        queue = self._queues.get(run_id)
+        if queue is not None:
+            queue.append((None, -1))
+        else:
+            self._start(run_id, [(None, -1)], self._jobs.discard)
 
     async def _flush(self, run_id: str) -> None:
         try:
-            async with self._run_lock(run_id):
-                entry = self._cache.get(run_id)
-                if entry is not None and entry.state is not None and entry.applied > entry.saved_applied:
-                    await self._write(run_id, entry)
+            entry = self._cache.get(run_id)
+            if entry is not None and entry.state is not None and entry.applied > entry.saved_applied:
+                await self._write(run_id, entry)
         except Exception as exc:  # the history still has everything; the next pass saves
             log.warning("run %s: saving the snapshot failed: %r", run_id, exc)
 
