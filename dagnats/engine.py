@@ -1,10 +1,13 @@
 """The engine: a short loop that feeds history events to the pure core and performs its actions.
 
-For each run with new events: load the snapshot (or nothing), read the tail of the run's
-history, fold it through `decide` while performing each event's effects, then record what
-`next_events` asks for, one optimistic append at a time (expected last subject sequence), and
-save the snapshot with compare-and-set. Several engines may do this for the same run at once:
-a lost append race re-reads the tail, and every effect carries a deterministic Nats-Msg-Id.
+For each run with new events: take its state (cached, else the snapshot), fold the new events
+(delivered, or read from the history when delivery cannot prove they are all of them) through
+`decide` while performing each event's effects, then record what `next_event` asks for with
+optimistic appends (expected last subject sequence; a chain of them as one atomic batch), and
+save the snapshot with compare-and-set (at once when listing would show news, else a moment
+later). Several engines may do this for the same run at once: a lost append race re-reads
+the tail, and every effect carries a deterministic Nats-Msg-Id. docs/architecture.md has the
+whole loop.
 """
 
 from __future__ import annotations
@@ -62,10 +65,8 @@ MAX_APPENDS_PER_PASS = 10_000
 BATCH_EVENTS = 100  # events of one run appended in one atomic batch, at most
 BATCH_BYTES = 1_000_000  # and their encoded size
 CACHE_SIZE = 4096
-MAX_ACTIVE_RUNS = 256
-EFFECT_BATCH = (
-    256  # effects in flight at once within one pass  # runs being brought up to date at once by one engine
-)
+MAX_ACTIVE_RUNS = 256  # runs being brought up to date at once by one engine
+EFFECT_BATCH = 256  # effects in flight at once within one pass
 
 
 @dataclass
