@@ -87,24 +87,39 @@ class RunsTable(ScrollView, can_focus=True):
         self.now = now
         self.cursor = 0
         self.cursor_id: str | None = None
+        self._shown = 0  # the cursor's line when the view was last laid out
+        self._drawn: str | None = None  # the run last drawn under the cursor
 
     @property
     def selected(self) -> str | None:
+        """The run under the cursor: the cursor follows its run, even when the model changed
+        since the last redraw (runs arriving above it do not move it to another run)."""
+        self._follow()
         view = self.model.view
         return view[self.cursor] if 0 <= self.cursor < len(view) else None
+
+    def _follow(self) -> None:
+        if self.cursor_id is None:  # the cursor stays on the run it was drawn on
+            self.cursor_id = self._drawn
+        index = self.model.index_of(self.cursor_id)
+        if index is not None:
+            self.cursor = index
 
     def refresh_view(self) -> None:
         """The model changed: keep the cursor on its run, resize, redraw what is visible."""
         view = self.model.view
-        before = self.cursor
+        before = self._shown
         _, top = self.scroll_offset
         visible = top <= before < top + self.size.height
+        if self.cursor_id is None:
+            self.cursor_id = self._drawn
         index = self.model.index_of(self.cursor_id)
         self.cursor = index if index is not None else min(self.cursor, max(0, len(view) - 1))
         self.cursor_id = self.selected
         self.virtual_size = Size(self.size.width, len(view))
         if visible and self.cursor != before:  # runs arrived above: the page moves with its run
             self.scroll_to(y=max(0, top + self.cursor - before), animate=False, immediate=True)
+        self._shown = self.cursor
         self.refresh()
 
     def on_resize(self) -> None:
@@ -122,6 +137,7 @@ class RunsTable(ScrollView, can_focus=True):
         segments = list(text.render(self.app.console))
         strip = Strip(segments).crop_extend(0, width, None)
         if index == self.cursor:
+            self._drawn = view[index]
             strip = strip.apply_style(CURSOR if self.has_focus else Style(bgcolor="grey23"))
         return strip
 
@@ -129,15 +145,17 @@ class RunsTable(ScrollView, can_focus=True):
         view = self.model.view
         if not view:
             return
-        self.cursor = max(0, min(len(view) - 1, index))
+        self.cursor = self._shown = max(0, min(len(view) - 1, index))
         self.cursor_id = view[self.cursor]
         self.scroll_to_region(Region(0, self.cursor, 1, 1), animate=False, immediate=True)
         self.refresh()
 
     def action_cursor(self, delta: int) -> None:
+        self._follow()
         self._move_to(self.cursor + delta)
 
     def action_page(self, direction: int) -> None:
+        self._follow()
         self._move_to(self.cursor + direction * max(1, self.size.height - 1))
 
     def action_jump(self, where: int) -> None:

@@ -118,6 +118,8 @@ async def test_runs_screen_lists_runs_live_and_opens_one(console):
     async with app.run_test(size=(100, 30)) as pilot:
         table = await until(pilot, lambda: app.screen.query_one(RunsTable), "the runs table")
         await until(pilot, lambda: first in app.model.view, "the first run listed")
+        # the table has shown it (the cursor starts on the top run of the first listing it draws)
+        await until(pilot, lambda: table.cursor_id == first, "the cursor on the first run")
         second = await stack.client.start("ship")  # arrives while the console is open
         await until(pilot, lambda: app.model.view[:1] == [second], "the new run on top")
         await until(
