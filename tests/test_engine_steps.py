@@ -709,3 +709,49 @@ def test_a_run_started_is_recognised_from_its_first_bytes():
     queued = StepQueued(at=1.0, step_id="a", attempt=1)
     assert _starts_run([msg(queued, 8), msg(started, 7)])
     assert not _starts_run([msg(queued, 7)]) and not _starts_run([])
+
+
+async def test_data_from_before_tasks_carried_their_run_keeps_working(tmp_path):
+    """A task consumer with the old filter, a task queued under the old subject and a runs
+    bucket without direct gets: a new worker and engine bring them up to date and run it."""
+    from nats.js import api
+
+    from dagnats.connection import Endpoint, connect
+    from dagnats.server import EmbeddedServer
+    from dagnats.store import Store
+
+    from conftest import Stack
+
+    stack = Stack(tmp_path)
+    stack.server.start()  # first as an older version left it
+    try:
+        nc = await connect(Endpoint(url=stack.server.url, user="operator", password=stack.creds.operator))
+        js = nc.jetstream()
+        await js.add_stream(
+            api.StreamConfig(
+                name="DAGNATS_TASKS", subjects=["dagnats.task.>"], retention=api.RetentionPolicy.WORK_QUEUE
+            )
+        )
+        await js.add_consumer(
+            "DAGNATS_TASKS",
+            api.ConsumerConfig(
+                durable_name="dagnats_task_echo", filter_subject="dagnats.task.echo", ack_wait=10
+            ),
+        )
+        await js.create_key_value(api.KeyValueConfig(bucket="dagnats_runs", history=1))  # not direct
+        await Store(nc).ensure()
+        info = await js.stream_info("KV_dagnats_runs")
+        assert info.config.allow_direct
+        await nc.close()
+    finally:
+        stack.server.stop()
+    stack.server = EmbeddedServer(tmp_path, stack.server.port, stack.creds)  # then this version
+    try:
+        await stack.start()
+        await stack.register({"name": "old", "steps": [{"id": "a", "task": "echo", "input": 5}]})
+        state = await stack.run_to_end("old")
+        assert state.status == "completed" and state.output == 5
+        consumer = await stack.store.js.consumer_info("DAGNATS_TASKS", "dagnats_task_echo")
+        assert sorted(consumer.config.filter_subjects or []) == ["dagnats.task.echo", "dagnats.task.echo.*"]
+    finally:
+        await stack.close()
