@@ -170,15 +170,20 @@ class Engine:
     async def _submit(self, run_id: str, msgs: list[Any], epoch: int) -> None:
         """Queue a run's messages for its job, starting one (within MAX_ACTIVE_RUNS) if none
         works on the run. One job per run keeps its passes in delivery order."""
-        queue = self._queues.get(run_id)
-        if queue is None:
-            await self._slots.acquire()
-            queue = self._queues.get(run_id)  # (a save may have started one meanwhile)
-            if queue is None:
-                self._start(run_id, [(msgs, epoch)], self._finished)
-                return
+        if self._enqueue(run_id, (msgs, epoch)):
+            return
+        await self._slots.acquire()
+        if self._enqueue(run_id, (msgs, epoch)):  # a save started a job meanwhile
             self._slots.release()
-        queue.append((msgs, epoch))
+            return
+        self._start(run_id, [(msgs, epoch)], self._finished)
+
+    def _enqueue(self, run_id: str, item: tuple[list[Any] | None, int]) -> bool:
+        """Queue `item` for the run's job, if it has one working."""
+        queue = self._queues.get(run_id)
+        if queue is not None:
+            queue.append(item)
+        return queue is not None
 
     def _start(
         self, run_id: str, queue: list[tuple[list[Any] | None, int]], done: Callable[[Any], None]
@@ -275,13 +280,7 @@ class Engine:
         if cached.applied >= seen_seq > 0:
             return
         pass_ = _Pass(cached.state, cached.applied, cached.epoch)
-        if cached.epoch == self._epoch:
-            delivered = sorted(
-                (m for m in msgs if m.metadata.sequence.stream > cached.applied),
-                key=lambda m: m.metadata.sequence.stream,
-            )
-        else:
-            delivered = _delivered_tail(msgs, cached.applied)
+        delivered = _delivered_tail(msgs, cached.applied, complete=cached.epoch == self._epoch)
         try:
             await self._advance(run_id, pass_, delivered)
         finally:
@@ -535,10 +534,7 @@ class Engine:
 
     def _flush_soon(self, run_id: str) -> None:
         self._due.pop(run_id, None)
-        queue = self._queues.get(run_id)
-        if queue is not None:
-            queue.append((None, -1))
-        else:
+        if not self._enqueue(run_id, (None, -1)):
             self._start(run_id, [(None, -1)], self._jobs.discard)
 
     async def _flush(self, run_id: str) -> None:
@@ -594,13 +590,17 @@ def _too_large(event: Event, exc: TooLarge) -> Event:
     return RunFailed(at=event.at, error=f"run output of {exc.size} bytes exceeds the message limit")
 
 
-def _delivered_tail(msgs: list[Any], applied: int) -> list[Any] | None:
-    """The delivered messages, if they are provably the run's whole new tail: they follow the
-    last folded sequence with no gap in the *stream*, so no event of the run can lie between.
-    (Later events, if any, make the next optimistic append fail and the tail gets read.)"""
+def _delivered_tail(msgs: list[Any], applied: int, *, complete: bool = False) -> list[Any] | None:
+    """The delivered messages newer than `applied`, in order, if they are provably the run's
+    whole new tail, else None (the tail gets read). They are when the run's state is
+    `complete` in the current delivery epoch, or when they follow the last folded sequence
+    with no gap in the *stream*, so no event of the run can lie between. (Later events, if
+    any, make the next optimistic append fail and the tail gets read.)"""
+    ordered = sorted(msgs, key=lambda m: m.metadata.sequence.stream)
+    if complete:
+        return [m for m in ordered if m.metadata.sequence.stream > applied]
     if not msgs or applied == 0:
         return None
-    ordered = sorted(msgs, key=lambda m: m.metadata.sequence.stream)
     seqs = [m.metadata.sequence.stream for m in ordered]
     if seqs[0] != applied + 1 or any(b != a + 1 for a, b in zip(seqs, seqs[1:])):
         return None

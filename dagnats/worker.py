@@ -369,7 +369,6 @@ class _Runtime:
             assert started is not None
             await started
 
-        announce = asyncio.get_running_loop().call_later(STARTED_AFTER, record_started)
         ctx = TaskContext(
             input=task.input,
             config=task.config,
@@ -391,10 +390,11 @@ class _Runtime:
 
         watchers: list[asyncio.Task[None]] = []
 
-        def watch() -> None:  # only for a task that outlives a short one: most never need it
+        def outlived() -> None:  # a task running past a short one's time: most never get here
+            record_started()
             watchers.append(asyncio.create_task(self._keep_alive(msg, task, handler, stop)))
 
-        watching = asyncio.get_running_loop().call_later(STARTED_AFTER, watch)
+        long_task = asyncio.get_running_loop().call_later(STARTED_AFTER, outlived)
         timer = None
         if task.timeout is not None:
             # The engine's step timer decides the attempt's fate; stop the handler to match.
@@ -409,8 +409,7 @@ class _Runtime:
                 return
             outcome = (False, "the task was cancelled (CancelledError escaped its handler)", True)
         finally:
-            announce.cancel()
-            watching.cancel()
+            long_task.cancel()
             for watcher in watchers:
                 watcher.cancel()
             if timer is not None:

@@ -6,6 +6,8 @@ import json
 import os
 import signal
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -283,18 +285,19 @@ def test_versions_are_kept_and_runs_pin_theirs(serve, data_dir, tmp_path):
     assert dagnats_json("run", "show", old, data_dir=data_dir)["version"] == 1
 
 
-def test_user_worker_process_runs_python_tasks(serve, data_dir):
-    import subprocess
-    import sys
-
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "dagnats", "worker", "examples.worker:worker"],
+def _worker_process(spec: str, data_dir: Path) -> subprocess.Popen[bytes]:
+    """`dagnats worker SPEC` for the server of `data_dir`, in a child process."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "dagnats", "worker", spec],
         env=cli_env(data_dir),
         cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
+
+
+def test_user_worker_process_runs_python_tasks(serve, data_dir):
+    worker = _worker_process("examples.worker:worker", data_dir)
     try:
         assert (
             dagnats("workflow", "register", str(EXAMPLES / "count.yaml"), data_dir=data_dir).returncode == 0
@@ -312,9 +315,6 @@ def test_user_worker_process_runs_python_tasks(serve, data_dir):
 
 
 def test_serve_without_workers_leaves_tasks_to_a_worker_process(data_dir):
-    import subprocess
-    import sys
-
     engine = ServeProcess(data_dir, args=("--no-workers",)).start()
     try:
         assert "tasks: none (engine and timers only)" in engine.log()
@@ -324,13 +324,7 @@ def test_serve_without_workers_leaves_tasks_to_a_worker_process(data_dir):
         run_id = dagnats_json("run", "start", "one", data_dir=data_dir)["run_id"]
         time.sleep(1.0)
         assert dagnats_json("run", "show", run_id, data_dir=data_dir)["steps"]["a"]["status"] == "queued"
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "dagnats", "worker", "dagnats.builtins:builtin"],
-            env=cli_env(data_dir),
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        worker = _worker_process("dagnats.builtins:builtin", data_dir)
         try:
             wait_until(
                 lambda: dagnats_json("run", "show", run_id, data_dir=data_dir)["status"] == "completed",

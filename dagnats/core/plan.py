@@ -71,31 +71,31 @@ def _upcoming(state: RunState) -> Iterator[Event]:
             yield RunFailed(at=now, error=f"step {sid} failed: {state.steps[sid].error}")
             return
     some = False
+    for event in _steps_upcoming(state, static, now):
+        some = True
+        yield event
+    if not some and all(state.steps[sid].status in STEP_SATISFIED for sid in static):
+        yield RunCompleted(at=now, output=_run_output(state))
+
+
+def _steps_upcoming(state: RunState, static: list[str], now: float) -> Iterator[Event]:
+    """What the static steps call for, step by step, built as they are asked for."""
     contexts: dict[str | None, dict[str, Any]] = {}
     for sid in static:
         step = state.steps[sid]
         if step.status == "pending" and _deps_satisfied(state, sid):
-            some = True
             yield _start_step(state, sid, now, contexts)
         elif step.status == "running" and step.items is not None:
-            for event in _advance_map(state, sid, now):
-                some = True
-                yield event
+            yield from _advance_map(state, sid, now)
         elif step.status == "running" and step.plan is not None:
-            for event in _advance_plan(state, sid, now):
-                some = True
-                yield event
+            yield from _advance_plan(state, sid, now)
         elif step.status == "running" and step.carry is not None and state.generation >= MAX_GENERATIONS:
             bound = f"continue_as_new reached max_generations ({MAX_GENERATIONS})"
-            some = True
             yield StepFailed(at=now, step_id=sid, attempt=step.attempts, error=bound, retryable=False)
         elif step.status == "waiting" and step.waiting_signal is not None:
             sig = _buffered_signal(state, step.waiting_signal)
             if sig is not None:
-                some = True
                 yield StepCompleted(at=now, step_id=sid, attempt=step.attempts, output=sig.data)
-    if not some and all(state.steps[sid].status in STEP_SATISFIED for sid in static):
-        yield RunCompleted(at=now, output=_run_output(state))
 
 
 def _start_step(
