@@ -8,8 +8,8 @@ Rules:
   derived from the resulting state alone (`plan.next_events`), so after folding several events the
   shell only needs those of the last one.
 - An event that does not fit the run (a late result of a superseded attempt, a duplicate, a
-  result after the run ended) changes nothing: that is how at-least-once delivery and crash
-  redo stay harmless. An event that can never be valid (no `run.started`, an unknown step)
+  result after the run ended, a decision quoting a digest the request no longer has) changes
+  nothing: that is how at-least-once delivery, crash redo and a stale console stay harmless. An event that can never be valid (no `run.started`, an unknown step)
   raises `IllegalEvent` and leaves the state as it was.
 - `replay(definition, events)` is a fold over the same transitions, so the engine, the
   client and the tests cannot disagree about a run's state.
@@ -407,6 +407,8 @@ def _on_approval_requested(state: RunState, ev: ApprovalRequested) -> RunState:
 def _on_approval_decided(state: RunState, ev: ApprovalDecided) -> RunState:
     approval = state.approvals.get(ev.approval_id)
     if approval is None or approval.status != "pending" or approval.step_id != ev.step_id:
+        return state
+    if ev.digest and ev.digest != approval.digest:  # decided on what the operator saw, not this
         return state
     decided = replace(
         approval,

@@ -147,11 +147,16 @@ class ApprovalRequested(_Event, tag="approval.requested", frozen=True):
 
 
 class ApprovalDecided(_Event, tag="approval.decided", frozen=True):
+    """An operator's answer. `digest` quotes what they were shown (`Approval.digest`): a
+    decision about something else, or an older version of it, does not apply. Empty (events
+    from before digests, or `approval approve` without `--digest`) decides the current request."""
+
     approval_id: str
     step_id: str
     approved: bool
     by: str = ""
     comment: str = ""
+    digest: str = ""
 
 
 class AgentTurnRecorded(_Event, tag="agent.turn", frozen=True):

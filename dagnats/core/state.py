@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import msgspec
@@ -71,6 +72,27 @@ class Approval(msgspec.Struct, frozen=True, omit_defaults=True):
     by: str = ""
     comment: str = ""
     decided_at: float | None = None
+
+    @property
+    def digest(self) -> str:
+        """What is asked, as a digest a decision must quote (see `approval_digest`)."""
+        return approval_digest(self.kind, self.prompt, self.details)
+
+
+def approval_digest(kind: str, prompt: str, details: Any) -> str:
+    """sha256 (hex) of what an operator is asked: the tool name and arguments of a tool call,
+    the plan of a plan review, the prompt of an approval step. Keys are sorted, so the engine,
+    the client and the console agree on it whatever order a JSON object arrived in."""
+    asked: Any
+    if kind == "tool_call" and isinstance(details, dict):
+        asked = {"name": details.get("name"), "arguments": details.get("arguments")}
+    elif kind == "plan":
+        asked = details
+    elif kind == "step":
+        asked = prompt
+    else:
+        asked = {"prompt": prompt, "details": details}
+    return hashlib.sha256(msgspec.json.encode([kind, asked], order="sorted")).hexdigest()
 
 
 class Signal(msgspec.Struct, frozen=True, omit_defaults=True):

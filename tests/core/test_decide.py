@@ -26,6 +26,8 @@ from dagnats.core.actions import (
 from dagnats.core.decide import IllegalEvent, child_run_id, decide, next_events, replay
 from dagnats.core.definition import WorkflowDef, parse_definition
 from dagnats.core.events import (
+    ApprovalDecided,
+    ApprovalRequested,
     ChildRunFinished,
     Event,
     MapExpanded,
@@ -43,7 +45,7 @@ from dagnats.core.events import (
     TimerFired,
     event_type,
 )
-from dagnats.core.state import RunState
+from dagnats.core.state import RunState, approval_digest
 
 T0 = 1000.0
 
@@ -695,3 +697,95 @@ def test_map_over_an_input_template() -> None:
     )
     run.work(square)
     assert run.st.output == [4, 9]
+
+
+# --- approvals: a decision applies to what the operator was shown ---------------------------
+
+
+def gated() -> Run:
+    return Run(
+        flow({"id": "gate", "type": "approval", "config": {"prompt": "Ship ${input.v}?"}}), {"v": "v1"}
+    )
+
+
+def decision(approval_id: str, step_id: str, digest: str = "", approved: bool = True) -> ApprovalDecided:
+    return ApprovalDecided(
+        at=T0 + 1, approval_id=approval_id, step_id=step_id, approved=approved, by="ops", digest=digest
+    )
+
+
+def test_an_approval_quotes_a_digest_of_what_it_asks() -> None:
+    run = gated()
+    gate = run.st.approvals["gate.1"]
+    assert (gate.status, gate.prompt) == ("pending", "Ship v1?")
+    assert gate.digest == approval_digest("step", "Ship v1?", {"v": "v1"})
+    assert len(gate.digest) == 64 and int(gate.digest, 16) >= 0
+    assert gate.digest != approval_digest("step", "Ship v2?", None)
+
+
+def test_the_digest_of_a_tool_call_is_its_name_and_arguments_in_any_key_order() -> None:
+    call = {"name": "run_command", "arguments": {"command": "ls", "cwd": "/"}, "call_id": "c1"}
+    same = {"call_id": "c2", "arguments": {"cwd": "/", "command": "ls"}, "name": "run_command"}
+    other = {"name": "run_command", "arguments": {"command": "rm -rf /", "cwd": "/"}, "call_id": "c1"}
+    d = approval_digest("tool_call", "Allow run_command?", call)
+    assert d == approval_digest("tool_call", "Allow run_command?", same)
+    assert d != approval_digest("tool_call", "Allow run_command?", other)
+    assert d != approval_digest("plan", "Allow run_command?", call)
+    plan = {"steps": [{"id": "a", "task": "shell", "config": {"command": "make"}}]}
+    assert approval_digest("plan", "Run the plan of p?", plan) != approval_digest(
+        "plan", "Run the plan of p?", {"steps": []}
+    )
+
+
+def test_a_decision_quoting_another_digest_changes_nothing() -> None:
+    run = gated()
+    stale = approval_digest("step", "Ship v0?", None)
+    run.unchanged_by(decision("gate.1", "gate", digest=stale))
+    run.unchanged_by(decision("gate.1", "gate", digest=stale, approved=False))
+    assert (run.status("gate"), run.st.approvals["gate.1"].status) == ("waiting", "pending")
+
+
+@pytest.mark.parametrize("quoted", [True, False])
+def test_a_decision_with_the_current_digest_or_none_applies(quoted: bool) -> None:
+    run = gated()
+    digest = run.st.approvals["gate.1"].digest if quoted else ""
+    run.send(decision("gate.1", "gate", digest=digest))
+    assert run.st.approvals["gate.1"].status == "approved"
+    assert (run.status("gate"), run.st.status) == ("completed", "completed")
+
+
+def test_a_decision_meant_for_a_tool_call_never_lands_on_the_next_approval() -> None:
+    """The inbox showed a tool call; it was answered elsewhere and the same run asked another
+    question: a decision quoting the tool call's digest does not decide the new one."""
+    run = Run(
+        flow(
+            {
+                "id": "fix",
+                "type": "agent_loop",
+                "config": {
+                    "provider": "scripted",
+                    "script": [{"text": "deploying"}],
+                    "tools": ["run_command"],
+                    "approve_tools": "all",
+                },
+            },
+            {"id": "gate", "type": "approval", "depends_on": ["fix"], "config": {"prompt": "Ship?"}},
+        )
+    )
+    run.start("fix")
+    details = {"name": "run_command", "arguments": {"command": "make deploy"}, "call_id": "c1"}
+    asked = ApprovalRequested(
+        at=T0,
+        approval_id="fix.c1",
+        step_id="fix",
+        kind="tool_call",
+        prompt="Allow run_command?",
+        details=details,
+    )
+    run.send(asked)
+    shown = run.st.approvals["fix.c1"].digest
+    run.send(decision("fix.c1", "fix"))  # answered elsewhere
+    run.complete("fix", "done")
+    assert run.st.approvals["gate.1"].status == "pending"
+    run.unchanged_by(decision("gate.1", "gate", digest=shown))
+    assert run.status("gate") == "waiting"
