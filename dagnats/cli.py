@@ -187,12 +187,18 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("step_id", metavar="STEP")
     x.add_argument("--id", dest="approval_id", help="which approval, when the step has several")
     x.add_argument("--comment", default="")
+    x.add_argument(
+        "--digest", help="the digest `approval list --json` showed: refused if the request changed since"
+    )
     x.set_defaults(handler=cmd_approval_approve)
     x = a.add_parser("deny", parents=[conn], help="deny what a step waits for")
     x.add_argument("run_id", metavar="RUN_ID")
     x.add_argument("step_id", metavar="STEP")
     x.add_argument("--id", dest="approval_id", help="which approval, when the step has several")
     x.add_argument("--reason", required=True)
+    x.add_argument(
+        "--digest", help="the digest `approval list --json` showed: refused if the request changed since"
+    )
     x.set_defaults(handler=cmd_approval_deny)
     return p
 
@@ -645,7 +651,12 @@ async def cmd_approval_deny(args: argparse.Namespace) -> int:
 async def _decide(args: argparse.Namespace, *, approved: bool, comment: str) -> int:
     async def go(client: Any) -> None:
         approval = await client.decide(
-            args.run_id, args.step_id, approved=approved, comment=comment, approval_id=args.approval_id
+            args.run_id,
+            args.step_id,
+            approved=approved,
+            comment=comment,
+            approval_id=args.approval_id,
+            digest=args.digest,
         )
         verb = "approved" if approved else "denied"
         print(f"{verb} {approval.kind} {approval.approval_id} of run {args.run_id}")

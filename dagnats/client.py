@@ -19,7 +19,7 @@ from nats.aio.client import Client as NATS
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import api
 
-from . import names
+from . import names, views
 from .connection import Endpoint, connect, resolve_endpoint
 from .core import schema
 from .core.decide import fold
@@ -313,13 +313,26 @@ class Client:
         return sorted(pending, key=lambda p: p.approval.requested_at)
 
     async def decide(
-        self, run_id: str, step_id: str, *, approved: bool, comment: str = "", approval_id: str | None = None
+        self,
+        run_id: str,
+        step_id: str,
+        *,
+        approved: bool,
+        comment: str = "",
+        approval_id: str | None = None,
+        digest: str | None = None,
     ) -> Approval:
-        """Approve or deny what a step waits for; a clear UserError if it is not pending."""
+        """Approve or deny what a step waits for; a clear UserError if it is not pending, or,
+        with `digest` (what the operator was shown), if it now asks something else."""
         for _ in range(10):
             check_run_id(run_id)
             state, last = await self.store.current(run_id)
-            approval = _pending_approval(run_id, state, step_id, approval_id)
+            approval = _pending_approval(run_id, state, step_id, approval_id, digest)
+            if digest is not None and digest != approval.digest:
+                raise UserError(
+                    f"approval {approval.approval_id} changed since you saw it: it now asks "
+                    f"{views.approval_summary(approval)!r} (digest {approval.digest}); look again"
+                )
             decision = ApprovalDecided(
                 at=time.time(),
                 approval_id=approval.approval_id,
@@ -327,6 +340,7 @@ class Client:
                 approved=approved,
                 by=operator_identity(),
                 comment=comment,
+                digest=approval.digest,
             )
             try:
                 await self.store.append(run_id, decision, expected_last=last)
@@ -358,8 +372,15 @@ class PendingApproval(msgspec.Struct, frozen=True):
     workflow: str
     approval: Approval
 
+    @property
+    def digest(self) -> str:
+        """What is asked, for `decide(..., digest=...)`: the decision applies to this only."""
+        return self.approval.digest
 
-def _pending_approval(run_id: str, state: RunState | None, step_id: str, approval_id: str | None) -> Approval:
+
+def _pending_approval(
+    run_id: str, state: RunState | None, step_id: str, approval_id: str | None, digest: str | None = None
+) -> Approval:
     if state is None:
         raise NotFound(f"unknown run {run_id!r}: see `dagnats run list`")
     if step_id not in state.steps:
@@ -368,6 +389,8 @@ def _pending_approval(run_id: str, state: RunState | None, step_id: str, approva
         raise UserError(f"run {run_id} is {state.status}; there is nothing to decide")
     of_step = [a for a in state.approvals.values() if a.step_id == step_id]
     pending = [a for a in of_step if a.status == "pending" and approval_id in (None, a.approval_id)]
+    if len(pending) > 1 and digest is not None:
+        pending = [a for a in pending if a.digest == digest] or pending
     if len(pending) == 1:
         return pending[0]
     if len(pending) > 1:

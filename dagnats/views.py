@@ -130,6 +130,7 @@ def approval_doc(run_id: str, workflow: str, a: Approval) -> dict[str, Any]:
         "kind": a.kind,
         "prompt": a.prompt,
         "details": a.details,
+        "digest": a.digest,
         "requested_at": iso(a.requested_at),
         "expires_at": iso(a.expires_at),
     }

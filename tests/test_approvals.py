@@ -1,10 +1,16 @@
-"""Approval steps through the CLI: list, approve, deny, timeout, double decisions, who decided."""
+"""Approval steps through the CLI: list, approve, deny, timeout, double decisions, who decided,
+and decisions that quote a digest of what was shown."""
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 import json
 import os
+import time
+
+from dagnats.core.events import ApprovalDecided
+from dagnats.core.state import approval_digest
 
 from conftest import cli_env, dagnats, dagnats_json, wait_until
 
@@ -146,3 +152,99 @@ def test_approval_timeout_fails_the_step(serve, data_dir, tmp_path):
     assert dagnats_json("approval", "list", data_dir=data_dir) == []
     late = dagnats("approval", "approve", run_id, "ship", data_dir=data_dir)
     assert late.returncode == 1
+
+
+def _careful(tmp_path, data_dir) -> None:
+    """An agent that asks twice on the same step: `echo one`, then `echo two`."""
+    calls = [{"name": "run_command", "arguments": {"command": f"echo {n} >> log"}} for n in ("one", "two")]
+    script = [{"text": "", "tool_calls": [c]} for c in calls] + [{"text": "finished"}]
+    agent = {
+        "provider": "scripted",
+        "script": script,
+        "tools": ["run_command"],
+        "approve_tools": ["run_command"],
+        "workdir": str(tmp_path / "w"),
+    }
+    wf = tmp_path / "careful.json"
+    wf.write_text(
+        json.dumps({"name": "careful", "steps": [{"id": "fix", "type": "agent_loop", "config": agent}]})
+    )
+    assert dagnats("workflow", "register", str(wf), data_dir=data_dir).returncode == 0
+
+
+def _pending_of(run_id, data_dir) -> list:
+    return [a for a in dagnats_json("approval", "list", data_dir=data_dir) if a["run_id"] == run_id]
+
+
+def test_a_digest_of_an_old_request_is_refused(serve, data_dir, tmp_path):
+    _careful(tmp_path, data_dir)
+    run_id = dagnats_json("run", "start", "careful", data_dir=data_dir)["run_id"]
+    (first,) = wait_until(lambda: _pending_of(run_id, data_dir), what="the first tool call")
+    assert first["digest"] == approval_digest(first["kind"], first["prompt"], first["details"])
+    assert len(first["digest"]) == 64 and int(first["digest"], 16) >= 0
+    ok = dagnats("approval", "approve", run_id, "fix", "--digest", first["digest"], data_dir=data_dir)
+    assert ok.returncode == 0, ok.stderr
+    # the same step asks again: what the operator saw is gone, its digest must not decide the new call
+    (second,) = wait_until(
+        lambda: [a for a in _pending_of(run_id, data_dir) if a["approval_id"] != first["approval_id"]],
+        what="the second tool call",
+    )
+    assert second["digest"] != first["digest"]
+    for verb, extra in (("approve", []), ("deny", ["--reason", "no"])):
+        stale = dagnats(
+            "approval", verb, run_id, "fix", *extra, "--digest", first["digest"], data_dir=data_dir
+        )
+        assert stale.returncode == 1, stale.stderr
+        assert stale.stderr.startswith(
+            f"error: approval {second['approval_id']} changed since you saw it: it now asks "
+        ), stale.stderr
+        assert "echo two" in stale.stderr and second["digest"] in stale.stderr
+        assert "Traceback" not in stale.stderr
+    wrong = dagnats("approval", "approve", run_id, "fix", "--digest", "WRONG", data_dir=data_dir)
+    assert wrong.returncode == 1 and "changed since you saw it" in wrong.stderr
+    assert _pending_of(run_id, data_dir) == [second]  # nothing was decided
+    assert (tmp_path / "w" / "log").read_text() == "one\n"
+    ok = dagnats("approval", "approve", run_id, "fix", "--digest", second["digest"], data_dir=data_dir)
+    assert ok.returncode == 0, ok.stderr
+    wait_until(
+        lambda: dagnats_json("run", "show", run_id, data_dir=data_dir)["status"] == "completed", what="done"
+    )
+    assert (tmp_path / "w" / "log").read_text() == "one\ntwo\n"
+    decided = [
+        e for e in dagnats_json("run", "events", run_id, data_dir=data_dir) if e["type"] == "approval.decided"
+    ]
+    assert [(e["approval_id"], e["digest"]) for e in decided] == [
+        (first["approval_id"], first["digest"]),
+        (second["approval_id"], second["digest"]),
+    ]
+
+
+async def test_a_stale_decision_that_was_appended_anyway_does_not_apply(stack):
+    """The client checks first, but the engine must not take a stale decision either: the fold
+    ignores a decision whose digest is not the pending request's."""
+    await stack.start()
+    await stack.register(
+        {"name": "gate", "steps": [{"id": "gate", "type": "approval", "config": {"prompt": "Ship?"}}]}
+    )
+    run_id = await stack.client.start("gate")
+    for _ in range(200):
+        if pending := await stack.client.approvals_of(run_id):
+            break
+        await asyncio.sleep(0.05)
+    (item,) = pending
+    stale = ApprovalDecided(
+        at=time.time(),
+        approval_id=item.approval.approval_id,
+        step_id="gate",
+        approved=True,
+        by="someone who saw something else",
+        digest=approval_digest("step", "Ship v0?", None),
+    )
+    await stack.store.append(run_id, stale)
+    state = await stack.client.run(run_id)
+    assert (state.status, state.approvals["gate.1"].status) == ("waiting", "pending")
+    await stack.client.decide(run_id, "gate", approved=True, comment="seen", digest=item.digest)
+    state = await asyncio.wait_for(stack.client.wait(run_id), 10)
+    assert state.status == "completed"
+    assert state.steps["gate"].output["comment"] == "seen"
+    assert state.steps["gate"].output["by"] != "someone who saw something else"
