@@ -171,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("name", metavar="NAME")
     x.add_argument("data", metavar="JSON", nargs="?", default=None)
     x.set_defaults(handler=cmd_run_signal)
+    x = sub.add_parser("status", parents=[conn, js], help="what is alive: NATS, streams, engines, workers")
+    x.set_defaults(handler=cmd_status)
     x = sub.add_parser("bench", parents=[js], help="measure the engine against the JetStream ceiling")
     x.add_argument("--quick", action="store_true", help="smaller workloads: under a minute on 2 cores")
     x.add_argument("--fsync", action="store_true", help="run the server with sync_interval: always")
@@ -469,9 +471,13 @@ async def cmd_run_start(args: argparse.Namespace) -> int:
             return 0
         if not args.json:
             print(run_id, flush=True)
-        async for _seq, event in client.follow(run_id):
-            if not args.json and (line := views.progress_line(event)):
-                print(line, file=sys.stderr, flush=True)
+        warner = asyncio.create_task(_warn_unserved(client, run_id))
+        try:
+            async for _seq, event in client.follow(run_id):
+                if not args.json and (line := views.progress_line(event)):
+                    print(line, file=sys.stderr, flush=True)
+        finally:
+            warner.cancel()
         state = await client.run(run_id)
         if args.json:
             _print_json(
@@ -482,6 +488,28 @@ async def cmd_run_start(args: argparse.Namespace) -> int:
         return 0 if state.status == "completed" else 1
 
     return await _with_client(args, go)
+
+
+async def _warn_unserved(client: Any, run_id: str, every: float = 1.0) -> None:
+    """Warn once per step that stays queued with no live worker for its task (the run waits on)."""
+    from .heartbeat import NO_WORKER_GRACE
+
+    first_seen: dict[str, float] = {}
+    warned: set[str] = set()
+    while True:
+        await asyncio.sleep(every)
+        try:
+            unserved = await client.unserved(await client.run(run_id))
+        except Exception:  # a hint only: never let it end the wait
+            continue
+        now = time.monotonic()
+        for sid in list(first_seen):
+            if sid not in unserved:
+                del first_seen[sid]
+        for sid, task in unserved.items():
+            if sid not in warned and now - first_seen.setdefault(sid, now) >= NO_WORKER_GRACE:
+                warned.add(sid)
+                print(views.no_worker_warning(sid, task), file=sys.stderr, flush=True)
 
 
 async def cmd_run_list(args: argparse.Namespace) -> int:
@@ -513,7 +541,8 @@ async def cmd_run_list(args: argparse.Namespace) -> int:
 async def cmd_run_show(args: argparse.Namespace) -> int:
     async def go(client: Any) -> None:
         state = await client.run(args.run_id)
-        doc = views.run_doc(state)
+        unserved = await client.unserved(state)
+        doc = views.run_doc(state, unserved)
         if args.json:
             _print_json(doc)
             return
@@ -527,7 +556,8 @@ async def cmd_run_show(args: argparse.Namespace) -> int:
         rows = []
         for sid, step in doc["steps"].items():
             detail = step["error"] or ("" if step["output"] is None else json.dumps(step["output"]))
-            rows.append([sid, step["status"], str(step["attempts"]), detail[:70]])
+            status = views.no_worker_text(unserved[sid]) if sid in unserved else step["status"]
+            rows.append([sid, status, str(step["attempts"]), detail[:70]])
         print(views.table(rows, ["step", "status", "attempts", "output / error"]))
 
     return await _with_client(args, go)
@@ -595,6 +625,16 @@ async def cmd_run_signal(args: argparse.Namespace) -> int:
     async def go(client: Any) -> None:
         await client.signal(args.run_id, args.name, data)
         print(f"signal {args.name!r} sent to run {args.run_id}")
+
+    return await _with_client(args, go)
+
+
+async def cmd_status(args: argparse.Namespace) -> int:
+    from . import status
+
+    async def go(client: Any) -> None:
+        doc = await status.collect(client)
+        _print_json(doc) if args.json else print(status.text(doc))
 
     return await _with_client(args, go)
 

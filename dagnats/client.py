@@ -19,7 +19,7 @@ from nats.aio.client import Client as NATS
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import api
 
-from . import names, views
+from . import heartbeat, names, views
 from .connection import Endpoint, connect, resolve_endpoint
 from .core import schema
 from .core.decide import fold
@@ -27,6 +27,7 @@ from .core.definition import WorkflowDef
 from .core.events import ApprovalDecided, Event, ForkOf, RunCancelRequested, RunStarted, SignalReceived
 from .core.state import RUN_TERMINAL, Approval, RunState
 from .errors import NotFound, UserError
+from .heartbeat import Heartbeat
 from .store import Conflict, RunSummary, Store, WorkflowVersion, decode_recorded, drop_consumer
 
 
@@ -130,6 +131,20 @@ class Client:
         if state is None:
             raise NotFound(f"unknown run {run_id!r}: see `dagnats run list`")
         return state
+
+    async def heartbeats(self) -> list[Heartbeat] | None:
+        """The engines and workers heard from lately (None: this NATS keeps no heartbeats)."""
+        return await heartbeat.alive(self.store.js)
+
+    async def unserved(self, state: RunState) -> dict[str, str]:
+        """The run's queued steps whose task no live worker serves, as {step: task}; empty when
+        nothing is queued for a worker, or nobody can tell."""
+        waiting = heartbeat.queued_tasks(state)
+        beats = await self.heartbeats() if waiting else None
+        if beats is None:
+            return {}
+        served = heartbeat.served(beats)
+        return {sid: task for sid, task in waiting.items() if task not in served}
 
     async def runs(
         self, status: str | None = None, workflow: str | None = None, limit: int | None = None

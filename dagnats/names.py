@@ -10,6 +10,7 @@ TIMERS_STREAM = "DAGNATS_TIMERS"
 TIMER_PREFIX = "dagnats.timer"
 WORKFLOWS_BUCKET = "dagnats_workflows"
 RUNS_BUCKET = "dagnats_runs"
+HEARTBEATS_BUCKET = "dagnats_heartbeats"
 LIVE_PREFIX = "dagnats.live"
 
 ENGINE_CONSUMER = "dagnats_engine"
@@ -19,6 +20,9 @@ TIMER_CONSUMER = "dagnats_timers"
 HISTORY_DEDUP_SECONDS = 24 * 3600
 TASKS_DEDUP_SECONDS = 24 * 3600
 TIMERS_DEDUP_SECONDS = 24 * 3600
+
+# How long a heartbeat lives in its bucket: a process not heard from for this long is gone.
+HEARTBEAT_TTL_SECONDS = 30.0
 
 
 # Who wrote an event is the last token of its subject. NATS permissions confine workers to
@@ -75,6 +79,15 @@ def tool_subject(tool: str) -> str:
 
 def live_subject(run_id: str, step_id: str) -> str:
     return f"{LIVE_PREFIX}.{run_id}.{step_id}"
+
+
+def heartbeat_key(kind: str, process_id: str) -> str:
+    """`engine.<id>` or `worker.<id>`: a worker may write only under `worker.`."""
+    return f"{kind}.{process_id}"
+
+
+def heartbeat_subject(kind: str, process_id: str) -> str:
+    return f"$KV.{HEARTBEATS_BUCKET}.{heartbeat_key(kind, process_id)}"
 
 
 def workflow_key(name: str, version: int) -> str:

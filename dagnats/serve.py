@@ -19,6 +19,7 @@ from .connection import Endpoint, connect, resolve_endpoint
 from .connection import close as _close
 from .engine import Engine
 from .errors import UserError
+from .heartbeat import Beat
 from .server import EmbeddedServer
 from .store import Store
 from .timers import TimerService
@@ -122,6 +123,7 @@ class LocalStack:
         self._tasks: list[asyncio.Task[None]] = []
         self._conns: list[NATS] = []
         self.task_names: list[str] = []
+        self._beat: Beat | None = None
 
     async def start(self) -> None:
         if self.nats_url:
@@ -160,6 +162,10 @@ class LocalStack:
             combined.include(w)
         self.task_names = sorted(combined.handlers)
         engine = Engine(store)
+        # `dagnats status` lists the engine; its in_flight is the runs it is working on.
+        in_hand = lambda: len(getattr(engine, "_queues", ()))  # noqa: E731
+        self._beat = Beat(store.js, "engine", f"serve:{os.getpid()}", [], in_hand)
+        self._beat.start()
         stop = self._stop
         self._tasks = [
             asyncio.create_task(engine.run(stop), name="engine"),
@@ -192,6 +198,9 @@ class LocalStack:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
             self._tasks = []
+        if self._beat is not None:
+            await self._beat.stop()
+            self._beat = None
         await self._close_all()
 
     async def _close_all(self) -> None:

@@ -18,6 +18,7 @@ import threading
 import time
 from pathlib import Path
 
+from . import names
 from .datadir import Credentials
 from .errors import UserError
 from .processes import die_with_parent
@@ -57,6 +58,7 @@ WORKER_PUBLISH = [
     "$JS.API.DIRECT.GET.DAGNATS_HISTORY",
     "$JS.API.DIRECT.GET.KV_dagnats_runs.>",
     "$JS.API.STREAM.MSG.GET.KV_dagnats_runs",
+    names.heartbeat_subject("worker", ">"),  # its own heartbeat; engines write under engine.
 ]
 
 

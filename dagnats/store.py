@@ -17,6 +17,7 @@ from nats.js import api
 from nats.js.errors import (
     APIError,
     BadRequestError,
+    BucketNotFoundError,
     KeyNotFoundError,
     NotFoundError,
 )
@@ -164,6 +165,24 @@ class Store:
                 # a history stream from before atomic batches: turn them on (a compatible change)
                 await self.js.update_stream(replace(info.config, allow_atomic=True))
         await self._buckets(create=True)
+        await self._heartbeats_bucket()
+
+    async def _heartbeats_bucket(self) -> None:
+        """Where engines and workers say they are alive; entries expire on their own. Data dirs
+        from before heartbeats get it at the next start."""
+        try:
+            await self.js.key_value(names.HEARTBEATS_BUCKET)
+        except BucketNotFoundError:
+            config = api.KeyValueConfig(
+                bucket=names.HEARTBEATS_BUCKET,
+                history=1,
+                ttl=names.HEARTBEAT_TTL_SECONDS,
+                storage=api.StorageType.FILE,
+            )
+            try:
+                await self.js.create_key_value(config)
+            except BadRequestError:
+                pass  # another process created it meanwhile
 
     @property
     def atomic_batches(self) -> bool:

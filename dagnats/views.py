@@ -19,7 +19,9 @@ def iso(ts: float | None) -> str | None:
     return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def run_doc(state: RunState) -> dict[str, Any]:
+def run_doc(state: RunState, unserved: dict[str, str] | None = None) -> dict[str, Any]:
+    """`unserved`: queued steps whose task no live worker serves ({step: task}), marked
+    `no_worker: true`."""
     lineage: dict[str, Any] = {
         "root_run_id": state.root_run_id,
         "generation": state.generation,
@@ -44,12 +46,12 @@ def run_doc(state: RunState) -> dict[str, Any]:
         "error": state.error,
         "created_at": iso(state.created_at),
         "finished_at": iso(state.finished_at),
-        "steps": {sid: step_doc(state, sid) for sid in state.steps},
+        "steps": {sid: step_doc(state, sid, sid in (unserved or {})) for sid in state.steps},
         "lineage": lineage,
     }
 
 
-def step_doc(state: RunState, sid: str) -> dict[str, Any]:
+def step_doc(state: RunState, sid: str, no_worker: bool = False) -> dict[str, Any]:
     s = state.steps[sid]
     doc: dict[str, Any] = {
         "status": s.status,
@@ -67,7 +69,21 @@ def step_doc(state: RunState, sid: str) -> dict[str, Any]:
         doc["waiting_for_signal"] = s.waiting_signal
     if s.child_run_id:
         doc["child_run_id"] = s.child_run_id
+    if no_worker:
+        doc["no_worker"] = True
     return doc
+
+
+def no_worker_text(task: str) -> str:
+    """What a queued step shows when no live worker serves its task."""
+    return f"queued — no worker serves {task!r}"
+
+
+def no_worker_warning(step_id: str, task: str) -> str:
+    return (
+        f"warning: step {step_id} is queued but no worker serves {task!r}; "
+        "start one with dagnats worker MODULE:ATTR"
+    )
 
 
 def summary_doc(summary: RunSummary) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from . import names
 from .core.actions import DispatchTask
 from .core.events import StepCheckpointed, StepCompleted, StepFailed, StepLog, StepStarted
 from .core.state import RUN_TERMINAL, STEP_TERMINAL, RunState
+from .heartbeat import Beat
 from .pull import Puller, ensure_consumer
 from .store import MAX_EVENT_BYTES, Store, decode_task
 
@@ -184,7 +185,12 @@ class Worker:
     async def run(self, store: Store, stop: asyncio.Event, *, concurrency: int = 8) -> None:
         """Pull and run tasks until `stop` is set, then finish the ones in hand."""
         runtime = _Runtime(self, store, concurrency)
-        await runtime.run(stop)
+        beat = Beat(store.js, "worker", self.name, list(self.handlers), lambda: len(runtime.inflight))
+        beat.start()  # says what this worker serves (dagnats status, no_worker); off the hot path
+        try:
+            await runtime.run(stop)
+        finally:
+            await beat.stop()
 
 
 class _Runtime:

@@ -202,6 +202,9 @@ def _task_of(step: StepDef) -> str | None:
     return step.task
 
 
+task_of = _task_of  # for the shell: which task's workers a queued step waits for
+
+
 def _on_run_end(wf: WorkflowDef, state: RunState, event: Event) -> Iterable[Action]:
     if _may_have_timers(wf, state):
         yield CancelTimers(run_id=state.run_id)

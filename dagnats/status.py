@@ -1,0 +1,190 @@
+"""`dagnats status`: what is alive. The NATS server or cluster, every stream and bucket, the
+engines and workers heard from lately, and per task how much is queued and who serves it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from typing import Any
+
+from . import heartbeat, names, views
+from .client import Client
+from .errors import UserError
+from .heartbeat import Heartbeat
+
+# The streams dagnats owns: its own, and those behind its KV buckets and object stores.
+PREFIXES = ("DAGNATS_", "KV_dagnats_", "OBJ_dagnats_")
+
+
+async def collect(client: Client) -> dict[str, Any]:
+    js = client.store.js
+    info = client.nc._server_info
+    # A lone server leads every stream; a cluster names each stream's leader.
+    lone = None if info.get("cluster") else info.get("server_name") or info.get("server_id")
+    streams = await _streams(js, lone)
+    if not any(s["name"] == names.TASKS_STREAM for s in streams):
+        raise UserError("this NATS has no dagnats data yet: start `dagnats serve` against it first")
+    beats = await heartbeat.alive(js)
+    return {
+        "server": _server(client, streams),
+        "streams": streams,
+        "heartbeats": beats is not None,  # false: a serve from before heartbeats made this data
+        "engines": [_beat_doc(b) for b in beats or [] if b.kind == "engine"],
+        "workers": [_beat_doc(b) for b in beats or [] if b.kind == "worker"],
+        "tasks": await _tasks(js, beats or []),
+    }
+
+
+async def _streams(js: Any, lone: str | None) -> list[dict[str, Any]]:
+    out = []
+    for info in await js.streams_info():
+        name = info.config.name or ""
+        if not name.startswith(PREFIXES):
+            continue
+        kind, _, bucket = name.partition("_") if not name.startswith("DAGNATS_") else ("stream", "", name)
+        cluster = info.cluster
+        out.append(
+            {
+                "name": bucket,
+                "kind": {"KV": "kv", "OBJ": "object store"}.get(kind, kind),
+                "replicas": info.config.num_replicas or 1,
+                "leader": (cluster.leader if cluster else None) or lone,
+                "peers": [r.name for r in (cluster.replicas or [])] if cluster else [],
+                "messages": info.state.messages,
+                "bytes": info.state.bytes,
+                "consumers": info.state.consumer_count,
+            }
+        )
+    return sorted(out, key=lambda s: (s["kind"] != "stream", s["name"]))
+
+
+def _server(client: Client, streams: list[dict[str, Any]]) -> dict[str, Any]:
+    info = client.nc._server_info
+    nodes = {info.get("server_name") or info.get("server_id")}
+    for s in streams:
+        nodes.update(n for n in (s["leader"], *s["peers"]) if n)
+    return {
+        "url": str(client.nc.connected_url.geturl()) if client.nc.connected_url else None,
+        "name": info.get("server_name"),
+        "version": info.get("version"),
+        "cluster": info.get("cluster"),
+        "nodes": sorted(n for n in nodes if n),
+    }
+
+
+def _beat_doc(b: Heartbeat) -> dict[str, Any]:
+    return {
+        "id": b.id,
+        "name": b.name,
+        "host": b.host,
+        "pid": b.pid,
+        "tasks": b.tasks,
+        "in_flight": b.in_flight,
+        "last_seen": views.iso(b.last_seen),
+    }
+
+
+async def _tasks(js: Any, beats: list[Heartbeat]) -> dict[str, dict[str, int]]:
+    """Per task: messages in the queue not yet handed out, handed out and unacknowledged, and
+    the live workers serving it. Tasks appear if queued, consumed once, or served now."""
+    info = await js.stream_info(names.TASKS_STREAM, subjects_filter=f"{names.TASK_PREFIX}.>")
+    total: dict[str, int] = {}
+    for subject, count in (info.state.subjects or {}).items():
+        task = subject.split(".")[2]
+        total[task] = total.get(task, 0) + count
+    running: dict[str, int] = {}
+    for consumer in await js.consumers_info(names.TASKS_STREAM):
+        filters = consumer.config.filter_subjects or [consumer.config.filter_subject or ""]
+        tasks = {f.split(".")[2] for f in filters if f.startswith(names.TASK_PREFIX + ".")}
+        for task in tasks:
+            running[task] = running.get(task, 0) + consumer.num_ack_pending
+    served: dict[str, int] = {}
+    for b in beats:
+        if b.kind == "worker":
+            for task in b.tasks:
+                served[task] = served.get(task, 0) + 1
+    out = {}
+    for task in sorted({*total, *running, *served}):
+        busy = min(running.get(task, 0), total.get(task, 0))
+        out[task] = {"queued": total.get(task, 0) - busy, "running": busy, "workers": served.get(task, 0)}
+    return out
+
+
+def text(doc: dict[str, Any], now: float | None = None) -> str:
+    """The human form, readable at 80 columns."""
+    now = time.time() if now is None else now
+    server = doc["server"]
+    nodes = server["nodes"]
+    cluster = f"cluster {server['cluster']}, " if server["cluster"] else ""
+    lines = [
+        f"NATS {server['url']}  nats-server {server['version']}  "
+        f"({cluster}{len(nodes)} node{'s' if len(nodes) != 1 else ''})",
+        "",
+    ]
+    rows = [
+        [
+            s["name"],
+            s["kind"],
+            str(s["replicas"]),
+            _short_node(s["leader"]),
+            str(s["messages"]),
+            _size(s["bytes"]),
+        ]
+        for s in doc["streams"]
+    ]
+    lines += [views.table(rows, ["stream / bucket", "kind", "replicas", "leader", "messages", "bytes"]), ""]
+    procs = [("engine", b) for b in doc["engines"]] + [("worker", b) for b in doc["workers"]]
+    if not doc["heartbeats"]:
+        lines.append("no heartbeats on this NATS: restart `dagnats serve` to create their bucket")
+    elif not procs:
+        lines.append("no engine or worker seen in the last 30 s: is `dagnats serve` running?")
+    else:
+        rows = [
+            [
+                kind,
+                _fit(b["id"], 26),
+                _fit(b["host"], 14),
+                str(b["pid"]),
+                str(b["in_flight"]),
+                _ago(b["last_seen"], now),
+            ]
+            for kind, b in procs
+        ]
+        headers = ["kind", "id", "host", "pid", "in flight", "seen"]
+        used = max(len(line) for line in views.table(rows, headers).splitlines()) + 2
+        for row, (_, b) in zip(rows, procs):
+            row.append(_fit(", ".join(b["tasks"]) or "-", max(12, 79 - used)))
+        lines.append(views.table(rows, [*headers, "tasks"]))
+    lines.append("")
+    if doc["tasks"]:
+        rows = [
+            [task[:30], str(t["queued"]), str(t["running"]), str(t["workers"])]
+            + (["no worker serves it"] if t["workers"] == 0 and doc["heartbeats"] else [""])
+            for task, t in doc["tasks"].items()
+        ]
+        lines.append(views.table(rows, ["task", "queued", "running", "workers", ""]))
+    else:
+        lines.append("no tasks queued or served")
+    return "\n".join(lines)
+
+
+def _short_node(name: str | None) -> str:
+    return "-" if not name else name if len(name) <= 16 else name[:15] + "…"
+
+
+def _size(n: int) -> str:
+    for unit, size in (("GB", 1 << 30), ("MB", 1 << 20), ("kB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
+def _ago(iso: str | None, now: float) -> str:
+    if iso is None:
+        return "-"
+    ts = dt.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+    return views.age(ts, now) + " ago"
+
+
+def _fit(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
