@@ -17,12 +17,11 @@ from textual import work
 from textual.app import App
 from textual.screen import ModalScreen, Screen
 
-from dagnats.client import Client, RunSummary
-from dagnats.core.state import Approval
+from dagnats.client import Client, PendingApproval, RunSummary
 from dagnats.errors import UserError
 from tui.bindings import bindings
 from tui.dialogs import Confirm, ForkRequest, Reason, Start, StartRequest
-from tui.model import Inbox, RunsModel
+from tui.model import Inbox, RunsModel, Shown
 from tui.screens import ApprovalsScreen, HelpScreen, RunScreen, RunsScreen
 from tui.widgets import DagView, StatusBar
 
@@ -48,6 +47,7 @@ class ConsoleApp(App[None]):
         self.client = client
         self.where = where
         self.now = now
+        self.clock: Callable[[], float] = time.monotonic  # how long an approval has been shown
         self.redraw_delay = redraw_delay
         self.model = RunsModel()
         self.inbox = Inbox()
@@ -219,21 +219,41 @@ class ConsoleApp(App[None]):
         if then is not None:
             then(result)
 
-    def decide(
-        self, run_id: str, step_id: str, approval_id: str, *, approved: bool, comment: str = ""
-    ) -> None:
-        verb = "approved" if approved else "denied"
-        self._act(
-            lambda c: c.decide(run_id, step_id, approved=approved, comment=comment, approval_id=approval_id),
-            f"{verb} {step_id} of {run_id}",
-        )
+    def decide_shown(self, shown: Shown, *, approved: bool) -> None:
+        """y or n on a screen: decide the approval it shows, once it has been shown a moment;
+        denying asks for a reason first, and still decides the item the key was pressed on."""
+        p = shown.item
+        if p is None:
+            return
+        if not shown.settled(self.clock()):
+            self.notify("this item just appeared — look again", severity="warning", timeout=4)
+            return
+        if approved:
+            self.decide(p, approved=True)
+            return
 
-    def ask_deny(self, run_id: str, approval: Approval) -> None:
         def done(reason: str | None) -> None:
             if reason:
-                self.decide(run_id, approval.step_id, approval.approval_id, approved=False, comment=reason)
+                self.decide(p, approved=False, comment=reason)
 
-        self.push_screen(Reason(f"{approval.kind} of step {approval.step_id} (run {run_id})"), done)
+        a = p.approval
+        self.push_screen(Reason(f"{a.kind} of step {a.step_id} (run {p.run_id})"), done)
+
+    def decide(self, p: PendingApproval, *, approved: bool, comment: str = "") -> None:
+        """Decide exactly `p`: the server refuses it if it was answered or changed meanwhile."""
+        a = p.approval
+        verb = "approved" if approved else "denied"
+        self._act(
+            lambda c: c.decide(
+                p.run_id,
+                a.step_id,
+                approved=approved,
+                comment=comment,
+                approval_id=a.approval_id,
+                digest=p.digest,
+            ),
+            f"{verb} {a.step_id} of {p.run_id}",
+        )
 
     def confirm_cancel(self, run_id: str) -> None:
         def done(yes: bool | None) -> None:

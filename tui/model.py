@@ -1,6 +1,6 @@
 """What the console knows, kept apart from how it is drawn: run summaries with the current
-filter and status tab, and the approvals inbox. Plain Python, so it is tested without a
-terminal and updated at any rate without touching the screen."""
+filter and status tab, the approvals inbox, and the approval a screen shows. Plain Python, so
+it is tested without a terminal and updated at any rate without touching the screen."""
 
 from __future__ import annotations
 
@@ -114,3 +114,28 @@ class Inbox:
 
     def __len__(self) -> int:
         return sum(len(p) for p in self.by_run.values())
+
+
+LOOK_AGAIN = 1.0  # seconds an approval stays under the cursor before y or n may decide it
+
+
+class Shown:
+    """The approval a screen shows under its cursor, as drawn, and since when. y and n decide
+    this one, quoting its digest, and only once it has been there `LOOK_AGAIN` seconds: an item
+    that has just taken the place of another is not what the operator read."""
+
+    def __init__(self) -> None:
+        self.item: PendingApproval | None = None
+        self.since = float("-inf")
+
+    def show(self, item: PendingApproval | None, now: float) -> None:
+        if _identity(item) != _identity(self.item):
+            self.since = now
+        self.item = item
+
+    def settled(self, now: float) -> bool:
+        return now - self.since >= LOOK_AGAIN
+
+
+def _identity(p: PendingApproval | None) -> tuple[str, str, str] | None:
+    return None if p is None else (p.run_id, p.approval.approval_id, p.digest)

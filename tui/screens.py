@@ -24,13 +24,14 @@ from textual.widgets import (
 )
 from textual.widgets.option_list import Option
 
+from dagnats.client import PendingApproval
 from dagnats.core.decide import fold
 from dagnats.core.events import AgentTurnRecorded, Event, StepCompleted, StepFailed, StepStarted
 from dagnats.core.state import RunState
 from tui import render
 from tui.bindings import BUILT_IN, KEYS, SCOPE_TITLES, bindings, key_label
 from tui.dialogs import Fork, ForkRequest
-from tui.model import TABS
+from tui.model import TABS, Shown
 from tui.widgets import DagView, RunsHeader, RunsTable, StatusBar
 
 if TYPE_CHECKING:
@@ -188,6 +189,7 @@ class RunScreen(Base):
         self._written = 0  # events already in the log widget
         self._dirty = False
         self.step: str | None = None
+        self.shown = Shown()  # the approval y and n decide: the one the step's details show
 
     def compose(self) -> ComposeResult:
         yield StatusBar()
@@ -292,6 +294,25 @@ class RunScreen(Base):
                 self.state, self._agent_step(), self.streaming.get(self._agent_step() or "", "")
             )
         )
+        self.shown.show(self._shown_approval(), self.console_app.clock())
+
+    def _shown_approval(self) -> PendingApproval | None:
+        """The first approval the selected step waits for, as its details show it; on the
+        transcript pane, that of the agent step the transcript shows."""
+        state = self.state
+        if state is None:
+            return None
+        steps = [self.step]
+        if self.query_one(TabbedContent).active == "transcript":
+            steps.append(self._agent_step())
+        for sid in steps:
+            pending = [a for a in state.pending_approvals() if a.step_id == sid]
+            if pending:
+                return PendingApproval(state.run_id, state.workflow, pending[0])
+        return None
+
+    def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        self.shown.show(self._shown_approval(), self.console_app.clock())
 
     def _agent_step(self) -> str | None:
         """The selected step if it is an agent loop, else the run's first agent loop."""
@@ -334,27 +355,19 @@ class RunScreen(Base):
         self.query_one(TabbedContent).active = pane
         self.query_one(target[pane]).focus()
 
-    def _pending(self) -> list[Any]:
-        if self.state is None:
-            return []
-        pending = self.state.pending_approvals()
-        mine = [a for a in pending if a.step_id == self.step]
-        return mine or (pending if len(pending) == 1 else [])
-
     def action_approve(self) -> None:
-        pending = self._pending()
-        if not pending:
-            self.app.notify(f"step {self.step} is not waiting for an approval", severity="warning")
-            return
-        a = pending[0]
-        self.console_app.decide(self.run_id, a.step_id, a.approval_id, approved=True)
+        self._decide(approved=True)
 
     def action_deny(self) -> None:
-        pending = self._pending()
-        if not pending:
-            self.app.notify(f"step {self.step} is not waiting for an approval", severity="warning")
+        self._decide(approved=False)
+
+    def _decide(self, *, approved: bool) -> None:
+        if self.shown.item is None:
+            waiting = sorted({a.step_id for a in self.state.pending_approvals()}) if self.state else []
+            hint = f": select {', '.join(waiting)}" if waiting else ""
+            self.app.notify(f"step {self.step} is not waiting for an approval{hint}", severity="warning")
             return
-        self.console_app.ask_deny(self.run_id, pending[0])
+        self.console_app.decide_shown(self.shown, approved=approved)
 
     def action_cancel(self) -> None:
         self.console_app.confirm_cancel(self.run_id)
@@ -389,6 +402,11 @@ class ApprovalsScreen(Base):
     ApprovalsScreen #none { padding: 1 2; color: $text-muted; }
     """
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._drawn: dict[str, PendingApproval] = {}  # by option id, as the list last drew them
+        self.shown = Shown()  # the one under the cursor: what y and n decide
+
     def compose(self) -> ComposeResult:
         yield StatusBar()
         yield OptionList(id="items")
@@ -408,6 +426,7 @@ class ApprovalsScreen(Base):
         keep = box.highlighted_option.id if box.highlighted_option else None
         was = box.highlighted or 0
         box.clear_options()
+        self._drawn = {f"{p.run_id}/{p.approval.approval_id}": p for p in items}
         if not items:
             box.add_option(Option(Text("nothing waits for you", style="dim"), disabled=True))
         for p in items:
@@ -421,18 +440,13 @@ class ApprovalsScreen(Base):
             box.highlighted = ids.index(keep) if keep in ids else min(was, len(ids) - 1)
         self._show_detail()
 
-    def _current(self) -> Any:
-        box = self.query_one("#items", OptionList)
-        option = box.highlighted_option
-        if option is None or option.id is None:
-            return None
-        for p in self.console_app.inbox.items:
-            if f"{p.run_id}/{p.approval.approval_id}" == option.id:
-                return p
-        return None
+    def _current(self) -> PendingApproval | None:
+        option = self.query_one("#items", OptionList).highlighted_option
+        return self._drawn.get(option.id) if option is not None and option.id is not None else None
 
     def _show_detail(self) -> None:
         p = self._current()
+        self.shown.show(p, self.console_app.clock())
         body = self.query_one("#detail-body", Static)
         body.update(render.approval_details(p) if p else Text(""))
 
@@ -443,14 +457,10 @@ class ApprovalsScreen(Base):
         self.action_open()
 
     def action_approve(self) -> None:
-        p = self._current()
-        if p is not None:
-            self.console_app.decide(p.run_id, p.approval.step_id, p.approval.approval_id, approved=True)
+        self.console_app.decide_shown(self.shown, approved=True)
 
     def action_deny(self) -> None:
-        p = self._current()
-        if p is not None:
-            self.console_app.ask_deny(p.run_id, p.approval)
+        self.console_app.decide_shown(self.shown, approved=False)
 
     def action_open(self) -> None:
         p = self._current()

@@ -14,9 +14,11 @@ from rich.console import Console
 from textual.widgets import Input, OptionList, RichLog, Select, Static, TabbedContent, TextArea
 
 from dagnats.client import operator_identity
+from dagnats.core.events import ApprovalDecided
 from dagnats.names import live_subject
 from tui.app import ConsoleApp
 from tui.dialogs import Confirm, Fork, Reason, Start
+from tui.model import LOOK_AGAIN
 from tui.screens import ApprovalsScreen, HelpScreen, RunScreen, RunsScreen
 from tui.widgets import DagView, RunsTable, StatusBar
 
@@ -105,6 +107,25 @@ async def console(stack):
     return stack, ConsoleApp(client, where="test")
 
 
+async def look(pilot: Any) -> None:
+    """Give the approval under the cursor the moment it must be shown before y or n decide it."""
+    await pilot.pause(LOOK_AGAIN + 0.05)
+
+
+def notes(app: ConsoleApp, severity: str) -> list[str]:
+    return [n.message for n in app._notifications if n.severity == severity]
+
+
+class Clock:
+    """The console's monotonic clock, moved by hand."""
+
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
 def text_of(widget: Static) -> str:
     """What the widget shows, as plain text."""
     console = Console(width=200, record=True, file=io.StringIO())
@@ -169,12 +190,96 @@ async def test_approve_from_the_inbox(console):
         assert isinstance(app.screen, ApprovalsScreen)
         detail = app.screen.query_one("#detail-body", Static)
         assert "Ship v1?" in text_of(detail)
+        await pilot.press("y")  # the item has only just been drawn: refused, nothing sent
+        await until(pilot, lambda: notes(app, "warning"), "the look-again warning")
+        assert notes(app, "warning") == ["this item just appeared — look again"]
+        assert (await stack.client.run(run_id)).approvals["ship.1"].status == "pending"
+        await look(pilot)
         await pilot.press("y")
         state = await until_async(lambda: _finished(stack, run_id), "the run to finish after the approval")
         assert state.status == "completed"
         approval = state.approvals["ship.1"]
         assert (approval.status, approval.by) == ("approved", operator_identity())
         await until(pilot, lambda: len(app.inbox) == 0, "the inbox to empty")
+
+
+GATED = {
+    "name": "gated",
+    "steps": [
+        {
+            "id": "fix",
+            "type": "agent_loop",
+            "config": {
+                "provider": "scripted",
+                "tools": ["run_command"],
+                "approve_tools": ["run_command"],
+                "script": [
+                    {
+                        "text": "Run it.",
+                        "tool_calls": [{"name": "run_command", "arguments": {"command": "echo hi"}}],
+                    },
+                    {"text": "All done."},
+                ],
+            },
+        },
+        {"id": "gate", "type": "approval", "depends_on": ["fix"], "config": {"prompt": "Ship the fix?"}},
+    ],
+}
+
+
+async def test_a_key_never_decides_an_item_that_just_took_the_place_of_another(console):
+    """The inbox shows a tool call; it is answered elsewhere and the same run's `gate` takes its
+    row. `y` on the tool call before the screen caught up fails with the server's error; `y`
+    within 1 s of `gate` appearing is refused and sends nothing; after 1 s it approves `gate`,
+    quoting the digest of what was shown."""
+    stack, app = console
+    clock = Clock()
+    app.clock = clock
+    await stack.register(GATED)
+    run_id = await stack.client.start("gated")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: len(app.inbox) == 1, "the tool call in the inbox")
+        await pilot.press("a")
+        screen = app.screen
+        assert isinstance(screen, ApprovalsScreen)
+        await until(pilot, lambda: screen.shown.item is not None, "the tool call under the cursor")
+        call = screen.shown.item
+        assert call.approval.kind == "tool_call"
+        clock.t += LOOK_AGAIN  # the operator reads it
+        app.redraw_delay = 3600.0  # the screen falls behind: it still draws the tool call
+        await stack.client.decide(run_id, "fix", approved=True, comment="elsewhere")
+        await until(
+            pilot, lambda: [p.approval.step_id for p in app.inbox.items] == ["gate"], "gate in the inbox"
+        )
+        assert screen.shown.item == call
+        await pilot.press("y")
+        await until(pilot, lambda: notes(app, "error"), "the server's refusal")
+        assert "is already approved by" in notes(app, "error")[0]
+
+        app.redraw_delay = 0.05
+        app.flush()  # gate takes the tool call's row, under the cursor
+        await until(
+            pilot, lambda: screen.shown.item and screen.shown.item.approval.step_id == "gate", "gate shown"
+        )
+        gate = screen.shown.item
+        clock.t += LOOK_AGAIN / 2
+        await pilot.press("y")
+        await until(pilot, lambda: notes(app, "warning"), "the look-again warning")
+        assert notes(app, "warning") == ["this item just appeared — look again"]
+        await pilot.press("n")  # deny is held back the same way: no dialog opens
+        assert app.screen is screen and len(notes(app, "warning")) == 2
+        await pilot.pause(0.2)
+        assert (await stack.client.run(run_id)).approvals["gate.1"].status == "pending"
+
+        clock.t += LOOK_AGAIN / 2
+        await pilot.press("y")
+        state = await until_async(lambda: _finished(stack, run_id), "the run to finish")
+        assert state.status == "completed" and state.approvals["gate.1"].status == "approved"
+        decided = [e for _, e in await stack.client.events(run_id) if isinstance(e, ApprovalDecided)]
+        assert [(e.approval_id, e.digest) for e in decided] == [
+            (call.approval.approval_id, call.digest),
+            ("gate.1", gate.digest),
+        ]
 
 
 async def test_deny_with_a_reason_from_the_run_screen(console):
@@ -184,6 +289,7 @@ async def test_deny_with_a_reason_from_the_run_screen(console):
         await until(pilot, lambda: len(app.inbox) == 1, "the approval in the inbox")
         screen = await opened(pilot, app, run_id, step="ship", selected=False)
         await until(pilot, lambda: screen.step == "ship", "the ship step selected")
+        await look(pilot)
         await pilot.press("n")
         assert isinstance(app.screen, Reason)
         await pilot.press("enter")  # an empty reason is refused in the dialog
@@ -281,6 +387,7 @@ async def test_agent_transcript_follows_turns_and_tool_approval(console):
         await stack.client.nc.publish(live_subject(run_id, "fix"), " the output…".encode())
         await until(pilot, lambda: "Thinking about the output…" in text_of(body), "the streamed text")
         assert "(streaming)" in text_of(body)
+        await look(pilot)
         await pilot.press("y")
         await until(pilot, lambda: "All done." in text_of(body), "the final turn in the transcript")
         assert "Thinking about" not in text_of(body)  # the recorded turn replaced the stream
