@@ -12,6 +12,8 @@ import uuid
 
 import pytest
 
+from tui.model import LOOK_AGAIN
+
 from conftest import ROOT, dagnats, dagnats_json, wait_until
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs the tmux binary")
@@ -73,6 +75,9 @@ def test_approve_from_the_keyboard_in_a_real_terminal(serve, data_dir, tmp_path)
         term.keys("a")
         screen = term.wait_for("Ship build v7?")
         assert "step" in screen and "ship/ship" in screen
+        term.keys("y")  # at once: the item has only just been drawn, so the key is refused
+        term.wait_for("look again")
+        time.sleep(LOOK_AGAIN)  # the rule is about time: the item must have been shown 1 s
         term.keys("y")
         term.wait_for("nothing waits for you")
         state = dagnats_json("run", "show", run_id, "--json", data_dir=data_dir)
