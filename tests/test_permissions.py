@@ -120,3 +120,20 @@ async def test_a_worker_cannot_start_a_run(stack):
     with pytest.raises(NotFound):
         await stack.client.run("forged1")
     assert [p.run_id for p in await stack.client.approvals()] == []
+
+
+async def test_a_worker_writes_its_own_heartbeat_and_no_other(stack):
+    from dagnats.names import heartbeat_subject
+
+    await stack.start()  # its workers connect with the worker's credentials
+    for _ in range(100):
+        beats = await stack.client.heartbeats() or []
+        if any(b.name == "test-worker" for b in beats):
+            break
+        await asyncio.sleep(0.05)
+    (beat,) = [b for b in beats if b.name == "test-worker"]
+    assert beat.kind == "worker" and "echo" in beat.tasks
+    assert await _violations(stack.worker_endpoint, heartbeat_subject("worker", "w1"), b"{}") == []
+    for subject in (heartbeat_subject("engine", "e1"), "$KV.dagnats_runs.forged"):
+        errors = await _violations(stack.worker_endpoint, subject, b"{}")
+        assert any("permissions violation" in e.lower() for e in errors), (subject, errors)

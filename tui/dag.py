@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal
@@ -78,8 +78,9 @@ class DagNode(msgspec.Struct, frozen=True):
 # --- nodes from a run or a plan ---------------------------------------------------------------
 
 
-def nodes_of(state: RunState) -> list[DagNode]:
-    """The steps of a run as nodes: the definition's in order, then what planners added.
+def nodes_of(state: RunState, unserved: Collection[str] = ()) -> list[DagNode]:
+    """The steps of a run as nodes: the definition's in order, then what planners added;
+    `unserved` steps (queued, no live worker serves their task) are noted so.
 
     Planned steps come last so that the definition's own chain keeps the top row.
     """
@@ -91,7 +92,7 @@ def nodes_of(state: RunState) -> list[DagNode]:
             label=step.id,
             deps=_deps_of(state, step, known),
             status=state.steps.get(step.id, _NOT_STARTED).status,
-            note=_note_of(state, step),
+            note="unserved" if step.id in unserved else _note_of(state, step),
         )
         for step in steps
     ]

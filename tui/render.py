@@ -15,7 +15,7 @@ from rich.text import Text
 from dagnats.client import PendingApproval, RunSummary
 from dagnats.core.events import Event, StepLog
 from dagnats.core.state import RunState, StepState, Turn
-from dagnats.views import age, approval_summary, event_line
+from dagnats.views import age, approval_summary, event_line, no_worker_text
 from tui.theme import RUN_GLYPH, RUN_STYLE, status_text
 
 # Columns of the runs table: (title, width). The workflow column takes what is left.
@@ -91,7 +91,11 @@ def run_header(state: RunState, now: float) -> Text:
 
 
 def step_details(
-    state: RunState, sid: str | None, events: list[tuple[int, Event]], now: float
+    state: RunState,
+    sid: str | None,
+    events: list[tuple[int, Event]],
+    now: float,
+    no_worker: str | None = None,  # the task, when the step is queued and no live worker serves it
 ) -> RenderableType:
     if sid is None or sid not in state.steps:
         return Text("no step selected", style="dim")
@@ -102,8 +106,13 @@ def step_details(
     head.append(f"{sid}", style="bold")
     head.append(f"  {kind}  ")
     head.append_text(status_text(step.status))
+    unserved = no_worker if step.status == "queued" else None
+    if unserved:
+        head.append(no_worker_text(unserved).removeprefix("queued"), style="bold red")
     head.append(f"  attempt {step.attempts}" if step.attempts else "", style="dim")
     lines: list[RenderableType] = [head, _timings(step, now)]
+    if unserved:
+        lines.append(Text("start one with: dagnats worker MODULE:ATTR", style="red"))
     if step.error:
         lines.append(Text(f"error: {step.error}", style="red"))
     pending = [a for a in state.pending_approvals() if a.step_id == sid]

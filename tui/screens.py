@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Group
@@ -36,6 +37,8 @@ from tui.widgets import DagView, RunsHeader, RunsTable, StatusBar
 
 if TYPE_CHECKING:
     from tui.app import ConsoleApp
+
+WORKERS_EVERY = 2.0  # seconds between looks at which queued steps some live worker serves
 
 
 class Base(Screen[None]):
@@ -190,6 +193,7 @@ class RunScreen(Base):
         self._dirty = False
         self.step: str | None = None
         self.shown = Shown()  # the approval y and n decide: the one the step's details show
+        self.unserved: dict[str, str] = {}  # queued steps no live worker serves: {step: task}
 
     def compose(self) -> ComposeResult:
         yield StatusBar()
@@ -217,8 +221,25 @@ class RunScreen(Base):
         if self.console_app.client is not None:
             self.follow()
             self.follow_text()
+            self.watch_workers()
 
     # --- live data ---------------------------------------------------------------------------
+
+    @work(exclusive=True, group="workers", exit_on_error=False)
+    async def watch_workers(self) -> None:
+        """Heartbeats are not events: look every WORKERS_EVERY seconds, only while a step is
+        queued for a worker (no I/O otherwise), whether some live worker serves it."""
+        client = self.console_app.client
+        assert client is not None
+        while True:
+            try:
+                unserved = await client.unserved(self.state) if self.state is not None else {}
+            except Exception:  # lost connection: keep what was known; the next look retries
+                unserved = self.unserved
+            if unserved != self.unserved:
+                self.unserved = unserved
+                self.schedule()
+            await asyncio.sleep(WORKERS_EVERY)
 
     @work(exclusive=True, group="follow")
     async def follow(self) -> None:
@@ -270,7 +291,7 @@ class RunScreen(Base):
         now = self.console_app.now()
         self.query_one("#header", Static).update(render.run_header(state, now))
         dag = self.query_one(DagView)
-        dag.show(state)
+        dag.show(state, self.unserved)
         if self.wanted_step and self.wanted_step in state.steps:
             dag.select(self.wanted_step)
             self.wanted_step = None
@@ -287,7 +308,7 @@ class RunScreen(Base):
         assert self.state is not None
         now = self.console_app.now()
         self.query_one("#details-body", Static).update(
-            render.step_details(self.state, self.step, self.events, now)
+            render.step_details(self.state, self.step, self.events, now, self.unserved.get(self.step or ""))
         )
         self.query_one("#transcript-body", Static).update(
             render.transcript(

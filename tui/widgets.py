@@ -6,7 +6,7 @@ thousands of runs costs no more to redraw than a list of twenty."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from rich.style import Style
 from rich.text import Text
@@ -198,8 +198,8 @@ class DagView(ScrollView, can_focus=True):
         self.lines: list[Strip] = []
         self.selected: str | None = None
 
-    def show(self, state: RunState) -> None:
-        self.layout_ = layout(nodes_of(state))  # deterministic: the same graph keeps its places
+    def show(self, state: RunState, unserved: Collection[str] = ()) -> None:
+        self.layout_ = layout(nodes_of(state, unserved))  # deterministic: the same graph keeps its places
         if self.selected is None or self.selected not in self.layout_.pos:
             first = next(iter(self.layout_.pos), None)
             self._select(first)
