@@ -7,6 +7,8 @@ import asyncio
 import pytest
 
 from dagnats import TaskContext, Worker
+from dagnats.core.state import approval_digest
+from dagnats.errors import UserError
 
 GOOD_PLAN = {
     "steps": [
@@ -116,7 +118,12 @@ async def test_a_reviewed_plan_waits_for_an_operator(stack):
     assert item.approval.kind == "plan" and item.approval.details == GOOD_PLAN
     state = await stack.client.run(run_id)
     assert state.status == "waiting" and not state.dynamic  # nothing of the plan exists yet
-    await stack.client.decide(run_id, "plan", approved=True, comment="looks right")
+    other = approval_digest("plan", item.approval.prompt, {"steps": GOOD_PLAN["steps"][:1]})
+    with pytest.raises(
+        UserError, match=r"approval plan\.plan\.1 changed since you saw it: it now asks 'plan of 3 steps'"
+    ):
+        await stack.client.decide(run_id, "plan", approved=True, digest=other)  # a review of another plan
+    await stack.client.decide(run_id, "plan", approved=True, comment="looks right", digest=item.digest)
     state = await asyncio.wait_for(stack.client.wait(run_id), 10)
     assert state.status == "completed" and state.steps["plan.shout"].status == "completed"
 
