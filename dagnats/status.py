@@ -4,6 +4,7 @@ engines and workers heard from lately, and per task how much is queued and who s
 from __future__ import annotations
 
 import datetime as dt
+import textwrap
 import time
 from typing import Any
 
@@ -137,7 +138,9 @@ def text(doc: dict[str, Any], now: float | None = None) -> str:
     if not doc["heartbeats"]:
         lines.append("no heartbeats on this NATS: restart `dagnats serve` to create their bucket")
     elif not procs:
-        lines.append("no engine or worker seen in the last 30 s: is `dagnats serve` running?")
+        lines.append(
+            f"no engine or worker seen in the last {heartbeat.ALIVE:g} s: is `dagnats serve` running?"
+        )
     else:
         rows = [
             [
@@ -152,14 +155,17 @@ def text(doc: dict[str, Any], now: float | None = None) -> str:
         ]
         headers = ["kind", "id", "host", "pid", "in flight", "seen"]
         used = max(len(line) for line in views.table(rows, headers).splitlines()) + 2
+        wrapped = []  # the tasks column wraps onto lines of its own
         for row, (_, b) in zip(rows, procs):
-            row.append(_fit(", ".join(b["tasks"]) or "-", max(12, 79 - used)))
-        lines.append(views.table(rows, [*headers, "tasks"]))
+            chunks = textwrap.wrap(", ".join(b["tasks"]), max(16, 80 - used)) or ["-"]
+            wrapped.append([*row, chunks[0]])
+            wrapped += [[""] * len(row) + [chunk] for chunk in chunks[1:]]
+        lines.append(views.table(wrapped, [*headers, "tasks"]))
     lines.append("")
     if doc["tasks"]:
         rows = [
             [task[:30], str(t["queued"]), str(t["running"]), str(t["workers"])]
-            + (["no worker serves it"] if t["workers"] == 0 and doc["heartbeats"] else [""])
+            + (["no worker serves it"] if t["queued"] and not t["workers"] and doc["heartbeats"] else [""])
             for task, t in doc["tasks"].items()
         ]
         lines.append(views.table(rows, ["task", "queued", "running", "workers", ""]))
