@@ -186,10 +186,11 @@ def _size(n: int) -> str:
 
 
 def _ago(iso: str | None, now: float) -> str:
+    """How long ago, like `run list`'s ages."""
     if iso is None:
         return "-"
     ts = dt.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
-    return views.age(ts, now) + " ago"
+    return views.age(ts, now)
 
 
 def _fit(text: str, width: int) -> str:
