@@ -17,7 +17,6 @@ from typing import Any
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.errors import TimeoutError as NatsTimeout
-from nats.js import api
 
 from . import heartbeat, names, views
 from .connection import Endpoint, connect, resolve_endpoint
@@ -28,7 +27,8 @@ from .core.events import ApprovalDecided, Event, ForkOf, RunCancelRequested, Run
 from .core.state import RUN_TERMINAL, Approval, RunState
 from .errors import NotFound, UserError
 from .heartbeat import Heartbeat
-from .store import Conflict, RunSummary, Store, WorkflowVersion, decode_recorded, drop_consumer
+from .ordered import ResumingConsumer
+from .store import Conflict, RunSummary, Store, WorkflowVersion, decode_recorded
 
 
 def operator_identity() -> str:
@@ -174,32 +174,37 @@ class Client:
     async def follow(
         self, run_id: str, *, until_terminal: bool = True, after: int = 0
     ) -> AsyncIterator[tuple[int, Event]]:
-        """Yield the run's events (those after stream sequence `after`), live, until the run ends."""
+        """Yield the run's events (those after stream sequence `after`), live, until the run ends.
+        A server restart or failover only pauses it: it carries on from the last event given."""
         check_run_id(run_id)
-        start = (
-            {"deliver_policy": api.DeliverPolicy.BY_START_SEQUENCE, "opt_start_seq": after + 1}
-            if after
-            else {"deliver_policy": api.DeliverPolicy.ALL}
-        )
-        sub = await self.store.js.subscribe(
-            names.history_filter(run_id), ordered_consumer=True, inactive_threshold=5.0, **start
+        consumer = ResumingConsumer(
+            self.nc, names.HISTORY_STREAM, names.history_filter(run_id), after=after, inactive_threshold=5.0
         )
         state: RunState | None = None
+        if after and until_terminal:  # the state as of `after`, to know when the run ends
+            for seq, event in await self.store.read_history(run_id):
+                if seq <= after:
+                    state = fold(None, state, event)
+            if state is not None and state.terminal:
+                return
+        await consumer.open()
+        known = False
         try:
             while True:
-                try:
-                    msg = await sub.next_msg(timeout=1.0)
-                except (TimeoutError, NatsTimeout):
-                    if state is None:
+                msg = await consumer.next(timeout=1.0)
+                if msg is None:
+                    if not known and self.nc.is_connected:
                         await self.run(run_id)  # raises NotFound for an unknown run
+                        known = True
                     continue
+                known = True
                 event = decode_recorded(msg.subject, msg.data)
                 state = fold(None, state, event)
                 yield msg.metadata.sequence.stream, event
                 if until_terminal and state is not None and state.terminal:
                     return
         finally:
-            await drop_consumer(self.store.js, names.HISTORY_STREAM, sub)
+            await consumer.close()
 
     async def watch_runs(self) -> AsyncIterator[RunSummary | None]:
         """Every run's summary, then each change as the engine records it, for as long as the
@@ -209,32 +214,26 @@ class Client:
         decoding only the summaries, so a list of thousands of runs stays cheap to follow.
         """
         await self.store.require()
-        stream = f"KV_{names.RUNS_BUCKET}"
         prefix = f"$KV.{names.RUNS_BUCKET}."
-        sub = await self.store.js.subscribe(
-            prefix + ">",
-            stream=stream,
-            ordered_consumer=True,
-            deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
-            inactive_threshold=30.0,
+        consumer = ResumingConsumer(
+            self.nc, f"KV_{names.RUNS_BUCKET}", prefix + ">", last_per_subject=True, inactive_threshold=30.0
         )
+        await consumer.open()
         try:
-            caught_up = (await sub.consumer_info()).num_pending == 0
+            caught_up = await consumer.pending() == 0
             if caught_up:
                 yield None
             while True:
-                try:
-                    msg = await sub.next_msg(timeout=5.0)
-                except (TimeoutError, NatsTimeout):
+                msg = await consumer.next(timeout=5.0)
+                if msg is None:
                     continue
-                if (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE") or not msg.data:
-                    continue
-                yield _listing_dec.decode(msg.data).summary
+                if (msg.headers or {}).get("KV-Operation") not in ("DEL", "PURGE") and msg.data:
+                    yield _listing_dec.decode(msg.data).summary
                 if not caught_up and msg.metadata.num_pending == 0:
                     caught_up = True
                     yield None
         finally:
-            await drop_consumer(self.store.js, stream, sub)
+            await consumer.close()
 
     async def live_text(self, run_id: str) -> AsyncIterator[tuple[str, str]]:
         """Model text of the run's agent steps as it streams: (step_id, chunk). Not stored:
