@@ -15,10 +15,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 from nats.js import api
 
 from . import names
@@ -36,6 +37,7 @@ from .core.actions import (
     StartTimer,
 )
 from .core.decide import IllegalEvent, decide
+from .core.effects import still_due
 from .core.events import (
     ChildRunFinished,
     Event,
@@ -87,18 +89,27 @@ class _Pass:
         self.last = last  # last history sequence folded into `state`
         self.epoch = epoch  # see _Cached.epoch
         self.next: list[Event] | None = None
-        self.effects: list[Coroutine[Any, Any, None]] = []
+        # (state after the event, effect, whether this pass recorded the event itself)
+        self.effects: list[tuple[RunState, Action, bool]] = []
 
     def drop(self) -> None:
-        for effect in self.effects:
-            effect.close()
         self.effects = []
 
-    async def flush(self) -> None:
-        """Do the queued effects concurrently: they are independent and idempotent."""
+    def due(self) -> list[tuple[RunState, Action]]:
+        """The queued effects that the pass's final state still calls for (`still_due`): after
+        a crash the tail holds events whose work is long done, and only what the run now waits
+        for is done again. A dispatch for an event that this pass did not record itself may
+        repeat one whose de-duplication the server forgot: its worker checks the run first."""
+        assert self.state is not None
         effects, self.effects = self.effects, []
-        for start in range(0, len(effects), EFFECT_BATCH):
-            await asyncio.gather(*effects[start : start + EFFECT_BATCH])
+        out = []
+        for state, action, ours in effects:
+            if not still_due(self.state, action):
+                continue
+            if isinstance(action, DispatchTask) and not ours:
+                action = msgspec.structs.replace(action, recheck=True)
+            out.append((state, action))
+        return out
 
 
 class Engine:
@@ -321,7 +332,7 @@ class Engine:
                     self.batching = False
                     continue
                 for (_, new, actions), seq in zip(chain, seqs):
-                    self._record(pass_, seq, new, actions)
+                    self._record(pass_, seq, new, actions, ours=True)
                 continue
             event = pass_.next[0]
             try:
@@ -334,8 +345,11 @@ class Engine:
             except Conflict:
                 await self._fold_tail(run_id, pass_)
                 continue
-            self._apply(pass_, event, seq)
-        await pass_.flush()
+            self._apply(pass_, event, seq, ours=True)
+        if pass_.state is not None:
+            effects = [self._perform(state, action) for state, action in pass_.due()]
+            for start in range(0, len(effects), EFFECT_BATCH):  # independent and idempotent
+                await asyncio.gather(*effects[start : start + EFFECT_BATCH])
 
     async def _fold_tail(self, run_id: str, pass_: _Pass) -> None:
         epoch = self._epoch if self._live else -1
@@ -369,23 +383,24 @@ class Engine:
             upcoming = [a.event for a in actions if isinstance(a, AppendEvent)]
         return out
 
-    def _apply(self, pass_: _Pass, event: Event, seq: int) -> None:
-        """Fold one event; queue its effects (done together, before the pass acknowledges)."""
+    def _apply(self, pass_: _Pass, event: Event, seq: int, *, ours: bool = False) -> None:
+        """Fold one event; queue its effects (done together, before the pass acknowledges).
+        `ours`: this pass recorded the event itself."""
         try:
             new, actions = decide(None, pass_.state, event, first_only=True)
         except IllegalEvent as exc:
             pass_.last = seq
             log.warning("ignoring illegal event #%d (%s): %s", seq, type(event).__name__, exc)
             return
-        self._record(pass_, seq, new, actions)
+        self._record(pass_, seq, new, actions, ours)
 
-    def _record(self, pass_: _Pass, seq: int, new: RunState, actions: list[Action]) -> None:
+    def _record(self, pass_: _Pass, seq: int, new: RunState, actions: list[Action], ours: bool) -> None:
         pass_.last = seq
         self.processed += 1
         pass_.state = new
         # What to record next depends on the state alone, so the last event's answer is the one.
         pass_.next = [a.event for a in actions if isinstance(a, AppendEvent)]
-        pass_.effects += [self._perform(new, a) for a in actions if not isinstance(a, AppendEvent)]
+        pass_.effects += [(new, a, ours) for a in actions if not isinstance(a, AppendEvent)]
 
     async def _perform(self, state: RunState, action: Action) -> None:
         match action:

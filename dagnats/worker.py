@@ -117,19 +117,25 @@ def _superseded(state: RunState, task: DispatchTask) -> bool:
     )
 
 
-def _needs_check(msg: Any, task: DispatchTask) -> bool:
-    """Whether a task must be checked against its run's snapshot before it runs.
+def _needs_check(msg: Any, task: DispatchTask, connected_at: float) -> bool:
+    """Whether a task must be checked against its run's current state before it runs.
 
-    A task delivered for the first time, soon after it was queued, cannot be stale: its run
-    was live when it was queued, a run that ends takes its queued tasks off the queue, and an
-    attempt is superseded only when its timeout passes. Anything else is checked: a redelivery
-    (its result may already be recorded), or a task that waited in the queue.
+    A task delivered for the first time, soon after the engine queued it on recording its
+    `step.queued`, cannot be stale: its run was live when it was queued, a run that ends takes
+    its queued tasks off the queue, and an attempt is superseded only when its timeout passes.
+    Anything else is checked:
+    - a task the engine sent again (`recheck`: recovery, whose message may repeat one that was
+      done and removed, and whose de-duplication the server forgot on a restart);
+    - a task queued before this worker's connection to the server began (`connected_at`): a
+      server killed mid-way may forget that it delivered it, and hand it out again as a first
+      delivery after its result was recorded;
+    - a redelivery (its result may already be recorded), or a task that waited in the queue.
     """
     meta = msg.metadata
-    if meta.num_delivered != 1:
+    queued_at: float = meta.timestamp.timestamp()
+    if task.recheck or meta.num_delivered != 1 or queued_at <= connected_at:
         return True
     prompt = min(FRESH_SECONDS, task.timeout / 2) if task.timeout else FRESH_SECONDS
-    queued_at: float = meta.timestamp.timestamp()
     return abs(time.time() - queued_at) > prompt
 
 
@@ -203,6 +209,15 @@ class _Runtime:
         self.ack_wait = _env_seconds("DAGNATS_TASK_ACK_WAIT", 10.0)  # for consumers this worker creates
         self.ack_waits: dict[str, float] = {}  # what each task's consumer actually uses
         self.running: set[tuple[str, str, int]] = set()  # (run, step, attempt) in hand here
+        self.connected = (time.time(), -1)  # when this connection (re)connected, as far as seen
+
+    def _connected_at(self) -> float:
+        """When the connection to the server last began: at start, or the first time a task
+        came after a reconnect (a little late, which only means a few more checks)."""
+        reconnects = self.store.nc.stats["reconnects"]
+        if reconnects != self.connected[1]:
+            self.connected = (time.time() if self.connected[1] >= 0 else self.connected[0], reconnects)
+        return self.connected[0]
 
     async def run(self, stop: asyncio.Event) -> None:
         pullers: list[asyncio.Task[Any]] = [
@@ -337,7 +352,7 @@ class _Runtime:
         if key in self.running:  # redelivered while we still work on it: keep it, do not run it twice
             await msg.in_progress()
             return
-        if _needs_check(msg, task) and await self._stale(task):
+        if _needs_check(msg, task, self._connected_at()) and await self._stale(task):
             await msg.ack()
             return
         self.running.add(key)
@@ -491,20 +506,20 @@ class _Runtime:
         await self.store.append(task.run_id, event, msg_id=base % kind)
 
     async def _stale(self, task: DispatchTask) -> bool:
-        """True if the run ended or this attempt was superseded: skip it without running."""
-        snap, _ = await self.store.load_snapshot(task.run_id)
-        if snap is None:
-            return False
-        stale = (
-            _superseded(snap.state, task) if snap.state is not None else snap.summary.status in RUN_TERMINAL
-        )
+        """True if the run ended or this attempt already has a result or a successor: skip it
+        without running. Read from the history, not the snapshot alone: a snapshot of progress
+        is saved a moment later, and a result recorded just before a crash may not be in it."""
+        state = await self.store.current_state(task.run_id)
+        stale = state is not None and _superseded(state, task)
         if stale:
+            assert state is not None
             log.info(
-                "skipping %s/%s attempt %d: run is %s",
+                "skipping %s/%s attempt %d: run is %s, step %s",
                 task.run_id,
                 task.step_id,
                 task.attempt,
-                snap.summary.status,
+                state.status,
+                state.steps[task.step_id].status if task.step_id in state.steps else "unknown",
             )
         return stale
 

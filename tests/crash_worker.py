@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
 
 from dagnats import TaskContext, Worker
@@ -20,3 +21,13 @@ async def slow(ctx: TaskContext) -> dict[str, bool]:
     with marks.open("a") as f:
         f.write("finished\n")
     return {"done": True}
+
+
+@worker.task("crash-test-mark")
+def mark(ctx: TaskContext) -> dict[str, int]:
+    """A side effect to count: one line per execution, with the time it began."""
+    runs = Path(os.environ["DAGNATS_TEST_MARKS"]) / ctx.run_id
+    runs.mkdir(exist_ok=True)
+    with (runs / ctx.step_id).open("a") as f:
+        f.write(f"{time.time():.6f}\n")
+    return {"step": ctx.step_id}

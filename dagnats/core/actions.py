@@ -31,6 +31,10 @@ class DispatchTask(_Action, tag="dispatch_task", frozen=True):
     config: dict[str, Any] = {}
     timeout: float | None = None
     checkpoint: Any = None
+    # Sent by a pass that did not itself record the event behind it (recovery, a redo, another
+    # writer's event): it may repeat a message whose de-duplication the server forgot, so the
+    # worker checks the run's current state before it runs the task.
+    recheck: bool = False
 
 
 class StartTimer(_Action, tag="start_timer", frozen=True):

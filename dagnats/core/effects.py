@@ -257,3 +257,64 @@ def child_run_id(run_id: str, step_id: str, attempt: int) -> str:
     """Deterministic id of the child run a sub_workflow step's attempt starts."""
     digest = hashlib.sha256(f"{run_id}/{step_id}/{attempt}".encode()).hexdigest()
     return f"r{digest[:15]}"
+
+
+def still_due(state: RunState, action: Action) -> bool:
+    """Whether `state` still calls for an effect that an earlier event caused.
+
+    An engine that folds a run's tail after a crash meets the effects of every event in it;
+    doing the ones the run has since moved past would run finished work again (a task message
+    that was acknowledged and removed is forgotten by the server's de-duplication when it
+    restarts). So what recovery performs follows from the state the tail leads to: a task only
+    while its attempt waits for a worker, a timer only while what it times is still on.
+    Purges, cancellations and notices are idempotent appends or deletions, always done.
+    """
+    match action:
+        case DispatchTask(step_id=sid, attempt=attempt, msg_id=msg_id):
+            _, _, resume = msg_id.partition(":resume:")
+            return _current_attempt(state, sid, attempt, ("queued", "running")) and (
+                _activation(state, sid, attempt) == resume
+            )
+        case StartTimer(kind="run_timeout"):
+            return not state.terminal
+        case StartTimer(kind="retry", step_id=sid, attempt=attempt):
+            step = state.steps.get(sid)
+            return (
+                not state.terminal
+                and step is not None
+                and step.attempts == attempt
+                and (step.retry_at is not None)
+            )
+        case StartTimer(kind="wake", step_id=sid, attempt=attempt):
+            return _current_attempt(state, sid, attempt, ("waiting",))
+        case (
+            StartTimer(step_id=sid, attempt=attempt)
+            | StartChildRun(parent=ParentRef(step_id=sid, attempt=attempt))
+        ):
+            return _current_attempt(state, sid, attempt, ("queued", "running", "waiting"))
+        case ContinueRun():
+            return not state.terminal
+        case _:
+            return True
+
+
+def _current_attempt(state: RunState, sid: str, attempt: int, statuses: tuple[str, ...]) -> bool:
+    step = state.steps.get(sid)
+    return (
+        not state.terminal
+        and step is not None
+        and step.attempts == attempt
+        and step.status in statuses
+        and step.retry_at is None
+    )
+
+
+def _activation(state: RunState, sid: str, attempt: int) -> str:
+    """Which dispatch of a step attempt is the current one: "" for the first, else the id of
+    the tool-call approval whose decision last handed the parked agent back to a worker."""
+    latest, at = "", -1.0
+    for a in state.approvals.values():
+        if a.step_id == sid and a.attempt == attempt and a.kind == "tool_call" and a.decided_at is not None:
+            if a.decided_at >= at:
+                latest, at = a.approval_id, a.decided_at
+    return latest
