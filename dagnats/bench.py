@@ -295,6 +295,8 @@ class Bench:
         else:
             machine = await self._crash("machine")
             result.update({f"machine_{k}": v for k, v in machine.items()})
+            result["engine_duplicates"] = result["duplicates"]
+            result["duplicates"] += machine["duplicates"]  # the figure covers both crashes
         return result
 
     async def _crash(self, what: str) -> dict[str, Any]:
