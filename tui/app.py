@@ -81,7 +81,8 @@ class ConsoleApp(App[None]):
                     else:
                         self.runs_changed([summary])
             except Exception as exc:
-                self.notify(f"run list: {exc}; trying again", severity="warning", timeout=4)
+                if self.connection == "connected":  # the status bar already says it is away
+                    self.notify(f"run list: {exc}; trying again", severity="warning", timeout=4)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
 
@@ -158,13 +159,11 @@ class ConsoleApp(App[None]):
         self.set_connection("reconnecting")
 
     async def reconnected(self) -> None:
-        """nats-py resubscribes core subscriptions, but its push consumers and KV watchers can
-        stall for many seconds after a server restart: start them all again."""
+        """The client's live reads carry on by themselves after a server restart, from the last
+        change they gave; inbox entries that failed to load while it was away load now."""
         self.set_connection("connected")
-        self.watch_runs()
-        for screen in self.screen_stack:
-            if isinstance(screen, RunScreen):
-                screen.reconnected()
+        if self._approvals_stale:
+            self._approvals_wake.set()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """With a dialog open, its keys are the only keys: no screens open on top of it."""

@@ -243,35 +243,40 @@ class RunScreen(Base):
 
     @work(exclusive=True, group="follow")
     async def follow(self) -> None:
+        """The run's events as they land. The client's follow rides out server restarts; any
+        other failure is shown in the header and tried again, from the last event shown."""
         client = self.console_app.client
         assert client is not None
-        try:
-            async for seq, event in client.follow(self.run_id, until_terminal=False, after=self.last_seq):
-                self.state = fold(None, self.state, event)
-                self.events.append((seq, event))
-                self.last_seq = seq
-                if isinstance(event, (AgentTurnRecorded, StepStarted, StepCompleted, StepFailed)):
-                    self.streaming.pop(event.step_id, None)  # what streamed is recorded, or lost
-                self.schedule()
-        except Exception as exc:  # unknown run, lost connection: say so, the app retries on reconnect
-            self.query_one("#header", Static).update(Text(f"{self.run_id}: {exc}", style="red"))
+        delay = 0.5
+        while True:
+            try:
+                async for seq, event in client.follow(self.run_id, until_terminal=False, after=self.last_seq):
+                    delay = 0.5
+                    self.state = fold(None, self.state, event)
+                    self.events.append((seq, event))
+                    self.last_seq = seq
+                    if isinstance(event, (AgentTurnRecorded, StepStarted, StepCompleted, StepFailed)):
+                        self.streaming.pop(event.step_id, None)  # what streamed is recorded, or lost
+                    self.schedule()
+            except Exception as exc:
+                self.query_one("#header", Static).update(Text(f"{self.run_id}: {exc}", style="red"))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+            self.schedule()  # the header shows the run again, unless the next try fails too
 
     @work(exclusive=True, group="live-text", exit_on_error=False)
     async def follow_text(self) -> None:
         """Streamed model text is a nicety: losing it must never take the console down."""
         client = self.console_app.client
         assert client is not None
-        try:
-            async for step_id, chunk in client.live_text(self.run_id):
-                self.streaming[step_id] = self.streaming.get(step_id, "") + chunk
-                self.schedule()
-        except Exception:
-            pass  # restarted on reconnect
-
-    def reconnected(self) -> None:
-        self.follow()
-        self.follow_text()
-        self.schedule()  # redraw the header, which may still show the error of the lost follow
+        while True:
+            try:
+                async for step_id, chunk in client.live_text(self.run_id):
+                    self.streaming[step_id] = self.streaming.get(step_id, "") + chunk
+                    self.schedule()
+            except Exception:
+                pass
+            await asyncio.sleep(1.0)
 
     def refresh_data(self) -> None:
         if self.state is not None:
