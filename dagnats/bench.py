@@ -550,13 +550,13 @@ def table(result: dict[str, Any]) -> str:
         f"ceiling: awaited publish {c['awaited_msgs_per_s']} msg/s ({c['awaited_us']} µs each), "
         f"pipelined {c['async_msgs_per_s']} msg/s" + (" [fsync always]" if result["fsync"] else ""),
         "",
-        f"{'figure':<28} {'value':>10}  {'target':<24} met",
+        f"{'figure':<34} {'value':>10}  {'target':<24} met",
     ]
     for section, key, target, check in TARGETS:
         value = result[section].get(key)
         met = "" if check is None or value is None else ("yes" if check(value, result["fsync"]) else "NO")
         shown = "n/a" if value is None else str(value)
-        lines.append(f"{section + '.' + key:<28} {shown:>10}  {target:<24} {met}")
+        lines.append(f"{section + '.' + key:<34} {shown:>10}  {target:<24} {met}")
     lines.append("")
     lines += [f"{k}: {v}" for k, v in result["ratios"].items()]
     return "\n".join(lines)
