@@ -17,6 +17,7 @@ from nats import errors as nats_errors
 
 from . import names, views
 from .errors import UserError
+from .output import say, silence_broken
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:
+    except BrokenPipeError:  # `dagnats run list | head`: the reader has all it wanted
+        silence_broken()
         return 0
     except (nats_errors.ConnectionClosedError, nats_errors.NoServersError, nats_errors.StaleConnectionError):
         print("error: lost the connection to NATS: is `dagnats serve` still running?", file=sys.stderr)
@@ -296,8 +298,8 @@ async def cmd_demo(args: argparse.Namespace) -> int:
         try:
             async with await Client.connect(endpoint=stack.endpoint) as client:
                 ids = await seed(client, work)
-            print(f"dagnats demo: {len(ids)} runs started; server at {stack.endpoint.url}, data in {path}")
-            print(f"  look: DAGNATS_DATA_DIR={path} dagnats run list   (Ctrl-C stops the demo)", flush=True)
+            say(f"dagnats demo: {len(ids)} runs started; server at {stack.endpoint.url}, data in {path}")
+            say(f"  look: DAGNATS_DATA_DIR={path} dagnats run list   (Ctrl-C stops the demo)")
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             import signal
@@ -346,7 +348,7 @@ async def cmd_worker(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, _stop_or_quit(stop))
     serving = sorted(worker.handlers) + [f"tool {t}" for t in sorted(worker.tools)]
-    print(f"dagnats worker {worker.name}: serving {', '.join(serving)}", flush=True)
+    say(f"dagnats worker {worker.name}: serving {', '.join(serving)}")
     await worker.run(store, stop, concurrency=args.concurrency)
     await _close(nc)
     return 0
@@ -357,10 +359,10 @@ def _stop_or_quit(stop: asyncio.Event) -> Callable[[], None]:
 
     def handle() -> None:
         if stop.is_set():
-            print("dagnats: stopping now; unfinished tasks go back to the queue", file=sys.stderr, flush=True)
+            say("dagnats: stopping now; unfinished tasks go back to the queue", err=True)
             os._exit(130)
-        print("dagnats: finishing the tasks in hand (signal again to stop now)", file=sys.stderr, flush=True)
-        stop.set()
+        stop.set()  # first: nothing below may keep the stop from being signalled
+        say("dagnats: finishing the tasks in hand (signal again to stop now)", err=True)
 
     return handle
 

@@ -107,9 +107,14 @@ def data_dir_path(data_dir: str | None) -> Path:
 
 
 async def close(nc: NATS) -> None:
-    """Flush what we published (acks included), then close. `drain()` stalls on pull subscriptions."""
+    """Flush what we published (acks included), then close. `drain()` stalls on pull subscriptions.
+    With the server away there is nothing to flush to: close at once, quietly."""
+    if nc.is_connected:
+        try:
+            await asyncio.wait_for(nc.flush(), 2.0)
+        except Exception:
+            pass
     try:
-        await asyncio.wait_for(nc.flush(), 2.0)
-    except Exception:
+        await nc.close()
+    except OSError:  # the connection was lost under the close
         pass
-    await nc.close()

@@ -7,7 +7,6 @@ import fcntl
 import logging
 import os
 import signal
-import sys
 from pathlib import Path
 
 from nats.aio.client import Client as NATS
@@ -20,6 +19,7 @@ from .connection import close as _close
 from .engine import Engine
 from .errors import UserError
 from .heartbeat import Beat
+from .output import say
 from .server import EmbeddedServer
 from .store import Store
 from .timers import TimerService
@@ -86,11 +86,11 @@ async def serve(
             else f"NATS at {stack.endpoint.url}"
         )
         tasks = ", ".join(stack.task_names) or "none (engine and timers only)"
-        print(f"dagnats serve: {where}; tasks: {tasks}. Ctrl-C to stop.", flush=True)
+        say(f"dagnats serve: {where}; tasks: {tasks}. Ctrl-C to stop.")
         failed = await stack.wait(stop)
         if failed:
-            print(f"dagnats serve: {failed}", file=sys.stderr)
-        print("dagnats serve: stopping; finishing tasks in hand…", file=sys.stderr, flush=True)
+            say(f"dagnats serve: {failed}", err=True)
+        say("dagnats serve: stopping; finishing tasks in hand…", err=True)
     finally:
         await stack.stop()
 
