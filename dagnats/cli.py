@@ -349,13 +349,31 @@ async def cmd_worker(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, _stop_or_quit(stop))
     serving = sorted(worker.handlers) + [f"tool {t}" for t in sorted(worker.tools)]
     say(f"dagnats worker {worker.name}: serving {', '.join(serving)}")
-    await worker.run(store, stop, concurrency=args.concurrency)
+    await _drained(asyncio.create_task(worker.run(store, stop, concurrency=args.concurrency)), stop)
     await _close(nc)
     return 0
 
 
+async def _drained(running: asyncio.Task[None], stop: asyncio.Event) -> None:
+    """Until `running` ends: once `stop` is set, for at most DRAIN_SECONDS, then the tasks still
+    in hand are cancelled (and handed out again), so a stop never waits on a long task."""
+    from .serve import DRAIN_SECONDS
+
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait([running, stopping], return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    done, _ = await asyncio.wait([running], timeout=DRAIN_SECONDS)
+    if done:
+        running.result()  # a worker that failed says why
+        return
+    say(f"dagnats: tasks still in hand after {DRAIN_SECONDS:.0f}s go back to the queue", err=True)
+    running.cancel()
+    await asyncio.gather(running, return_exceptions=True)
+
+
 def _stop_or_quit(stop: asyncio.Event) -> Callable[[], None]:
-    """First signal: finish the tasks in hand. Second: leave now (their tasks are redelivered)."""
+    """First signal: finish the tasks in hand (for a few seconds). Second: leave now (their
+    tasks are redelivered)."""
 
     def handle() -> None:
         if stop.is_set():

@@ -14,13 +14,17 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, cli_env, dagnats_json, free_port
+from conftest import ROOT, ServeProcess, cli_env, dagnats_json, free_port, wait_until
 
 STOPS_WITHIN = 5.0
 SIGNALS = [signal.SIGINT, signal.SIGTERM]
 NOISY = {
     "name": "noisy",
     "steps": [{"id": "say", "task": "noisy"}],
+}
+LONG = {
+    "name": "long",
+    "steps": [{"id": "nap", "task": "shell", "config": {"command": "sleep 60"}}],
 }
 WAITS = {
     "name": "waits",
@@ -82,6 +86,27 @@ def test_worker_logging_to_a_closed_stderr_still_works_and_stops(serve, data_dir
     assert done["status"] == "completed" and "said it all" in json.dumps(done["output"])
     assert proc.poll() is None, "the worker died of its closed pipes"
     assert_stops(proc, sig)
+
+
+@pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
+def test_worker_with_a_long_task_in_hand_stops_in_time(serve, data_dir, tmp_path, sig):
+    """Tasks in hand get a few seconds to finish; a longer one is cancelled and handed out again."""
+    (tmp_path / "long.json").write_text(json.dumps(LONG))
+    dagnats_json("workflow", "register", str(tmp_path / "long.json"), data_dir=data_dir)
+    serve.stop()  # its own workers would take the task: a serve without them takes over
+    bare = ServeProcess(data_dir, port=serve.port, args=("--no-workers",)).start()
+    try:
+        proc = started(["worker", "dagnats.builtins:builtin"], data_dir, "serving")
+        run_id = dagnats_json("run", "start", "long", data_dir=data_dir)["run_id"]
+        wait_until(
+            lambda: (
+                dagnats_json("run", "show", run_id, data_dir=data_dir)["steps"]["nap"]["status"] == "running"
+            ),
+            what="the long step to start",
+        )
+        assert_stops(proc, sig)
+    finally:
+        bare.kill()
 
 
 @pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)

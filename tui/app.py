@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -366,8 +367,11 @@ async def run_console(
             await setup(client)
         app = ConsoleApp(client, where=where)
         app_ref.append(app)
+        # SIGTERM quits as `q` does: the terminal is given back and an embedded server stopped
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, app.exit)
         await app.run_async()
     finally:
+        asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM)
         await client.close()
         if stack is not None:
             await stack.stop()
