@@ -110,9 +110,16 @@ def test_worker_with_a_long_task_in_hand_stops_in_time(serve, data_dir, tmp_path
 
 
 @pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
-def test_serve_stops_with_closed_pipes(tmp_path, sig):
+def test_serve_stops_with_closed_pipes_and_a_long_task_in_hand(tmp_path, sig):
     data = tmp_path / "own"
     proc = started(["serve", "--data-dir", str(data), "--port", str(free_port())], data, "Ctrl-C to stop")
+    (tmp_path / "long.json").write_text(json.dumps(LONG))
+    dagnats_json("workflow", "register", str(tmp_path / "long.json"), data_dir=data)
+    run_id = dagnats_json("run", "start", "long", data_dir=data)["run_id"]
+    wait_until(
+        lambda: dagnats_json("run", "show", run_id, data_dir=data)["steps"]["nap"]["status"] == "running",
+        what="the long step to start",
+    )
     assert_stops(proc, sig)
     assert not (data / "server.json").exists()  # it stopped cleanly, not by dying
 
