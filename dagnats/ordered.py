@@ -22,15 +22,16 @@ TICK = 0.2  # how soon a quiet consumer sees that the connection came back
 
 # What a subscribe may meet while the server is still coming back: try again at the next tick.
 _NOT_YET = (
-    nats_errors.TimeoutError,
+    TimeoutError,  # nats-py's included
     nats_errors.NoRespondersError,
     nats_errors.ConnectionReconnectingError,
     js_errors.ServiceUnavailableError,
-    TimeoutError,
 )
 
 
 class ResumingConsumer:
+    """A push ordered consumer read with `next()`; `open()` it first, `close()` it after."""
+
     def __init__(
         self,
         nc: NATS,
