@@ -71,7 +71,7 @@ class ResumingConsumer:
             if self.nc.stats["reconnects"] != self._reconnects and self.nc.is_connected:
                 await self._reopen()
             try:
-                msg = await self._sub.next_msg(timeout=min(TICK, left))
+                msg: Msg = await self._sub.next_msg(timeout=min(TICK, left))
             except TimeoutError:  # nats-py's is a subclass
                 continue
             seq = msg.metadata.sequence.stream
