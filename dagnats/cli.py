@@ -17,7 +17,7 @@ from nats import errors as nats_errors
 
 from . import names, views
 from .errors import UserError
-from .output import say, silence_broken
+from .output import exit_by_deadline, say, silence_broken
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -380,6 +380,7 @@ def _stop_or_quit(stop: asyncio.Event) -> Callable[[], None]:
             say("dagnats: stopping now; unfinished tasks go back to the queue", err=True)
             os._exit(130)
         stop.set()  # first: nothing below may keep the stop from being signalled
+        exit_by_deadline("dagnats worker")
         say("dagnats: finishing the tasks in hand (signal again to stop now)", err=True)
 
     return handle

@@ -38,3 +38,18 @@ def silence_broken() -> None:
             stream.flush()
         except (OSError, ValueError):
             silence(stream)
+
+
+STOP_DEADLINE = 4.5  # seconds from a stop signal to the exit, whatever still hangs
+
+
+def exit_by_deadline(what: str, seconds: float = STOP_DEADLINE) -> None:
+    """Make sure the process ends within `seconds` of a stop signal: a drain waiting on a server
+    that went away must not keep it running (unacknowledged tasks are handed out again)."""
+    import asyncio
+
+    def leave() -> None:
+        say(f"{what}: did not stop within {seconds:g}s; leaving now", err=True)
+        os._exit(1)
+
+    asyncio.get_running_loop().call_later(seconds, leave)

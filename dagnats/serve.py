@@ -19,7 +19,7 @@ from .connection import close as _close
 from .engine import Engine
 from .errors import UserError
 from .heartbeat import Beat
-from .output import say
+from .output import exit_by_deadline, say
 from .server import EmbeddedServer
 from .store import Store
 from .timers import TimerService
@@ -77,8 +77,14 @@ async def serve(
     await stack.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if not stop.is_set():  # the drain below is bounded by DRAIN_SECONDS, the rest by this
+            exit_by_deadline("dagnats serve")
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)  # the drain below is bounded by DRAIN_SECONDS
+        loop.add_signal_handler(sig, on_signal)
     try:
         where = (
             f"embedded NATS at {stack.endpoint.url}, data in {stack.path}"

@@ -131,3 +131,27 @@ def test_following_events_stops_with_closed_pipes(serve, data_dir, tmp_path, sig
     run_id = dagnats_json("run", "start", "waits", data_dir=data_dir)["run_id"]
     proc = started(["run", "events", run_id, "--follow"], data_dir, "run.started")
     assert_stops(proc, sig)
+
+
+def test_worker_whose_server_died_holding_a_task_still_stops(data_dir, tmp_path):
+    """The server (serve and its nats-server) dies while the worker holds a long task: the
+    drain cannot reach anybody, and the stop must still come within the limit."""
+    server = ServeProcess(data_dir, args=("--no-workers",)).start()
+    try:
+        proc = started(["worker", "dagnats.builtins:builtin"], data_dir, "serving")
+        wf = tmp_path / "long.json"
+        wf.write_text(json.dumps(LONG))
+        dagnats_json("workflow", "register", str(wf), data_dir=data_dir)
+        run_id = dagnats_json("run", "start", "long", data_dir=data_dir)["run_id"]
+        wait_until(
+            lambda: (
+                dagnats_json("run", "show", run_id, data_dir=data_dir)["steps"]["nap"]["status"] == "running"
+            ),
+            what="the worker to take the task",
+        )
+        pid = int((data_dir / "nats-server.pid").read_text())
+        os.kill(pid, signal.SIGKILL)
+        server.kill(signal.SIGKILL)
+        assert_stops(proc, signal.SIGTERM)
+    finally:
+        server.kill()
