@@ -3,7 +3,7 @@
 Register it like a JSON or YAML file: `dagnats workflow register examples/pipeline.py`.
 """
 
-from dagnats.builder import Workflow, input_ref
+from dagnats.api.builder import Workflow, input_ref
 
 pipeline = Workflow("pipeline", description="split a sentence, count and shout its words, report")
 split = pipeline.task(

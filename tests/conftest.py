@@ -18,16 +18,16 @@ import pytest
 
 from dagnats import Worker
 from dagnats.agent.runtime import agent_worker
-from dagnats.builtins import builtin
-from dagnats.client import Client
-from dagnats.connection import Endpoint, connect
+from dagnats.api.client import Client
 from dagnats.core.definition import parse_definition
-from dagnats.datadir import Credentials
-from dagnats.engine import Engine
-from dagnats.names import SOURCE_WORKER
-from dagnats.server import EmbeddedServer
-from dagnats.store import Store
-from dagnats.timers import TimerService
+from dagnats.engine.loop import Engine
+from dagnats.engine.timers import TimerService
+from dagnats.nats.connection import Endpoint, connect
+from dagnats.nats.datadir import Credentials
+from dagnats.nats.embedded import EmbeddedServer
+from dagnats.nats.names import SOURCE_WORKER
+from dagnats.nats.store import Store
+from dagnats.worker.builtins import builtin
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dagnats.builder import Workflow, input_ref
+from dagnats.api.builder import Workflow, input_ref
 from dagnats.core.definition import DefinitionError, parse_definition
 
 from conftest import ROOT, dagnats
@@ -61,7 +61,7 @@ def test_python_definition_files_validate_from_the_cli(tmp_path):
     assert ok.returncode == 0 and "ok (pipeline, 3 steps)" in ok.stdout
     bad = tmp_path / "bad.py"
     bad.write_text(
-        "from dagnats.builder import Workflow\nw = Workflow('x')\nw.task('a', 'echo', retry={'max_attempts': 0})\n"
+        "from dagnats.api.builder import Workflow\nw = Workflow('x')\nw.task('a', 'echo', retry={'max_attempts': 0})\n"
     )
     proc = dagnats("workflow", "validate", str(bad))
     assert proc.returncode == 1 and "steps[0].retry.max_attempts: must be 1..100000" in proc.stderr

@@ -324,7 +324,7 @@ def test_serve_without_workers_leaves_tasks_to_a_worker_process(data_dir):
         run_id = dagnats_json("run", "start", "one", data_dir=data_dir)["run_id"]
         time.sleep(1.0)
         assert dagnats_json("run", "show", run_id, data_dir=data_dir)["steps"]["a"]["status"] == "queued"
-        worker = _worker_process("dagnats.builtins:builtin", data_dir)
+        worker = _worker_process("dagnats.worker.builtins:builtin", data_dir)
         try:
             wait_until(
                 lambda: dagnats_json("run", "show", run_id, data_dir=data_dir)["status"] == "completed",

@@ -96,7 +96,7 @@ def test_worker_with_a_long_task_in_hand_stops_in_time(serve, data_dir, tmp_path
     serve.stop()  # its own workers would take the task: a serve without them takes over
     bare = ServeProcess(data_dir, port=serve.port, args=("--no-workers",)).start()
     try:
-        proc = started(["worker", "dagnats.builtins:builtin"], data_dir, "serving")
+        proc = started(["worker", "dagnats.worker.builtins:builtin"], data_dir, "serving")
         run_id = dagnats_json("run", "start", "long", data_dir=data_dir)["run_id"]
         wait_until(
             lambda: (
@@ -138,7 +138,7 @@ def test_worker_whose_server_died_holding_a_task_still_stops(data_dir, tmp_path)
     drain cannot reach anybody, and the stop must still come within the limit."""
     server = ServeProcess(data_dir, args=("--no-workers",)).start()
     try:
-        proc = started(["worker", "dagnats.builtins:builtin"], data_dir, "serving")
+        proc = started(["worker", "dagnats.worker.builtins:builtin"], data_dir, "serving")
         wf = tmp_path / "long.json"
         wf.write_text(json.dumps(LONG))
         dagnats_json("workflow", "register", str(wf), data_dir=data_dir)

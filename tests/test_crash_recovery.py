@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from dagnats.client import Client
+from dagnats.api.client import Client
 
 from conftest import ROOT, ServeProcess, cli_env, dagnats, dagnats_json, wait_until
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import msgspec
 
+from dagnats.app.demo import demo_workflows, seed
 from dagnats.core.definition import parse_definition
-from dagnats.demo import demo_workflows, seed
 
 PACE = 0.05
 STEP_TYPES = {

@@ -14,8 +14,8 @@ import pytest
 
 from dagnats import TaskContext, Worker
 from dagnats.core.events import RunCompleted, StepCompleted, StepQueued, StepStarted
-from dagnats.engine import Engine
-from dagnats.store import Store
+from dagnats.engine.loop import Engine
+from dagnats.nats.store import Store
 
 
 class Crash(Exception):

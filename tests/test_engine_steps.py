@@ -8,9 +8,10 @@ import time
 import pytest
 from nats.js.errors import NotFoundError
 
-from dagnats import NonRetryable, TaskContext, Worker, names
+from dagnats import NonRetryable, TaskContext, Worker
 from dagnats.core.events import StepFailed, StepQueued
 from dagnats.errors import UserError
+from dagnats.nats import names
 
 
 async def test_retry_until_success_honours_backoff(stack):
@@ -696,7 +697,7 @@ def test_a_run_started_is_recognised_from_its_first_bytes():
 
     from dagnats.core.definition import parse_definition
     from dagnats.core.events import RunStarted, StepQueued, encode_event
-    from dagnats.engine import _starts_run
+    from dagnats.engine.loop import _starts_run
 
     wf = parse_definition({"name": "w", "steps": [{"id": "a", "task": "echo"}]})
     started = RunStarted(at=1.0, run_id="r1", workflow="w", version=1, definition=wf)
@@ -716,9 +717,9 @@ async def test_data_from_before_tasks_carried_their_run_keeps_working(tmp_path):
     bucket without direct gets: a new worker and engine bring them up to date and run it."""
     from nats.js import api
 
-    from dagnats.connection import Endpoint, connect
-    from dagnats.server import EmbeddedServer
-    from dagnats.store import Store
+    from dagnats.nats.connection import Endpoint, connect
+    from dagnats.nats.embedded import EmbeddedServer
+    from dagnats.nats.store import Store
 
     from conftest import Stack
 

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from dagnats.engine import _delivered_tail
+from dagnats.engine.loop import _delivered_tail
 
 
 def msg(seq: int) -> SimpleNamespace:

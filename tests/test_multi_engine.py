@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
-from dagnats.client import Client
-from dagnats.connection import Endpoint
+from dagnats.api.client import Client
 from dagnats.core.decide import replay
 from dagnats.core.definition import parse_definition
-from dagnats.datadir import Credentials
-from dagnats.server import EmbeddedServer
+from dagnats.nats.connection import Endpoint
+from dagnats.nats.datadir import Credentials
+from dagnats.nats.embedded import EmbeddedServer
 
 from conftest import ServeProcess, cli_env, free_port
 

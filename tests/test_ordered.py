@@ -8,9 +8,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from dagnats.client import Client
+from dagnats.api.client import Client
 from dagnats.core.events import RunCompleted, SignalReceived
-from dagnats.names import live_subject
+from dagnats.nats.names import live_subject
 
 GATED = {
     "name": "gated",

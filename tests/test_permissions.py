@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from dagnats.connection import connect
 from dagnats.core.events import RunCancelRequested, SignalReceived, StepCompleted, encode_event
-from dagnats.names import history_subject
+from dagnats.nats.connection import connect
+from dagnats.nats.names import history_subject
 
 
 async def _violations(endpoint, subject: str, data: bytes) -> list[str]:
@@ -123,7 +123,7 @@ async def test_a_worker_cannot_start_a_run(stack):
 
 
 async def test_a_worker_writes_its_own_heartbeat_and_no_other(stack):
-    from dagnats.names import heartbeat_subject
+    from dagnats.nats.names import heartbeat_subject
 
     await stack.start()  # its workers connect with the worker's credentials
     for _ in range(100):

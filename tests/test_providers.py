@@ -13,15 +13,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from dagnats.agent.providers import (
-    Message,
-    ModelTurn,
-    ProviderError,
-    ToolCall,
-    ToolSpec,
-    Usage,
-    complete,
-)
+from dagnats.agent.providers import Message, ModelTurn, ProviderError, ToolCall, ToolSpec, Usage, complete
 
 from conftest import ROOT
 from fake_llm import FakeLLM, use_fake

@@ -10,11 +10,11 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js import api
 from nats.js.errors import APIError, NoStreamResponseError
 
-from dagnats.connection import Endpoint, connect
-from dagnats.datadir import Credentials
-from dagnats.pull import Puller, PullFailed, ensure_consumer
-from dagnats.replies import Replies
-from dagnats.server import EmbeddedServer
+from dagnats.nats.connection import Endpoint, connect
+from dagnats.nats.datadir import Credentials
+from dagnats.nats.embedded import EmbeddedServer
+from dagnats.nats.pull import Puller, PullFailed, ensure_consumer
+from dagnats.nats.replies import Replies
 
 from conftest import free_port
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from dagnats.datadir import Credentials
-from dagnats.server import EmbeddedServer
+from dagnats.nats.datadir import Credentials
+from dagnats.nats.embedded import EmbeddedServer
 
 from conftest import free_port
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dagnats.heartbeat import Beat
+from dagnats.nats.heartbeat import Beat
 
 from conftest import ROOT, ServeProcess, cli_env, dagnats, dagnats_json, wait_until
 

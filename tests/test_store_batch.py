@@ -6,7 +6,7 @@ import pytest
 
 from dagnats.core.definition import parse_definition
 from dagnats.core.events import RunStarted, SignalReceived
-from dagnats.store import Conflict
+from dagnats.nats.store import Conflict
 
 
 async def test_a_batch_lands_whole_or_not_at_all(stack):

@@ -18,7 +18,7 @@ from textual import work
 from textual.app import App
 from textual.screen import ModalScreen, Screen
 
-from dagnats.client import Client, PendingApproval, RunSummary
+from dagnats.api.client import Client, PendingApproval, RunSummary
 from dagnats.errors import UserError
 from tui.bindings import bindings
 from tui.dialogs import Confirm, ForkRequest, Reason, Start, StartRequest
@@ -315,8 +315,8 @@ async def run_console(
 ) -> None:
     """Attach to the server found through --nats or the data dir; with none there, start one
     (server, engine, workers) in this process for as long as the console is open."""
-    from dagnats.connection import resolve_endpoint
-    from dagnats.serve import LocalStack
+    from dagnats.app.serve import LocalStack
+    from dagnats.nats.connection import resolve_endpoint
 
     app_ref: list[ConsoleApp] = []
 

@@ -15,9 +15,9 @@ from typing import Any
 
 from textual import events
 
-from dagnats.client import Client
+from dagnats.api.client import Client
 from dagnats.core.definition import parse_definition
-from dagnats.names import HISTORY_PREFIX
+from dagnats.nats.names import HISTORY_PREFIX
 from tui.app import ConsoleApp
 from tui.widgets import RunsTable
 

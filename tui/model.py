@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from dagnats.client import PendingApproval, RunSummary
+from dagnats.api.client import PendingApproval, RunSummary
 
 TABS: dict[str, str] = {
     "all": "All",

@@ -12,10 +12,10 @@ from rich.cells import cell_len
 from rich.console import Group, RenderableType
 from rich.text import Text
 
-from dagnats.client import PendingApproval, RunSummary
+from dagnats.api.client import PendingApproval, RunSummary
+from dagnats.api.views import age, approval_summary, event_line, no_worker_text
 from dagnats.core.events import Event, StepLog
 from dagnats.core.state import RunState, StepState, Turn
-from dagnats.views import age, approval_summary, event_line, no_worker_text
 from tui.theme import RUN_GLYPH, RUN_STYLE, status_text
 
 # Columns of the runs table: (title, width). The workflow column takes what is left.

@@ -25,7 +25,7 @@ from textual.widgets import (
 )
 from textual.widgets.option_list import Option
 
-from dagnats.client import PendingApproval
+from dagnats.api.client import PendingApproval
 from dagnats.core.decide import fold
 from dagnats.core.events import AgentTurnRecorded, Event, StepCompleted, StepFailed, StepStarted
 from dagnats.core.state import RunState

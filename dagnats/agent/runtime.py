@@ -15,12 +15,13 @@ from typing import Any
 
 import msgspec
 
-from .. import names
-from ..core.definition import AGENT_TASK, DEFAULT_MODELS, PLANNER_TASK, AgentConfig, PlannerConfig
-from ..core.durations import format_duration, parse_duration
-from ..core.events import AgentContinuing, AgentTurnRecorded, ApprovalRequested, ToolResultRecorded
-from ..core.state import RunState, Turn
-from ..worker import SUSPEND, NonRetryable, TaskContext, TaskFailed, Worker
+from dagnats.core.definition import AGENT_TASK, DEFAULT_MODELS, PLANNER_TASK, AgentConfig, PlannerConfig
+from dagnats.core.durations import format_duration, parse_duration
+from dagnats.core.events import AgentContinuing, AgentTurnRecorded, ApprovalRequested, ToolResultRecorded
+from dagnats.core.state import RunState, Turn
+from dagnats.nats import names
+from dagnats.worker import SUSPEND, NonRetryable, TaskContext, TaskFailed, Worker
+
 from .providers import Message, ProviderError, ToolCall, ToolSpec, complete
 from .tools import Toolbox
 
@@ -267,7 +268,7 @@ class AgentLoop:
         await self.store.append(
             ctx.run_id, event, msg_id=f"{ctx.run_id}:tool:{ctx.step_id}:{index}:{call['id']}"
         )
-        from ..core.state import ToolResult
+        from dagnats.core.state import ToolResult
 
         results = {
             **turn.results,

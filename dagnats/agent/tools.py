@@ -15,9 +15,10 @@ from typing import Any
 from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 
-from .. import names
-from ..core.definition import BUILTIN_TOOLS
-from ..processes import CommandTimedOut, run_command
+from dagnats.core.definition import BUILTIN_TOOLS
+from dagnats.nats import names
+from dagnats.processes import CommandTimedOut, run_command
+
 from .providers import ToolSpec
 
 OUTPUT_CAP = 16 * 1024  # bytes of tool output handed back to the model

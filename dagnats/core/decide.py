@@ -22,14 +22,8 @@ from typing import Any, assert_never
 
 import msgspec
 
-from .actions import (
-    Action,
-    AppendEvent,
-)
-from .definition import (
-    RetryPolicy,
-    WorkflowDef,
-)
+from .actions import Action, AppendEvent
+from .definition import RetryPolicy, WorkflowDef
 from .durations import format_duration
 from .effects import child_run_id, effects
 from .events import (

@@ -50,9 +50,7 @@ from .events import (
     StepStarted,
     StepWaiting,
 )
-from .state import (
-    RunState,
-)
+from .state import RunState
 
 replace = msgspec.structs.replace
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dagnats.client import PendingApproval
+from dagnats.api.client import PendingApproval
 from dagnats.core.actions import AppendEvent
 from dagnats.core.decide import decide
 from dagnats.core.definition import parse_definition
@@ -21,7 +21,7 @@ from dagnats.core.events import (
     ToolResultRecorded,
 )
 from dagnats.core.state import RunState
-from dagnats.store import RunSummary
+from dagnats.nats.store import RunSummary
 
 T0 = 1_790_000_000.0  # 2026-09-21, a fixed "now" for every age on screen
 NOW = T0 + 600

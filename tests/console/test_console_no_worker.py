@@ -11,7 +11,7 @@ from rich.console import Console
 from textual.widgets import Static
 
 import tui.screens
-from dagnats.heartbeat import Beat
+from dagnats.nats.heartbeat import Beat
 from tui.app import ConsoleApp
 from tui.screens import RunScreen, RunsScreen
 from tui.widgets import DagView

@@ -13,9 +13,9 @@ import pytest
 from rich.console import Console
 from textual.widgets import Input, OptionList, RichLog, Select, Static, TabbedContent, TextArea
 
-from dagnats.client import operator_identity
+from dagnats.api.client import operator_identity
 from dagnats.core.events import ApprovalDecided
-from dagnats.names import live_subject
+from dagnats.nats.names import live_subject
 from tui.app import ConsoleApp
 from tui.dialogs import Confirm, Fork, Reason, Start
 from tui.model import LOOK_AGAIN
@@ -443,7 +443,7 @@ async def test_reconnects_after_the_server_restarts(serve, data_dir, tmp_path):
     run list again by itself (its watchers are started anew)."""
     import json
 
-    from dagnats.client import Client
+    from dagnats.api.client import Client
 
     from conftest import dagnats_json
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from textual.widgets import OptionList, RichLog, Static
 
-from dagnats.client import Client
+from dagnats.api.client import Client
 from dagnats.core.definition import parse_definition
 from dagnats.core.events import SignalReceived
 from tui.app import ConsoleApp

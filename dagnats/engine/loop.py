@@ -22,9 +22,8 @@ from typing import Any
 import msgspec
 from nats.js import api
 
-from . import names
-from .core import schema as input_schema
-from .core.actions import (
+from dagnats.core import schema as input_schema
+from dagnats.core.actions import (
     Action,
     AppendEvent,
     CancelChildRun,
@@ -36,9 +35,9 @@ from .core.actions import (
     StartChildRun,
     StartTimer,
 )
-from .core.decide import IllegalEvent, decide
-from .core.effects import still_due
-from .core.events import (
+from dagnats.core.decide import IllegalEvent, decide
+from dagnats.core.effects import still_due
+from dagnats.core.events import (
     ChildRunFinished,
     Event,
     RunCancelRequested,
@@ -48,11 +47,12 @@ from .core.events import (
     StepFailed,
     encode_event,
 )
-from .core.plan import next_event
-from .core.state import RUN_TERMINAL, RunState
-from .errors import NotFound
-from .pull import Puller, ensure_consumer
-from .store import (
+from dagnats.core.plan import next_event
+from dagnats.core.state import RUN_TERMINAL, RunState
+from dagnats.errors import NotFound
+from dagnats.nats import names
+from dagnats.nats.pull import Puller, ensure_consumer
+from dagnats.nats.store import (
     MAX_EVENT_BYTES,
     BatchUnsupported,
     Conflict,
@@ -62,7 +62,7 @@ from .store import (
     decode_recorded,
 )
 
-log = logging.getLogger("dagnats.engine")
+log = logging.getLogger("dagnats.engine.loop")
 MAX_APPENDS_PER_PASS = 10_000
 BATCH_EVENTS = 100  # events of one run appended in one atomic batch, at most
 BATCH_BYTES = 1_000_000  # and their encoded size

@@ -23,12 +23,13 @@ from typing import Any
 import msgspec
 from nats.js.errors import BucketNotFoundError, NotFoundError
 
+from dagnats.core.effects import task_of
+from dagnats.core.state import RunState
+
 from . import names
-from .core.effects import task_of
-from .core.state import RunState
 from .store import _dump
 
-log = logging.getLogger("dagnats.heartbeat")
+log = logging.getLogger("dagnats.nats.heartbeat")
 
 
 def _env_seconds(name: str, default: float) -> float:

@@ -8,10 +8,11 @@ import textwrap
 import time
 from typing import Any
 
-from . import heartbeat, names, views
-from .client import Client
-from .errors import UserError
-from .heartbeat import Heartbeat
+from dagnats.api import views
+from dagnats.api.client import Client
+from dagnats.errors import UserError
+from dagnats.nats import heartbeat, names
+from dagnats.nats.heartbeat import Heartbeat
 
 # The streams dagnats owns: its own, and those behind its KV buckets and object stores.
 PREFIXES = ("DAGNATS_", "KV_dagnats_", "OBJ_dagnats_")

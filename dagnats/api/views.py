@@ -8,9 +8,9 @@ from typing import Any
 
 import msgspec
 
-from .core.events import Event
-from .core.state import Approval, RunState
-from .store import RunSummary, WorkflowVersion
+from dagnats.core.events import Event
+from dagnats.core.state import Approval, RunState
+from dagnats.nats.store import RunSummary, WorkflowVersion
 
 
 def iso(ts: float | None) -> str | None:

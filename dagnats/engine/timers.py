@@ -15,12 +15,12 @@ import time
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import api
 
-from . import names
-from .core.decide import fold
-from .core.events import TimerFired
-from .store import Store, decode_timer
+from dagnats.core.decide import fold
+from dagnats.core.events import TimerFired
+from dagnats.nats import names
+from dagnats.nats.store import Store, decode_timer
 
-log = logging.getLogger("dagnats.timers")
+log = logging.getLogger("dagnats.engine.timers")
 EARLY_SLACK = 0.005  # fire a timer that is due within this many seconds
 MAX_NAK_DELAY = 86400.0  # NATS takes the delay in int64 nanoseconds: keep far timers well inside it
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import yaml
 
-from .core.definition import DefinitionError, WorkflowDef, parse_definition
-from .errors import UserError
+from dagnats.core.definition import DefinitionError, WorkflowDef, parse_definition
+from dagnats.errors import UserError
 
 
 def load_files(paths: list[str]) -> list[WorkflowDef]:

@@ -15,8 +15,10 @@ from typing import Any
 
 from nats import errors as nats_errors
 
-from . import names, views
-from .errors import UserError
+from dagnats.api import views
+from dagnats.errors import UserError
+from dagnats.nats import names
+
 from .output import exit_by_deadline, say, silence_broken
 
 
@@ -223,7 +225,7 @@ def _print_json(doc: Any) -> None:
 
 
 async def _with_client(args: argparse.Namespace, fn: Callable[[Any], Awaitable[int | None]]) -> int:
-    from .client import Client
+    from dagnats.api.client import Client
 
     client = await Client.connect(args.nats, args.data_dir)
     try:
@@ -236,9 +238,10 @@ async def _with_client(args: argparse.Namespace, fn: Callable[[Any], Awaitable[i
 
 
 def cmd_serve(args: argparse.Namespace) -> Any:
-    from .loader import load_object
+    from dagnats.api.loader import load_object
+    from dagnats.worker import Worker
+
     from .serve import serve
-    from .worker import Worker
 
     workers = [_as_worker(load_object(spec), spec, Worker) for spec in args.worker]
     return serve(
@@ -254,7 +257,7 @@ def cmd_serve(args: argparse.Namespace) -> Any:
 def _console_logging(data_dir: Any) -> None:
     """While the console owns the terminal, log lines would scribble over it: send them to a
     file in the data dir instead."""
-    from .datadir import ensure
+    from dagnats.nats.datadir import ensure
 
     ensure(data_dir)
     root = logging.getLogger()
@@ -264,9 +267,8 @@ def _console_logging(data_dir: Any) -> None:
 
 
 async def cmd_tui(args: argparse.Namespace) -> int:
+    from dagnats.nats.datadir import resolve
     from tui.app import run_console
-
-    from .datadir import resolve
 
     _console_logging(resolve(args.data_dir))
     await run_console(args.nats, args.data_dir, port=args.port)
@@ -290,7 +292,8 @@ async def cmd_demo(args: argparse.Namespace) -> int:
     work.mkdir(parents=True, exist_ok=True)
 
     if args.no_console:
-        from .client import Client
+        from dagnats.api.client import Client
+
         from .serve import LocalStack
 
         stack = LocalStack(data_dir=path, port=port)
@@ -330,11 +333,11 @@ def _as_worker(obj: Any, spec: str, kind: type) -> Any:
 async def cmd_worker(args: argparse.Namespace) -> int:
     import signal
 
-    from .connection import close as _close
-    from .connection import connect, resolve_endpoint
-    from .loader import load_object
-    from .store import Store
-    from .worker import Worker
+    from dagnats.api.loader import load_object
+    from dagnats.nats.connection import close as _close
+    from dagnats.nats.connection import connect, resolve_endpoint
+    from dagnats.nats.store import Store
+    from dagnats.worker import Worker
 
     worker = _as_worker(load_object(args.spec), args.spec, Worker)
     if not worker.handlers and not worker.tools:
@@ -387,13 +390,13 @@ def _stop_or_quit(stop: asyncio.Event) -> Callable[[], None]:
 
 
 def _load_all(files: list[str]) -> list[Any]:
-    from .loader import load_files
+    from dagnats.api.loader import load_files
 
     return load_files(files)
 
 
 def cmd_workflow_validate(args: argparse.Namespace) -> int:
-    from .loader import load_files
+    from dagnats.api.loader import load_files
 
     results, failed = [], 0
     for f in args.files:
@@ -455,7 +458,7 @@ async def cmd_workflow_list(args: argparse.Namespace) -> int:
 
 
 async def cmd_workflow_show(args: argparse.Namespace) -> int:
-    from .client import parse_workflow_ref
+    from dagnats.api.client import parse_workflow_ref
 
     name, version = parse_workflow_ref(args.name)
 
@@ -473,7 +476,7 @@ async def cmd_workflow_show(args: argparse.Namespace) -> int:
 
 
 async def cmd_run_start(args: argparse.Namespace) -> int:
-    from .loader import parse_json_arg
+    from dagnats.api.loader import parse_json_arg
 
     run_input: Any = None
     if args.input is not None:
@@ -513,7 +516,7 @@ async def cmd_run_start(args: argparse.Namespace) -> int:
 
 async def _warn_unserved(client: Any, run_id: str, every: float = 1.0) -> None:
     """Warn once per step that stays queued with no live worker for its task (the run waits on)."""
-    from .heartbeat import NO_WORKER_GRACE
+    from dagnats.nats.heartbeat import NO_WORKER_GRACE
 
     first_seen: dict[str, float] = {}
     warned: set[str] = set()
@@ -627,7 +630,7 @@ async def cmd_run_cancel(args: argparse.Namespace) -> int:
 async def cmd_run_fork(args: argparse.Namespace) -> int:
     import msgspec
 
-    from .loader import parse_json_arg
+    from dagnats.api.loader import parse_json_arg
 
     new_input = parse_json_arg(args.input, "--input") if args.input is not None else msgspec.UNSET
 
@@ -639,7 +642,7 @@ async def cmd_run_fork(args: argparse.Namespace) -> int:
 
 
 async def cmd_run_signal(args: argparse.Namespace) -> int:
-    from .loader import parse_json_arg
+    from dagnats.api.loader import parse_json_arg
 
     data = parse_json_arg(args.data, "signal data") if args.data is not None else None
 

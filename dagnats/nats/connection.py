@@ -11,8 +11,9 @@ from pathlib import Path
 import nats
 from nats.aio.client import Client as NATS
 
+from dagnats.errors import UserError
+
 from . import datadir
-from .errors import UserError
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
+from dagnats.errors import UserError
 
 SERVER_FILE = "server.json"
 WORKER_FILE = "worker.json"

@@ -18,17 +18,19 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.errors import TimeoutError as NatsTimeout
 
-from . import heartbeat, names, views
-from .connection import Endpoint, connect, resolve_endpoint
-from .core import schema
-from .core.decide import fold
-from .core.definition import WorkflowDef
-from .core.events import ApprovalDecided, Event, ForkOf, RunCancelRequested, RunStarted, SignalReceived
-from .core.state import RUN_TERMINAL, Approval, RunState
-from .errors import NotFound, UserError
-from .heartbeat import Heartbeat
-from .ordered import ResumingConsumer
-from .store import Conflict, RunSummary, Store, WorkflowVersion, decode_recorded
+from dagnats.core import schema
+from dagnats.core.decide import fold
+from dagnats.core.definition import WorkflowDef
+from dagnats.core.events import ApprovalDecided, Event, ForkOf, RunCancelRequested, RunStarted, SignalReceived
+from dagnats.core.state import RUN_TERMINAL, Approval, RunState
+from dagnats.errors import NotFound, UserError
+from dagnats.nats import heartbeat, names
+from dagnats.nats.connection import Endpoint, connect, resolve_endpoint
+from dagnats.nats.heartbeat import Heartbeat
+from dagnats.nats.ordered import ResumingConsumer
+from dagnats.nats.store import Conflict, RunSummary, Store, WorkflowVersion, decode_recorded
+
+from . import views
 
 
 def operator_identity() -> str:

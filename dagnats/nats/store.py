@@ -22,13 +22,14 @@ from nats.js.errors import (
     NotFoundError,
 )
 
+from dagnats.core.actions import DispatchTask, StartTimer
+from dagnats.core.decide import fold
+from dagnats.core.definition import NAME_RE, WorkflowDef
+from dagnats.core.events import Event, decode_event, encode_event
+from dagnats.core.state import RunState
+from dagnats.errors import NotFound, UserError
+
 from . import names
-from .core.actions import DispatchTask, StartTimer
-from .core.decide import fold
-from .core.definition import NAME_RE, WorkflowDef
-from .core.events import Event, decode_event, encode_event
-from .core.state import RunState
-from .errors import NotFound, UserError
 from .replies import Replies
 
 WRONG_LAST_SEQUENCE = 10071

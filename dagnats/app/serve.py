@@ -11,21 +11,22 @@ from pathlib import Path
 
 from nats.aio.client import Client as NATS
 
-from . import datadir, names
-from .agent.runtime import agent_worker
-from .builtins import builtin
-from .connection import Endpoint, connect, resolve_endpoint
-from .connection import close as _close
-from .engine import Engine
-from .errors import UserError
-from .heartbeat import Beat
-from .output import exit_by_deadline, say
-from .server import EmbeddedServer
-from .store import Store
-from .timers import TimerService
-from .worker import Worker
+from dagnats.agent.runtime import agent_worker
+from dagnats.engine.loop import Engine
+from dagnats.engine.timers import TimerService
+from dagnats.errors import UserError
+from dagnats.nats import datadir, names
+from dagnats.nats.connection import Endpoint, connect, resolve_endpoint
+from dagnats.nats.connection import close as _close
+from dagnats.nats.embedded import EmbeddedServer
+from dagnats.nats.heartbeat import Beat
+from dagnats.nats.store import Store
+from dagnats.worker import Worker
+from dagnats.worker.builtins import builtin
 
-log = logging.getLogger("dagnats.serve")
+from .output import exit_by_deadline, say
+
+log = logging.getLogger("dagnats.app.serve")
 DRAIN_SECONDS = 3.0  # for the tasks in hand at a stop: with the closing, a stop takes under 5 s
 
 

@@ -24,20 +24,20 @@ from typing import Any
 import nats
 from nats.js import api
 
-from . import names
-from .agent.runtime import agent_worker
-from .builtins import builtin
-from .client import Client
-from .connection import Endpoint, connect
-from .core.definition import parse_definition
-from .core.events import StepCompleted, StepQueued, encode_event
-from .core.state import RUN_TERMINAL
-from .datadir import Credentials
-from .engine import Engine
-from .server import EmbeddedServer
-from .store import Store
-from .timers import TimerService
-from .worker import Worker
+from dagnats.agent.runtime import agent_worker
+from dagnats.api.client import Client
+from dagnats.core.definition import parse_definition
+from dagnats.core.events import StepCompleted, StepQueued, encode_event
+from dagnats.core.state import RUN_TERMINAL
+from dagnats.engine.loop import Engine
+from dagnats.engine.timers import TimerService
+from dagnats.nats import names
+from dagnats.nats.connection import Endpoint, connect
+from dagnats.nats.datadir import Credentials
+from dagnats.nats.embedded import EmbeddedServer
+from dagnats.nats.store import Store
+from dagnats.worker import Worker
+from dagnats.worker.builtins import builtin
 
 PAYLOAD = b"x" * 256
 
@@ -318,7 +318,7 @@ class Bench:
         client = Client(await connect(self.endpoint))
         try:
             await _register(client, workflow, steps)
-            workers = self._process("worker", "dagnats.builtins:builtin", "--concurrency", "16")
+            workers = self._process("worker", "dagnats.worker.builtins:builtin", "--concurrency", "16")
             engine = self._engine_process()
             async with _Ends(client) as before:
                 run_ids = list(await asyncio.gather(*(client.start(workflow, i) for i in range(n))))
@@ -344,7 +344,9 @@ class Bench:
                 seen = await _engine_events(client)
                 engine = self._engine_process()
                 if what == "machine":
-                    workers = self._process("worker", "dagnats.builtins:builtin", "--concurrency", "16")
+                    workers = self._process(
+                        "worker", "dagnats.worker.builtins:builtin", "--concurrency", "16"
+                    )
                 while seen["count"] == 0:
                     await asyncio.sleep(0.005)
                 first = time.perf_counter() - t0

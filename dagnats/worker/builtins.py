@@ -8,10 +8,11 @@ from typing import Any
 
 import msgspec
 
-from .core.definition import ShellConfig, TaskSleepConfig
-from .core.durations import format_duration, parse_duration
-from .processes import CommandTimedOut, run_command
-from .worker import NonRetryable, TaskContext, TaskFailed, Worker
+from dagnats.core.definition import ShellConfig, TaskSleepConfig
+from dagnats.core.durations import format_duration, parse_duration
+from dagnats.processes import CommandTimedOut, run_command
+
+from .runtime import NonRetryable, TaskContext, TaskFailed, Worker
 
 TAIL_BYTES = 16 * 1024
 builtin = Worker(name="builtin")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .core.definition import WorkflowDef, parse_definition
+from dagnats.core.definition import WorkflowDef, parse_definition
 
 StepLike = "StepRef | str"
 

@@ -35,8 +35,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .client import Client
-from .core.definition import WorkflowDef, parse_definition
+from dagnats.api.client import Client
+from dagnats.core.definition import WorkflowDef, parse_definition
 
 __all__ = ["demo_workflows", "seed"]
 

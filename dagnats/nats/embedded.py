@@ -18,10 +18,11 @@ import threading
 import time
 from pathlib import Path
 
+from dagnats.errors import UserError
+from dagnats.processes import die_with_parent
+
 from . import names
 from .datadir import Credentials
-from .errors import UserError
-from .processes import die_with_parent
 
 PID_FILE = "nats-server.pid"
 CONFIG_FILE = "nats-server.conf"

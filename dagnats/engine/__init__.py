@@ -1,0 +1,1 @@
+"""The engine: the loop that drives the pure core, and the timer service."""

@@ -1,0 +1,1 @@
+"""Transport and storage: NATS names, connections, the JetStream store, the embedded server."""
