@@ -98,4 +98,4 @@ async def test_two_engines_in_one_process_never_fold_a_run_with_an_event_missing
         snap, _ = await stack.store.load_snapshot(run_id)
         assert snap is not None and snap.state is not None
         history = [e for seq, e in await stack.client.events(run_id) if seq <= snap.applied]
-        assert replay(None, history) == snap.state, run_id
+        assert replay(history) == snap.state, run_id

@@ -252,7 +252,7 @@ class RunScreen(Base):
             try:
                 async for seq, event in client.follow(self.run_id, until_terminal=False, after=self.last_seq):
                     delay = 0.5
-                    self.state = fold(None, self.state, event)
+                    self.state = fold(self.state, event)
                     self.events.append((seq, event))
                     self.last_seq = seq
                     if isinstance(event, (AgentTurnRecorded, StepStarted, StepCompleted, StepFailed)):

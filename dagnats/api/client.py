@@ -186,7 +186,7 @@ class Client:
         if after and until_terminal:  # the state as of `after`, to know when the run ends
             for seq, event in await self.store.read_history(run_id):
                 if seq <= after:
-                    state = fold(None, state, event)
+                    state = fold(state, event)
             if state is not None and state.terminal:
                 return
         await consumer.open()
@@ -201,7 +201,7 @@ class Client:
                     continue
                 known = True
                 event = decode_recorded(msg.subject, msg.data)
-                state = fold(None, state, event)
+                state = fold(state, event)
                 yield msg.metadata.sequence.stream, event
                 if until_terminal and state is not None and state.terminal:
                     return

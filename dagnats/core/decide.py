@@ -1,7 +1,7 @@
 """decide() and replay(): the one place where workflow semantics live.
 
 Rules:
-- `decide(definition, state, event)` returns the state after `event` and the actions it calls
+- `decide(state, event)` returns the state after `event` and the actions it calls
   for. It never reads a clock, an id generator or the network: time comes in on events.
 - Actions come in two kinds. Effects (dispatch a task, start a timer, start or cancel a child
   run, notify a parent) belong to the event that caused them. `AppendEvent` actions are
@@ -11,7 +11,7 @@ Rules:
   result after the run ended, a decision quoting a digest the request no longer has) changes
   nothing: that is how at-least-once delivery, crash redo and a stale console stay harmless. An event that can never be valid (no `run.started`, an unknown step)
   raises `IllegalEvent` and leaves the state as it was.
-- `replay(definition, events)` is a fold over the same transitions, so the engine, the
+- `replay(events)` is a fold over the same transitions, so the engine, the
   client and the tests cannot disagree about a run's state.
 """
 
@@ -23,7 +23,7 @@ from typing import Any, assert_never
 import msgspec
 
 from .actions import Action, AppendEvent
-from .definition import RetryPolicy, WorkflowDef
+from .definition import RetryPolicy
 from .durations import format_duration
 from .effects import child_run_id, effects
 from .events import (
@@ -74,31 +74,31 @@ class IllegalEvent(Exception):
 
 
 def decide(
-    definition: WorkflowDef | None, state: RunState | None, event: Event, *, first_only: bool = False
+    state: RunState | None, event: Event, *, first_only: bool = False
 ) -> tuple[RunState, list[Action]]:
     """Fold one event into the run state and say what must happen next. With `first_only`,
     only the first event to record is worked out (the engine records one at a time)."""
     new = transition(state, event)
-    wf = definition or new.definition
+    wf = new.definition
     actions: list[Action] = list(effects(wf, state, new, event))
     if first_only:
-        upcoming = next_event(wf, new)
+        upcoming = next_event(new)
         if upcoming is not None:
             actions.append(AppendEvent(event=upcoming))
     else:
-        actions += [AppendEvent(event=e) for e in next_events(wf, new)]
+        actions += [AppendEvent(event=e) for e in next_events(new)]
     return new, actions
 
 
-def replay(definition: WorkflowDef | None, events: Iterable[Event]) -> RunState | None:
+def replay(events: Iterable[Event]) -> RunState | None:
     """The state of a run after `events`, skipping any illegal ones as the engine does."""
     state: RunState | None = None
     for event in events:
-        state = fold(definition, state, event)
+        state = fold(state, event)
     return state
 
 
-def fold(definition: WorkflowDef | None, state: RunState | None, event: Event) -> RunState | None:
+def fold(state: RunState | None, event: Event) -> RunState | None:
     """decide() without the actions; illegal events leave the state unchanged."""
     try:
         return transition(state, event)

@@ -24,7 +24,6 @@ from .definition import (
     SleepConfig,
     StepDef,
     WaitConfig,
-    WorkflowDef,
     check_plan,
     render_config,
     step_config,
@@ -49,12 +48,12 @@ from .state import STEP_ACTIVE, STEP_SATISFIED, RunState, Signal, item_ids, plan
 MAX_DEPTH = 5  # root run is depth 0; sub_workflow nesting stops at this depth
 
 
-def next_events(wf: WorkflowDef, state: RunState) -> list[Event]:
+def next_events(state: RunState) -> list[Event]:
     """Events the engine must record next, derived from the state alone (level-triggered)."""
     return list(_upcoming(state))
 
 
-def next_event(wf: WorkflowDef, state: RunState) -> Event | None:
+def next_event(state: RunState) -> Event | None:
     """The first of `next_events`, without working out the others: the engine records one
     event at a time and asks again, and building all hundred start events of a fan-out after
     each of its hundred `step.queued` made the fan-out quadratic."""

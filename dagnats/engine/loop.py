@@ -311,7 +311,7 @@ class Engine:
             if pass_.state is None:
                 break
             if pass_.next is None:  # nothing folded yet in this pass: ask the plan directly
-                first = next_event(pass_.state.definition, pass_.state)
+                first = next_event(pass_.state)
                 pass_.next = [] if first is None else [first]
             if not pass_.next:
                 break
@@ -375,7 +375,7 @@ class Engine:
             if size > BATCH_BYTES and out:
                 break
             try:
-                new, actions = decide(None, state, event, first_only=True)
+                new, actions = decide(state, event, first_only=True)
             except IllegalEvent:
                 break  # the one-at-a-time path logs and skips it
             out.append((event, new, actions))
@@ -387,7 +387,7 @@ class Engine:
         """Fold one event; queue its effects (done together, before the pass acknowledges).
         `ours`: this pass recorded the event itself."""
         try:
-            new, actions = decide(None, pass_.state, event, first_only=True)
+            new, actions = decide(pass_.state, event, first_only=True)
         except IllegalEvent as exc:
             pass_.last = seq
             log.warning("ignoring illegal event #%d (%s): %s", seq, type(event).__name__, exc)

@@ -72,4 +72,4 @@ class TimerService:
         timer is always recorded before the timer exists, so a live timer never looks stale.
         """
         state = await self.store.current_state(run_id)
-        return state is None or fold(None, state, fired) is not state
+        return state is None or fold(state, fired) is not state

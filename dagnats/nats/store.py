@@ -365,7 +365,7 @@ class Store:
         snap, _ = await self.load_snapshot(run_id)
         state, last = (snap.state, snap.applied) if snap and snap.state else (None, 0)
         for seq, event in await self.read_history(run_id, after=last):
-            state, last = fold(None, state, event), seq
+            state, last = fold(state, event), seq
         return state, last
 
     async def all_snapshots(self) -> list[Snapshot]:

@@ -41,7 +41,7 @@ class Sim:
         pending = [event]
         while pending:
             ev = pending.pop(0)
-            self.state, actions = decide(None, self.state, ev)
+            self.state, actions = decide(self.state, ev)
             self.events.append((len(self.events) + 1, ev))
             appends = [a.event for a in actions if isinstance(a, AppendEvent)]
             pending = appends[:1] + pending

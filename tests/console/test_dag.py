@@ -293,7 +293,7 @@ class Driver:
         self.send(RunStarted(at=1.0, run_id="r1", workflow=wf.name, version=1, definition=wf))
 
     def send(self, event: Event) -> None:
-        self.state, actions = decide(None, self.state, event)
+        self.state, actions = decide(self.state, event)
         for action in actions:
             if isinstance(action, AppendEvent):
                 self.send(action.event)

@@ -86,7 +86,7 @@ class Run:
     # --- engine ---
     def decide(self, event: Event) -> list[Action]:
         """One decide() call: record the event and keep its effects."""
-        self.state, actions = decide(None, self.state, event)
+        self.state, actions = decide(self.state, event)
         self.events.append(event)
         self.effects += [a for a in actions if not isinstance(a, AppendEvent)]
         return actions
@@ -167,7 +167,7 @@ class Run:
     def unchanged_by(self, event: Event) -> None:
         """`event` must change nothing and call for nothing."""
         before = self.st
-        new, actions = decide(None, before, event)
+        new, actions = decide(before, event)
         assert new == before
         assert actions == []
 
@@ -285,7 +285,7 @@ def test_retry_until_attempts_are_exhausted() -> None:
         )
     ]
     # The timer firing makes the engine append attempt 2.
-    state, actions = decide(None, run.st, TimerFired(at=T0 + 10, kind="retry", step_id="a", attempt=1))
+    state, actions = decide(run.st, TimerFired(at=T0 + 10, kind="retry", step_id="a", attempt=1))
     assert state.steps["a"].status == "pending"
     assert actions == [AppendEvent(event=StepQueued(at=T0 + 10, step_id="a", attempt=2))]
     run.fire(run.timer("retry", "a"))
@@ -404,7 +404,7 @@ def test_cancel_stops_the_run_and_ignores_later_results() -> None:
     run.unchanged_by(StepCompleted(at=T0 + 2, step_id="a", attempt=1, output=1))
     run.unchanged_by(TimerFired(at=T0 + 3600, kind="wake", step_id="nap", attempt=1))
     run.unchanged_by(RunCancelRequested(at=T0 + 3))
-    assert next_events(run.wf, run.st) == []
+    assert next_events(run.st) == []
 
 
 def test_duplicate_and_stale_events_change_nothing() -> None:
@@ -426,7 +426,7 @@ def test_duplicate_and_stale_events_change_nothing() -> None:
     run.unchanged_by(StepLog(at=run.now, step_id="b", attempt=1, message="hello"))
     run.complete("b")
     run.unchanged_by(StepCompleted(at=run.now, step_id="b", attempt=1))  # after the run ended
-    assert replay(None, run.events) == run.st
+    assert replay(run.events) == run.st
 
 
 @pytest.mark.parametrize(
@@ -447,10 +447,9 @@ def test_illegal_events_raise_and_replay_skips_them(before: bool, event: Event, 
     wf = flow(task("a"))
     state = Run(wf).st if before else None
     with pytest.raises(IllegalEvent, match=message.replace("[", r"\[")):
-        decide(None, state, event)
+        decide(state, event)
     assert (
         replay(
-            None,
             (
                 [
                     RunStarted(at=T0, run_id="r1", workflow="flow", version=1, definition=wf),

@@ -164,7 +164,7 @@ class World:
 
     def apply(self, event: Event) -> RunState:
         old = self.state
-        new, actions = decide(self.wf, old, event)
+        new, actions = decide(old, event)
         check_transition(old, new)
         self.state = new
         self.recorded.append(event)
@@ -178,7 +178,7 @@ class World:
 
     def choices(self) -> list[tuple[str, float]]:
         options: list[tuple[str, float]] = []
-        if next_events(self.wf, self.st):
+        if next_events(self.st):
             options.append(("engine", 4.0))
         if self.tasks:
             options.append(("worker", 2.0))
@@ -206,10 +206,10 @@ class World:
         self.now += self.rng.choice([0.0, 0.1, 1.0, 5.0])
         rng = self.rng
         if kind == "engine":
-            event = next_events(self.wf, self.st)[0]
-            assert next_event(self.wf, self.st) == event  # the engine's shortcut asks for this one
-            _, first_only = decide(self.wf, self.st, event, first_only=True)
-            _, every = decide(self.wf, self.st, event)
+            event = next_events(self.st)[0]
+            assert next_event(self.st) == event  # the engine's shortcut asks for this one
+            _, first_only = decide(self.st, event, first_only=True)
+            _, every = decide(self.st, event)
             append = [a for a in every if isinstance(a, AppendEvent)]
             assert first_only == [a for a in every if not isinstance(a, AppendEvent)] + append[:1]
             self.appended.append(event)
@@ -331,17 +331,17 @@ def test_decide_agrees_with_replay(seed: int) -> None:
     assert state.events <= ended_at
 
     # replay of the whole history, and of every prefix, equals what decide() produced
-    assert replay(None, world.recorded) == state
-    assert replay(world.wf, world.recorded) == state
+    assert replay(world.recorded) == state
+    assert replay(world.recorded) == state
     decoded = [decode_event(encode_event(e)) for e in world.recorded]
     assert decoded == world.recorded
     folded: RunState | None = None
     for event, expected in zip(decoded, world.states, strict=True):
-        folded = fold(None, folded, event)
+        folded = fold(folded, event)
         assert folded == expected
     rng = random.Random(seed)
     for k in rng.sample(range(1, len(world.recorded) + 1), min(5, len(world.recorded))):
-        assert replay(None, world.recorded[:k]) == world.states[k - 1]
+        assert replay(world.recorded[:k]) == world.states[k - 1]
 
 
 def test_the_generator_covers_the_interesting_cases() -> None:

@@ -21,10 +21,10 @@ from dagnats.core.state import RunState
 def _recover(events: list[Event], snapshot: int, crash: int) -> tuple[RunState, list[Action]]:
     """What an engine holding a snapshot of events[:snapshot] would perform after a crash
     that left events[:crash] in the history."""
-    state = replay(None, events[:snapshot])
+    state = replay(events[:snapshot])
     effects: list[Action] = []
     for event in events[snapshot:crash]:
-        state, actions = decide(None, state, event)
+        state, actions = decide(state, event)
         effects += [a for a in actions if not isinstance(a, AppendEvent)]
     assert state is not None
     return state, [a for a in effects if still_due(state, a)]

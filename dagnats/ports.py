@@ -1,0 +1,209 @@
+"""What the engine, the workers and the client need from a store: four narrow interfaces.
+
+- `EventLog`: run histories, appended optimistically, read back, and delivered to engines;
+- `Snapshots`: each run's cached state (a cache: the history alone rebuilds it);
+- `Registry`: workflow versions;
+- `TaskQueue`: tasks for workers and timers for the timer service.
+
+`dagnats.nats.store.Store` implements all four on JetStream; `dagnats.testing.MemoryStore`
+implements them in memory for tests that need no server. A queue hands out `Delivery`s, which
+stay unacknowledged (and come back, `attempts` higher) until acked.
+
+The data that crosses these interfaces (snapshots, summaries, workflow versions) and the
+errors they raise live here too, so that neither implementation imports the other.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import msgspec
+
+from dagnats.core.actions import DispatchTask, StartTimer
+from dagnats.core.definition import WorkflowDef
+from dagnats.core.events import Event
+from dagnats.core.state import RunState
+from dagnats.errors import UserError
+
+MAX_EVENT_BYTES = 900_000  # an encoded event, at most (one NATS message, with room for headers)
+
+
+class Conflict(Exception):
+    """Someone else appended to the run's history first (optimistic concurrency)."""
+
+
+class BatchUnsupported(Exception):
+    """The store cannot append a batch atomically; append one event at a time."""
+
+
+class TooLarge(UserError):
+    """An event does not fit in one message."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"event of {size} bytes exceeds the {MAX_EVENT_BYTES}-byte limit")
+        self.size = size
+
+
+class RunSummary(msgspec.Struct, frozen=True, omit_defaults=True):
+    """What listing a run needs, small whatever the run's outputs are."""
+
+    run_id: str
+    workflow: str
+    version: int
+    status: str
+    created_at: float
+    steps_done: int
+    steps_total: int
+    finished_at: float | None = None
+    error: str | None = None
+    parent_run_id: str | None = None
+    approvals: int = 0  # pending: the run waits for an operator
+    forked_from: str | None = None
+    continued_from: str | None = None
+
+    @classmethod
+    def of(cls, state: RunState) -> RunSummary:
+        done, total = state.progress()
+        return cls(
+            run_id=state.run_id,
+            workflow=state.workflow,
+            version=state.version,
+            status=state.status,
+            created_at=state.created_at,
+            steps_done=done,
+            steps_total=total,
+            finished_at=state.finished_at,
+            error=state.error,
+            parent_run_id=state.parent.run_id if state.parent else None,
+            approvals=len(state.pending_approvals()),
+            forked_from=state.forked_from,
+            continued_from=state.continued_from,
+        )
+
+
+class Snapshot(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A run's cached state as of history sequence `applied`. `state` is left out when it would
+    not fit in one message; readers then replay the whole history (the summary still lists)."""
+
+    applied: int
+    summary: RunSummary
+    state: RunState | None = None
+
+
+class WorkflowVersion(msgspec.Struct, frozen=True):
+    name: str
+    version: int
+    registered_at: float
+    definition: WorkflowDef
+
+
+class Delivery(Protocol):
+    """One message handed out by a durable queue: a recorded event to an engine, a task to a
+    worker, a timer to the timer service."""
+
+    @property
+    def subject(self) -> str: ...
+    @property
+    def data(self) -> bytes: ...
+    @property
+    def seq(self) -> int:
+        """Its sequence in its stream (for a history event: the run's event sequence)."""
+
+    @property
+    def delivery(self) -> int:
+        """Its sequence among this queue's deliveries: consecutive while no one else takes any."""
+
+    @property
+    def attempts(self) -> int:
+        """How many times it has been handed out (1: the first time)."""
+
+    @property
+    def pending(self) -> int:
+        """How many more messages the queue held for this consumer when it was handed out."""
+
+    @property
+    def queued_at(self) -> float:
+        """When it was queued (unix seconds)."""
+
+    async def ack(self) -> None: ...
+    async def nak(self, delay: float | None = None) -> None: ...
+    async def term(self) -> None: ...
+    async def in_progress(self) -> None: ...
+
+
+class Feed(Protocol):
+    """A durable consumer's deliveries, fetched in batches."""
+
+    async def fetch(self, batch: int, timeout: float, *, no_wait: bool = False) -> list[Delivery]:
+        """Up to `batch` deliveries: those waiting, else the first within `timeout` ([] if none)."""
+
+    async def stop(self) -> None: ...
+
+
+class EventLog(Protocol):
+    @property
+    def atomic_batches(self) -> bool:
+        """Whether `append_batch` may be used."""
+
+    async def append(
+        self, run_id: str, event: Event, *, expected_last: int | None = None, msg_id: str | None = None
+    ) -> int:
+        """Append one event; return its sequence. Conflict if `expected_last` is not the run's
+        last sequence (0: the run has none); an event with a `msg_id` seen recently is not
+        appended again (its first sequence is returned)."""
+
+    async def append_batch(self, run_id: str, events: list[Event], *, expected_last: int) -> list[int]:
+        """Append several events of one run all-or-nothing, checked as `append` checks."""
+
+    async def read_history(self, run_id: str, after: int = 0) -> list[tuple[int, Event]]:
+        """Every event of the run with sequence > `after`, in order."""
+
+    async def engine_feed(self) -> Feed:
+        """Every recorded event of every run, in order, shared among all engines."""
+
+
+class Snapshots(Protocol):
+    async def load_snapshot(self, run_id: str) -> tuple[Snapshot | None, int]:
+        """The run's snapshot and its revision (0 when there is none)."""
+
+    async def save_snapshot(self, applied: int, state: RunState, revision: int) -> int | None:
+        """Compare-and-set; the new revision, or None if someone else saved first."""
+
+    async def all_snapshots(self) -> list[Snapshot]: ...
+
+    async def current(self, run_id: str) -> tuple[RunState | None, int]:
+        """The run's state now (snapshot plus newer history) and the last sequence it includes."""
+
+    async def current_state(self, run_id: str) -> RunState | None: ...
+
+
+class Registry(Protocol):
+    async def register_workflow(self, wf: WorkflowDef, now: float) -> tuple[int, bool]:
+        """Register a definition; (its version, whether that version is new)."""
+
+    async def get_workflow(self, name: str, version: int | None = None) -> WorkflowVersion:
+        """A version (the latest if None); NotFound if there is none."""
+
+    async def latest_workflow(self, name: str) -> WorkflowVersion | None: ...
+    async def workflow_versions(self, name: str) -> list[int]: ...
+    async def all_workflows(self) -> list[WorkflowVersion]: ...
+
+
+class TaskQueue(Protocol):
+    async def dispatch(self, action: DispatchTask) -> None:
+        """Queue a task for workers of `action.task` (de-duplicated on `action.msg_id`)."""
+
+    async def drop_tasks(self, run_id: str) -> None:
+        """Take every queued task of the run off the queue."""
+
+    async def task_feed(self, task: str, ack_wait: float) -> tuple[Feed, float]:
+        """The queue of tasks named `task`, and the ack wait it actually uses (an existing
+        queue keeps the one it was made with)."""
+
+    async def start_timer(self, action: StartTimer) -> None: ...
+    async def cancel_timers(self, run_id: str) -> None: ...
+    async def timer_feed(self) -> Feed: ...
+
+
+class Store(EventLog, Snapshots, Registry, TaskQueue, Protocol):
+    """All four, as one object: what `dagnats serve` and the client hold."""
