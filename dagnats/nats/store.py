@@ -486,6 +486,28 @@ class Store:
             names.timer_subject(action.run_id), _enc.encode(action), {"Nats-Msg-Id": action.msg_id}
         )
 
+    # --- feeds: the durable consumers, set up in feed.py (each returns a dagnats.ports.Feed) --
+
+    async def engine_feed(self) -> Any:
+        from .feed import engine_feed
+
+        return await engine_feed(self.nc, self.js)
+
+    async def task_feed(self, task: str, ack_wait: float) -> tuple[Any, float]:
+        from .feed import task_feed
+
+        return await task_feed(self.nc, self.js, task, ack_wait)
+
+    async def timer_feed(self) -> Any:
+        from .feed import timer_feed
+
+        return await timer_feed(self.nc, self.js)
+
+    @property
+    def reconnects(self) -> int:
+        """How many times the connection to the server was made again after a loss."""
+        return int(self.nc.stats["reconnects"])
+
 
 async def _dump(kv: Any, keys: str, meta_only: bool = False) -> list[Any]:
     """Current entries of a bucket matching `keys`, read through one ephemeral pull consumer.
