@@ -12,13 +12,10 @@ import asyncio
 import logging
 import time
 
-from nats.errors import TimeoutError as NatsTimeout
-from nats.js import api
-
 from dagnats.core.decide import fold
 from dagnats.core.events import TimerFired
-from dagnats.nats import names
-from dagnats.nats.store import Store, decode_timer
+from dagnats.nats.store import decode_timer
+from dagnats.ports import Delivery, Feed, Store
 
 log = logging.getLogger("dagnats.engine.timers")
 EARLY_SLACK = 0.005  # fire a timer that is due within this many seconds
@@ -30,29 +27,25 @@ class TimerService:
         self.store = store
 
     async def run(self, stop: asyncio.Event) -> None:
-        psub = await self.store.js.pull_subscribe(
-            f"{names.TIMER_PREFIX}.>",
-            durable=names.TIMER_CONSUMER,
-            stream=names.TIMERS_STREAM,
-            config=api.ConsumerConfig(ack_wait=30, max_deliver=-1, max_ack_pending=100_000),
-        )
+        feed = await self.store.timer_feed()
         while not stop.is_set():
-            try:
-                msgs = await psub.fetch(256, timeout=0.5)
-            except (TimeoutError, NatsTimeout):
-                continue
-            except Exception as exc:
-                log.warning("timer fetch failed: %s", exc)
-                await asyncio.sleep(0.5)
-                continue
-            for msg in msgs:
+            for msg in await self._fetch(feed):
                 try:
                     await self._handle(msg)
                 except Exception as exc:
                     log.error("timer handling failed: %r", exc)
                     await msg.nak(delay=1.0)
+        await feed.stop()
 
-    async def _handle(self, msg) -> None:  # type: ignore[no-untyped-def]
+    async def _fetch(self, feed: Feed) -> list[Delivery]:
+        try:
+            return await feed.fetch(256, timeout=0.5)
+        except Exception as exc:
+            log.warning("timer fetch failed: %s", exc)
+            await asyncio.sleep(0.5)
+            return []
+
+    async def _handle(self, msg: Delivery) -> None:
         timer = decode_timer(msg.data)
         remaining = timer.fire_at - time.time()
         if remaining > EARLY_SLACK:

@@ -15,18 +15,16 @@ import os
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 import msgspec
-from nats.js import api
 
 from dagnats.core.actions import DispatchTask
 from dagnats.core.events import StepCompleted, StepFailed, StepStarted
 from dagnats.core.state import RUN_TERMINAL, STEP_TERMINAL, RunState
 from dagnats.nats import names
-from dagnats.nats.pull import Puller, ensure_consumer
 from dagnats.nats.store import MAX_EVENT_BYTES, Store, decode_task
+from dagnats.ports import Delivery, Feed
 
 from .sdk import SUSPEND, Handler, NonRetryable, TaskContext, TaskFailed, Worker
 
@@ -54,7 +52,7 @@ def _superseded(state: RunState, task: DispatchTask) -> bool:
     )
 
 
-def _needs_check(msg: Any, task: DispatchTask, connected_at: float) -> bool:
+def _needs_check(msg: Delivery, task: DispatchTask, connected_at: float) -> bool:
     """Whether a task must be checked against its run's current state before it runs.
 
     A task delivered for the first time, soon after the engine queued it on recording its
@@ -68,12 +66,10 @@ def _needs_check(msg: Any, task: DispatchTask, connected_at: float) -> bool:
       delivery after its result was recorded;
     - a redelivery (its result may already be recorded), or a task that waited in the queue.
     """
-    meta = msg.metadata
-    queued_at: float = meta.timestamp.timestamp()
-    if task.recheck or meta.num_delivered != 1 or queued_at <= connected_at:
+    if task.recheck or msg.attempts != 1 or msg.queued_at <= connected_at:
         return True
     prompt = min(FRESH_SECONDS, task.timeout / 2) if task.timeout else FRESH_SECONDS
-    return abs(time.time() - queued_at) > prompt
+    return abs(time.time() - msg.queued_at) > prompt
 
 
 FRESH_SECONDS = 1.0
@@ -83,6 +79,51 @@ FETCH_MAX = 32  # tasks asked for in one fetch, at most
 # A task still running after this long gets a step.started event (the console shows it
 # running); a shorter one is recorded by its result alone.
 STARTED_AFTER = 0.1
+
+
+class _StepStarted:
+    """A task's `step.started`, recorded at most once. A task still running after STARTED_AFTER
+    gets it (publishes on one connection keep their order, so it lands before the result). A
+    shorter one reports only its result, which carries when and where it ran: one event and one
+    engine pass less per step."""
+
+    def __init__(self, store: Store, task: DispatchTask, worker: str) -> None:
+        self.store, self.task, self.worker = store, task, worker
+        self.at = time.time()
+        self._future: asyncio.Future[int] | None = None
+
+    @property
+    def recorded(self) -> bool:
+        """Whether it was sent (the result then need not say when and where the task ran)."""
+        return self._future is not None
+
+    def record(self) -> None:
+        if self._future is not None:
+            return
+        task = self.task
+        event = StepStarted(at=self.at, step_id=task.step_id, attempt=task.attempt, worker=self.worker)
+        self._future = asyncio.ensure_future(
+            self.store.append(
+                task.run_id, event, msg_id=f"{task.run_id}:started:{task.step_id}:{task.attempt}"
+            )
+        )
+
+    async def ensure(self) -> None:
+        """Record it now and wait until it is (a handler announcing that it runs)."""
+        self.record()
+        assert self._future is not None
+        await self._future
+
+    async def settle(self) -> None:
+        """Wait for it to be recorded, if it was sent."""
+        if self._future is None:
+            return
+        try:
+            await self._future
+        except Exception as exc:  # the result still counts: an engine accepts it from "queued"
+            log.warning(
+                "step.started of %s/%s was not recorded: %r", self.task.run_id, self.task.step_id, exc
+            )
 
 
 class Runtime:
@@ -100,7 +141,7 @@ class Runtime:
     def _connected_at(self) -> float:
         """When the connection to the server last began: at start, or the first time a task
         came after a reconnect (a little late, which only means a few more checks)."""
-        reconnects = self.store.nc.stats["reconnects"]
+        reconnects = self.store.reconnects
         if reconnects != self.connected[1]:
             self.connected = (time.time() if self.connected[1] >= 0 else self.connected[0], reconnects)
         return self.connected[0]
@@ -140,26 +181,8 @@ class Runtime:
         return await self.store.nc.subscribe(names.tool_subject(name), queue=f"tool-{name}", cb=answer)
 
     async def _pull(self, task: str, stop: asyncio.Event) -> None:
-        filters = names.task_filters(task)
-        info = await ensure_consumer(
-            self.store.js,
-            names.TASKS_STREAM,
-            api.ConsumerConfig(
-                durable_name=names.task_consumer(task),
-                ack_wait=self.ack_wait,
-                max_deliver=-1,
-                max_ack_pending=100_000,
-                filter_subjects=filters,
-            ),
-        )
-        config = info.config
-        if sorted(config.filter_subjects or [config.filter_subject or ""]) != sorted(filters):
-            # a consumer from before tasks carried their run in the subject
-            await self.store.js.add_consumer(
-                names.TASKS_STREAM, replace(config, filter_subject=None, filter_subjects=filters)
-            )
+        feed, actual = await self.store.task_feed(task, self.ack_wait)
         # The consumer may predate this worker with another ack wait: heartbeats must follow it.
-        actual = config.ack_wait or self.ack_wait
         self.ack_waits[task] = actual
         if abs(actual - self.ack_wait) > 0.001:
             log.info(
@@ -168,25 +191,24 @@ class Runtime:
                 actual,
                 self.ack_wait,
             )
-        psub = await Puller(self.store.nc, names.TASKS_STREAM, names.task_consumer(task)).start()
         try:
-            await self._serve(psub, task, stop)
+            await self._serve(feed, task, stop)
         finally:
-            await psub.stop()
+            await feed.stop()
 
-    async def _serve(self, psub: Puller, task: str, stop: asyncio.Event) -> None:
+    async def _serve(self, feed: Feed, task: str, stop: asyncio.Event) -> None:
         while not stop.is_set():
             # Wait for work holding one slot (other tasks' pullers need theirs); when more tasks
             # are queued behind the one delivered, take them in one request, as many as slots.
             await self.slots.acquire()
-            msgs = await self._fetch(psub, task, 1, 0.5)
-            if msgs and msgs[0].metadata.num_pending > 0:
+            msgs = await self._fetch(feed, task, 1, 0.5)
+            if msgs and msgs[0].pending > 0:
                 more = 0
-                while more < min(FETCH_MAX, msgs[0].metadata.num_pending) and not self.slots.locked():
+                while more < min(FETCH_MAX, msgs[0].pending) and not self.slots.locked():
                     await self.slots.acquire()
                     more += 1
                 if more:
-                    extra = await self._fetch(psub, task, more, 0.05, no_wait=True)
+                    extra = await self._fetch(feed, task, more, 0.05, no_wait=True)
                     for _ in range(more - len(extra)):
                         self.slots.release()
                     msgs += extra
@@ -198,10 +220,10 @@ class Runtime:
                 self.slots.release()
 
     async def _fetch(
-        self, psub: Puller, task: str, n: int, timeout: float, no_wait: bool = False
-    ) -> list[Any]:
+        self, feed: Feed, task: str, n: int, timeout: float, no_wait: bool = False
+    ) -> list[Delivery]:
         try:
-            return await psub.fetch(n, timeout, no_wait=no_wait)
+            return await feed.fetch(n, timeout, no_wait=no_wait)
         except Exception as exc:
             log.warning("fetch for %s failed: %s", task, exc)
             await asyncio.sleep(0.5)
@@ -211,7 +233,7 @@ class Runtime:
         self.inflight.discard(job)
         self.slots.release()
 
-    async def _guarded(self, msg: Any) -> None:
+    async def _guarded(self, msg: Delivery) -> None:
         try:
             await self._execute(msg)
         except asyncio.CancelledError:  # shutting down: hand the task back now, not after the ack wait
@@ -227,7 +249,7 @@ class Runtime:
             except Exception:
                 pass
 
-    async def _execute(self, msg: Any) -> None:
+    async def _execute(self, msg: Delivery) -> None:
         try:
             task = decode_task(msg.data)
         except msgspec.DecodeError:
@@ -247,35 +269,8 @@ class Runtime:
         finally:
             self.running.discard(key)
 
-    async def _run_task(self, msg: Any, task: DispatchTask) -> None:
-        store = self.store
-        started_at = time.time()
-        started: asyncio.Future[int] | None = None
-
-        def record_started() -> None:
-            """A task still running after STARTED_AFTER gets its step.started (publishes on one
-            connection keep their order, so it lands before the result). A shorter one reports
-            only its result, which carries when and where it ran: one event and one engine pass
-            less per step."""
-            nonlocal started
-            if started is not None:
-                return
-            started = asyncio.ensure_future(
-                store.append(
-                    task.run_id,
-                    StepStarted(
-                        at=started_at, step_id=task.step_id, attempt=task.attempt, worker=self.worker.name
-                    ),
-                    msg_id=f"{task.run_id}:started:{task.step_id}:{task.attempt}",
-                )
-            )
-
-        async def ensure_started() -> None:
-            if started is None:
-                record_started()
-            assert started is not None
-            await started
-
+    async def _run_task(self, msg: Delivery, task: DispatchTask) -> None:
+        started = _StepStarted(self.store, task, self.worker.name)
         ctx = TaskContext(
             input=task.input,
             config=task.config,
@@ -284,10 +279,23 @@ class Runtime:
             attempt=task.attempt,
             task=task.task,
             checkpoint_data=task.checkpoint,
-            _store=store,
+            _store=self.store,
             _msg=msg,
-            _announce=ensure_started,
+            _announce=started.ensure,
         )
+        outcome = await self._supervise(msg, task, ctx, started)
+        if outcome is None:  # the run ended, the attempt timed out or was superseded: nothing to report
+            await msg.ack()
+            return
+        await started.settle()
+        if not (outcome[0] and outcome[1] is SUSPEND):
+            await self._report(task, outcome, None if started.recorded else started.at)
+        await msg.ack()
+
+    async def _supervise(
+        self, msg: Delivery, task: DispatchTask, ctx: TaskContext, started: _StepStarted
+    ) -> tuple[bool, Any, bool] | None:
+        """Run the task's handler to its outcome, or None if we stopped it ourselves."""
         handler = asyncio.create_task(self._call(self.worker.handlers[task.task], ctx))
         stopped: list[str] = []  # why we cancelled the handler ourselves, if we did
 
@@ -298,37 +306,27 @@ class Runtime:
         watchers: list[asyncio.Task[None]] = []
 
         def outlived() -> None:  # a task running past a short one's time: most never get here
-            record_started()
+            started.record()
             watchers.append(asyncio.create_task(self._keep_alive(msg, task, handler, stop)))
 
-        long_task = asyncio.get_running_loop().call_later(STARTED_AFTER, outlived)
-        timer = None
-        if task.timeout is not None:
-            # The engine's step timer decides the attempt's fate; stop the handler to match.
-            timer = asyncio.get_running_loop().call_later(task.timeout, stop, "timed out")
+        loop = asyncio.get_running_loop()
+        long_task = loop.call_later(STARTED_AFTER, outlived)
+        # The engine's step timer decides the attempt's fate; stop the handler to match.
+        timer = loop.call_later(task.timeout, stop, "timed out") if task.timeout is not None else None
         try:
-            outcome = await asyncio.shield(handler)
+            return await asyncio.shield(handler)
         except asyncio.CancelledError:
             if not handler.cancelled():
                 raise  # this worker is shutting down: the task goes back to the queue
-            if stopped:  # the run ended, the attempt timed out or was superseded: nothing to report
-                await msg.ack()
-                return
-            outcome = (False, "the task was cancelled (CancelledError escaped its handler)", True)
+            if stopped:
+                return None
+            return False, "the task was cancelled (CancelledError escaped its handler)", True
         finally:
             long_task.cancel()
             for watcher in watchers:
                 watcher.cancel()
             if timer is not None:
                 timer.cancel()
-        if started is not None:
-            try:
-                await started
-            except Exception as exc:  # the result still counts: an engine accepts it from "queued"
-                log.warning("step.started of %s/%s was not recorded: %r", task.run_id, task.step_id, exc)
-        if not (outcome[0] and outcome[1] is SUSPEND):
-            await self._report(task, outcome, None if started is not None else started_at)
-        await msg.ack()
 
     async def _call(self, fn: Handler, ctx: TaskContext) -> tuple[bool, Any, bool]:
         """(ok, output-or-error, retryable)."""
@@ -410,7 +408,7 @@ class Runtime:
         return stale
 
     async def _keep_alive(
-        self, msg: Any, task: DispatchTask, handler: asyncio.Task[Any], stop: Callable[[str], None]
+        self, msg: Delivery, task: DispatchTask, handler: asyncio.Task[Any], stop: Callable[[str], None]
     ) -> None:
         """Extend the ack deadline while the handler runs; stop it soon after its run ends."""
         beat = max(0.2, self.ack_waits.get(task.task, self.ack_wait) / 3)
