@@ -15,6 +15,7 @@ errors they raise live here too, so that neither implementation imports the othe
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import msgspec
@@ -95,6 +96,19 @@ class WorkflowVersion(msgspec.Struct, frozen=True):
     version: int
     registered_at: float
     definition: WorkflowDef
+
+
+class Heartbeat(msgspec.Struct, frozen=True):
+    """An engine or worker saying it is alive (`dagnats status`, the no-worker warnings)."""
+
+    id: str
+    kind: str  # "engine" | "worker"
+    host: str
+    pid: int
+    tasks: list[str]
+    in_flight: int
+    last_seen: float
+    name: str = ""  # a worker's name, as recorded in step.started
 
 
 class Delivery(Protocol):
@@ -207,3 +221,21 @@ class TaskQueue(Protocol):
 
 class Store(EventLog, Snapshots, Registry, TaskQueue, Protocol):
     """All four, as one object: what `dagnats serve` and the client hold."""
+
+
+class Beating(Protocol):
+    """One process's heartbeat, kept fresh in the background until stopped."""
+
+    def start(self) -> Beating: ...
+    async def stop(self) -> None: ...
+
+
+class Presence(Protocol):
+    """Who is alive: engines and workers say so, readers list them (beside `Store`: a store
+    may keep no heartbeats)."""
+
+    def beat(self, kind: str, name: str, tasks: list[str], in_flight: Callable[[], int]) -> Beating:
+        """A heartbeat for this process, not started yet."""
+
+    async def heartbeats(self) -> list[Heartbeat] | None:
+        """Engines and workers heard from lately, engines first; None if nobody can tell."""

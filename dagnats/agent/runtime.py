@@ -19,7 +19,7 @@ from dagnats.core.definition import AGENT_TASK, DEFAULT_MODELS, PLANNER_TASK, Ag
 from dagnats.core.durations import format_duration, parse_duration
 from dagnats.core.events import AgentContinuing, AgentTurnRecorded, ApprovalRequested, ToolResultRecorded
 from dagnats.core.state import RunState, Turn
-from dagnats.nats import names
+from dagnats.nats.store import Store
 from dagnats.worker import SUSPEND, NonRetryable, TaskContext, TaskFailed, Worker
 
 from .providers import Message, ProviderError, ToolCall, ToolSpec, complete
@@ -102,15 +102,19 @@ class AgentLoop:
         except msgspec.ValidationError as exc:
             raise NonRetryable(f"agent_loop config: {exc}") from None
         self.workspace_root = workspace_root
-        self.store = ctx._store
-        assert self.store is not None
+        store = ctx._store
+        assert store is not None
+        self.store: Store = store
 
     async def run(self) -> Any:
         state = await self.store.current_state(self.ctx.run_id)
         assert state is not None
         turns = list(state.steps[self.ctx.step_id].turns)
         toolbox = Toolbox(
-            self.cfg.tools, self._workdir(), self.store.nc, parse_duration(self.cfg.command_timeout)
+            self.cfg.tools,
+            self._workdir(),
+            self.store.tools,  # type: ignore[arg-type]  # Toolbox uses only `request`
+            parse_duration(self.cfg.command_timeout),
         )
         specs = await toolbox.specs()
         started = state.steps[self.ctx.step_id].started_at or time.time()
@@ -168,10 +172,9 @@ class AgentLoop:
 
     async def _model_turn(self, turns: list[Turn], specs: list[Any]) -> Turn:
         ctx, cfg = self.ctx, self.cfg
-        live = names.live_subject(ctx.run_id, ctx.step_id)
 
         async def on_text(chunk: str) -> None:  # for the console; nothing waits for it
-            await self.store.nc.publish(live, chunk.encode())
+            await self.store.publish_live(ctx.run_id, ctx.step_id, chunk.encode())
 
         try:
             answer = await complete(
@@ -212,7 +215,7 @@ class AgentLoop:
                 context = {"run_id": self.ctx.run_id, "step_id": self.ctx.step_id, "call_id": call["id"]}
                 result, is_error = await toolbox.call(call["name"], call.get("arguments") or {}, context)
             else:
-                result, is_error = verdict, True
+                result, is_error = str(verdict), True  # a denial text
             turn = await self._record_result(index, turn, call, result, is_error)
         return turn
 

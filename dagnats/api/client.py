@@ -26,9 +26,9 @@ from dagnats.core.state import RUN_TERMINAL, Approval, RunState
 from dagnats.errors import NotFound, UserError
 from dagnats.nats import heartbeat, names
 from dagnats.nats.connection import Endpoint, connect, resolve_endpoint
-from dagnats.nats.heartbeat import Heartbeat
 from dagnats.nats.ordered import ResumingConsumer
 from dagnats.nats.store import Conflict, RunSummary, Store, WorkflowVersion, decode_recorded
+from dagnats.ports import Heartbeat
 
 from . import views
 
@@ -136,7 +136,7 @@ class Client:
 
     async def heartbeats(self) -> list[Heartbeat] | None:
         """The engines and workers heard from lately (None: this NATS keeps no heartbeats)."""
-        return await heartbeat.alive(self.store.js)
+        return await self.store.heartbeats()
 
     async def unserved(self, state: RunState) -> dict[str, str]:
         """The run's queued steps whose task no live worker serves, as {step: task}; empty when

@@ -171,7 +171,7 @@ class LocalStack:
         engine = Engine(store)
         # `dagnats status` lists the engine; its in_flight is the runs it is working on.
         in_hand = lambda: len(getattr(engine, "_queues", ()))  # noqa: E731
-        self._beat = Beat(store.js, "engine", f"serve:{os.getpid()}", [], in_hand)
+        self._beat = store.beat("engine", f"serve:{os.getpid()}", [], in_hand)
         self._beat.start()
         stop = self._stop
         self._tasks = [

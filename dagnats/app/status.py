@@ -12,34 +12,35 @@ from dagnats.api import views
 from dagnats.api.client import Client
 from dagnats.errors import UserError
 from dagnats.nats import heartbeat, names
-from dagnats.nats.heartbeat import Heartbeat
+from dagnats.nats.store import Store
+from dagnats.ports import Heartbeat
 
 # The streams dagnats owns: its own, and those behind its KV buckets and object stores.
 PREFIXES = ("DAGNATS_", "KV_dagnats_", "OBJ_dagnats_")
 
 
 async def collect(client: Client) -> dict[str, Any]:
-    js = client.store.js
-    info = client.nc._server_info
+    store = client.store
+    server = store.server()
     # A lone server leads every stream; a cluster names each stream's leader.
-    lone = None if info.get("cluster") else info.get("server_name") or info.get("server_id")
-    streams = await _streams(js, lone)
+    lone = None if server["cluster"] else server["name"] or server["id"]
+    streams = await _streams(store, lone)
     if not any(s["name"] == names.TASKS_STREAM for s in streams):
         raise UserError("this NATS has no dagnats data yet: start `dagnats serve` against it first")
-    beats = await heartbeat.alive(js)
+    beats = await store.heartbeats()
     return {
-        "server": _server(client, streams),
+        "server": _server(server, streams),
         "streams": streams,
         "heartbeats": beats is not None,  # false: a serve from before heartbeats made this data
         "engines": [_beat_doc(b) for b in beats or [] if b.kind == "engine"],
         "workers": [_beat_doc(b) for b in beats or [] if b.kind == "worker"],
-        "tasks": await _tasks(js, beats or []),
+        "tasks": await _tasks(store, beats or []),
     }
 
 
-async def _streams(js: Any, lone: str | None) -> list[dict[str, Any]]:
+async def _streams(store: Store, lone: str | None) -> list[dict[str, Any]]:
     out = []
-    for info in await js.streams_info():
+    for info in await store.streams():
         name = info.config.name or ""
         if not name.startswith(PREFIXES):
             continue
@@ -60,16 +61,15 @@ async def _streams(js: Any, lone: str | None) -> list[dict[str, Any]]:
     return sorted(out, key=lambda s: (s["kind"] != "stream", s["name"]))
 
 
-def _server(client: Client, streams: list[dict[str, Any]]) -> dict[str, Any]:
-    info = client.nc._server_info
-    nodes = {info.get("server_name") or info.get("server_id")}
+def _server(server: dict[str, Any], streams: list[dict[str, Any]]) -> dict[str, Any]:
+    nodes = {server["name"] or server["id"]}
     for s in streams:
         nodes.update(n for n in (s["leader"], *s["peers"]) if n)
     return {
-        "url": str(client.nc.connected_url.geturl()) if client.nc.connected_url else None,
-        "name": info.get("server_name"),
-        "version": info.get("version"),
-        "cluster": info.get("cluster"),
+        "url": server["url"],
+        "name": server["name"],
+        "version": server["version"],
+        "cluster": server["cluster"],
         "nodes": sorted(n for n in nodes if n),
     }
 
@@ -86,20 +86,10 @@ def _beat_doc(b: Heartbeat) -> dict[str, Any]:
     }
 
 
-async def _tasks(js: Any, beats: list[Heartbeat]) -> dict[str, dict[str, int]]:
+async def _tasks(store: Store, beats: list[Heartbeat]) -> dict[str, dict[str, int]]:
     """Per task: messages in the queue not yet handed out, handed out and unacknowledged, and
     the live workers serving it. Tasks appear if queued, consumed once, or served now."""
-    info = await js.stream_info(names.TASKS_STREAM, subjects_filter=f"{names.TASK_PREFIX}.>")
-    total: dict[str, int] = {}
-    for subject, count in (info.state.subjects or {}).items():
-        task = subject.split(".")[2]
-        total[task] = total.get(task, 0) + count
-    running: dict[str, int] = {}
-    for consumer in await js.consumers_info(names.TASKS_STREAM):
-        filters = consumer.config.filter_subjects or [consumer.config.filter_subject or ""]
-        tasks = {f.split(".")[2] for f in filters if f.startswith(names.TASK_PREFIX + ".")}
-        for task in tasks:
-            running[task] = running.get(task, 0) + consumer.num_ack_pending
+    total, running = await store.task_counts()
     served: dict[str, int] = {}
     for b in beats:
         if b.kind == "worker":

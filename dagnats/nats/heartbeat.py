@@ -18,16 +18,15 @@ import secrets
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
-from nats.js.errors import BucketNotFoundError, NotFoundError
 
 from dagnats.core.effects import task_of
 from dagnats.core.state import RunState
+from dagnats.ports import Heartbeat
 
 from . import names
-from .store import _dump
 
 log = logging.getLogger("dagnats.nats.heartbeat")
 
@@ -45,19 +44,7 @@ ALIVE = _env_seconds("DAGNATS_HEARTBEAT_TTL", names.HEARTBEAT_TTL_SECONDS)
 NO_WORKER_GRACE = 2.0  # `run start --wait` warns about a step queued this long with no worker
 
 
-class Heartbeat(msgspec.Struct, frozen=True):
-    id: str
-    kind: str  # "engine" | "worker"
-    host: str
-    pid: int
-    tasks: list[str]
-    in_flight: int
-    last_seen: float
-    name: str = ""  # a worker's name, as recorded in step.started
-
-
 _enc = msgspec.json.Encoder()
-_dec = msgspec.json.Decoder(Heartbeat)
 
 
 def process_id(name: str) -> str:
@@ -65,12 +52,20 @@ def process_id(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", name) + "-" + secrets.token_hex(3)
 
 
+class Publisher(Protocol):
+    """Where beats go: a JetStream context (its `publish`)."""
+
+    async def publish(
+        self, subject: str, payload: bytes = b"", timeout: float | None = None, *, headers: Any = None
+    ) -> Any: ...
+
+
 class Beat:
     """The background task that keeps one process's heartbeat fresh."""
 
     def __init__(
         self,
-        js: Any,
+        js: Publisher,
         kind: str,
         name: str,
         tasks: list[str],
@@ -120,25 +115,6 @@ class Beat:
             self._task = None
         with contextlib.suppress(Exception):
             await self.js.publish(self.subject, b"", headers={"KV-Operation": "DEL"}, timeout=1.0)
-
-
-async def alive(js: Any, now: float | None = None, within: float = ALIVE) -> list[Heartbeat] | None:
-    """Engines and workers heard from in the last `within` seconds, engines first; None when
-    this NATS has no heartbeat bucket (a serve from before heartbeats): nobody can tell."""
-    try:
-        kv = await js.key_value(names.HEARTBEATS_BUCKET)
-    except (BucketNotFoundError, NotFoundError):
-        return None
-    now = time.time() if now is None else now
-    out = []
-    for entry in await _dump(kv, ">"):
-        try:
-            beat = _dec.decode(entry.value)
-        except msgspec.DecodeError:
-            continue
-        if now - beat.last_seen <= within:
-            out.append(beat)
-    return sorted(out, key=lambda b: (b.kind != "engine", b.host, b.pid, b.id))
 
 
 def served(beats: list[Heartbeat]) -> set[str]:

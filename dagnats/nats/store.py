@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import secrets
-from dataclasses import replace
+import time
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js import api
 from nats.js.errors import (
     APIError,
@@ -28,88 +30,44 @@ from dagnats.core.definition import NAME_RE, WorkflowDef
 from dagnats.core.events import Event, decode_event, encode_event
 from dagnats.core.state import RunState
 from dagnats.errors import NotFound, UserError
+from dagnats.ports import (  # re-exported: callers import them from here too
+    MAX_EVENT_BYTES,
+    BatchUnsupported,
+    Conflict,
+    Heartbeat,
+    RunSummary,
+    Snapshot,
+    TooLarge,
+    WorkflowVersion,
+)
 
-from . import names
+from . import names, upgrade
+from .heartbeat import ALIVE, Beat
 from .replies import Replies
 
+__all__ = [
+    "MAX_EVENT_BYTES",
+    "BatchUnsupported",
+    "Conflict",
+    "RunSummary",
+    "Snapshot",
+    "Store",
+    "TooLarge",
+    "WorkflowVersion",
+    "decode_recorded",
+    "decode_task",
+    "decode_timer",
+    "drop_consumer",
+]
+
 WRONG_LAST_SEQUENCE = 10071
-MAX_EVENT_BYTES = 900_000
-
-
-class Conflict(Exception):
-    """Someone else appended to the run's history first (optimistic concurrency)."""
-
-
-class BatchUnsupported(Exception):
-    """The server or stream cannot append a batch atomically; append one event at a time."""
-
-
-class TooLarge(UserError):
-    """An event does not fit in one NATS message."""
-
-    def __init__(self, size: int) -> None:
-        super().__init__(f"event of {size} bytes exceeds the {MAX_EVENT_BYTES}-byte limit")
-        self.size = size
-
-
-class RunSummary(msgspec.Struct, frozen=True, omit_defaults=True):
-    """What listing a run needs, small whatever the run's outputs are."""
-
-    run_id: str
-    workflow: str
-    version: int
-    status: str
-    created_at: float
-    steps_done: int
-    steps_total: int
-    finished_at: float | None = None
-    error: str | None = None
-    parent_run_id: str | None = None
-    approvals: int = 0  # pending: the run waits for an operator
-    forked_from: str | None = None
-    continued_from: str | None = None
-
-    @classmethod
-    def of(cls, state: RunState) -> RunSummary:
-        done, total = state.progress()
-        return cls(
-            run_id=state.run_id,
-            workflow=state.workflow,
-            version=state.version,
-            status=state.status,
-            created_at=state.created_at,
-            steps_done=done,
-            steps_total=total,
-            finished_at=state.finished_at,
-            error=state.error,
-            parent_run_id=state.parent.run_id if state.parent else None,
-            approvals=len(state.pending_approvals()),
-            forked_from=state.forked_from,
-            continued_from=state.continued_from,
-        )
-
-
-class Snapshot(msgspec.Struct, frozen=True, omit_defaults=True):
-    """A run's cached state as of history sequence `applied`. `state` is left out when it would
-    not fit in one message; readers then replay the whole history (the summary still lists)."""
-
-    applied: int
-    summary: RunSummary
-    state: RunState | None = None
-
-
-class WorkflowVersion(msgspec.Struct, frozen=True):
-    name: str
-    version: int
-    registered_at: float
-    definition: WorkflowDef
-
 
 _snap_dec = msgspec.json.Decoder(Snapshot)
 # Tasks and timers travel as the core actions that asked for them.
 _task_dec = msgspec.json.Decoder(DispatchTask)
 _timer_dec = msgspec.json.Decoder(StartTimer)
 _wfv_dec = msgspec.json.Decoder(WorkflowVersion)
+_beat_dec = msgspec.json.Decoder(Heartbeat)
 _enc = msgspec.json.Encoder()
 
 
@@ -126,64 +84,14 @@ class Store:
     # --- setup -------------------------------------------------------------------------------
 
     async def ensure(self) -> None:
-        """Create every stream and bucket if missing (idempotent; safe with several engines)."""
-        streams = [
-            api.StreamConfig(
-                name=names.HISTORY_STREAM,
-                subjects=[f"{names.HISTORY_PREFIX}.>"],
-                storage=api.StorageType.FILE,
-                retention=api.RetentionPolicy.LIMITS,
-                duplicate_window=names.HISTORY_DEDUP_SECONDS,
-                allow_direct=True,
-                allow_atomic=True,  # several events of one run appended all-or-nothing
-            ),
-            api.StreamConfig(
-                name=names.TASKS_STREAM,
-                subjects=[f"{names.TASK_PREFIX}.>"],
-                storage=api.StorageType.FILE,
-                retention=api.RetentionPolicy.WORK_QUEUE,
-                duplicate_window=names.TASKS_DEDUP_SECONDS,
-            ),
-            api.StreamConfig(
-                name=names.TIMERS_STREAM,
-                subjects=[f"{names.TIMER_PREFIX}.>"],
-                storage=api.StorageType.FILE,
-                retention=api.RetentionPolicy.WORK_QUEUE,
-                duplicate_window=names.TIMERS_DEDUP_SECONDS,
-            ),
-        ]
-        for cfg in streams:
-            assert cfg.name is not None
-            try:
-                info = await self.js.stream_info(cfg.name)
-            except NotFoundError:
-                try:
-                    await self.js.add_stream(cfg)
-                except BadRequestError:
-                    pass  # another process created it meanwhile
-                continue
-            if cfg.allow_atomic and not info.config.allow_atomic and self.atomic_batches:
-                # a history stream from before atomic batches: turn them on (a compatible change)
-                await self.js.update_stream(replace(info.config, allow_atomic=True))
-        await self._buckets(create=True)
-        await self._heartbeats_bucket()
-
-    async def _heartbeats_bucket(self) -> None:
-        """Where engines and workers say they are alive; entries expire on their own. Data dirs
-        from before heartbeats get it at the next start."""
-        try:
-            await self.js.key_value(names.HEARTBEATS_BUCKET)
-        except BucketNotFoundError:
-            config = api.KeyValueConfig(
-                bucket=names.HEARTBEATS_BUCKET,
-                history=1,
-                ttl=names.HEARTBEAT_TTL_SECONDS,
-                storage=api.StorageType.FILE,
-            )
-            try:
-                await self.js.create_key_value(config)
-            except BadRequestError:
-                pass  # another process created it meanwhile
+        """Create every stream and bucket if missing and bring older ones up to date
+        (idempotent; safe with several engines)."""
+        for stream in _STREAMS:
+            await _create_stream(self.js, stream)
+        for bucket in _BUCKETS:
+            await _create_bucket(self.js, bucket)
+        await upgrade.run(self)
+        await self._buckets()
 
     @property
     def atomic_batches(self) -> bool:
@@ -200,36 +108,18 @@ class Store:
         try:
             await self.js.stream_info(names.TASKS_STREAM)
         except NotFoundError:
-            raise UserError(
-                "this NATS has no dagnats data yet: start `dagnats serve` against it first"
-            ) from None
+            raise UserError(NO_DATA) from None
         await self._buckets()
 
-    async def _buckets(self, create: bool = False) -> None:
+    async def _buckets(self) -> None:
         if self._runs is not None:
             return
-        for bucket in (names.RUNS_BUCKET, names.WORKFLOWS_BUCKET):
-            try:
-                kv = await self.js.key_value(bucket)
-            except Exception:
-                if not create:
-                    raise UserError(
-                        "this NATS has no dagnats data yet: start `dagnats serve` against it first"
-                    ) from None
-                kv = await self.js.create_key_value(
-                    # direct: a read is one request answered with the raw entry, not a JSON API
-                    # call with base64 inside (a fifth of a worker's CPU per task, profiled)
-                    api.KeyValueConfig(bucket=bucket, history=1, storage=api.StorageType.FILE, direct=True)
-                )
-            else:
-                if create and not kv._direct:  # a bucket from before: turn direct reads on
-                    info = await self.js.stream_info(f"KV_{bucket}")
-                    await self.js.update_stream(replace(info.config, allow_direct=True))
-                    kv = await self.js.key_value(bucket)
-            if bucket == names.RUNS_BUCKET:
-                self._runs = kv
-            else:
-                self._workflows = kv
+        try:
+            workflows = await self.js.key_value(names.WORKFLOWS_BUCKET)
+            self._runs = await self.js.key_value(names.RUNS_BUCKET)
+        except (BucketNotFoundError, NotFoundError):
+            raise UserError(NO_DATA) from None
+        self._workflows = workflows
 
     # --- history -----------------------------------------------------------------------------
 
@@ -398,6 +288,11 @@ class Store:
             return version, True
         raise UserError(f"could not register {wf.name}: too many concurrent registrations")
 
+    async def _workflow_keys(self) -> list[str]:
+        """Every key of the workflows bucket (versions and `latest` pointers)."""
+        await self._buckets()
+        return [e.key for e in await _dump(self._workflows, ">", meta_only=True)]
+
     async def _advance_latest(self, name: str, version: int) -> None:
         key = names.workflow_latest_key(name)
         for _ in range(20):
@@ -436,17 +331,8 @@ class Store:
     async def latest_workflow(self, name: str) -> WorkflowVersion | None:
         found = await self._kv_get(names.WORKFLOWS_BUCKET, names.workflow_latest_key(name))
         if found is None:
-            return await self._adopt_versions(name)
-        return await self._version(name, int(found[0]))
-
-    async def _adopt_versions(self, name: str) -> WorkflowVersion | None:
-        """Versions stored before the `latest` pointer existed: point at the newest of them."""
-        keys = [e.key for e in await _dump(self._workflows, f"{name}.*", meta_only=True)]
-        versions = sorted(int(k.rsplit(".", 1)[1]) for k in keys if k.rsplit(".", 1)[1].isdigit())
-        if not versions:
             return None
-        await self._advance_latest(name, versions[-1])
-        return await self._version(name, versions[-1])
+        return await self._version(name, int(found[0]))
 
     async def _version(self, name: str, version: int) -> WorkflowVersion | None:
         """One version of a workflow; versions never change, so they are cached."""
@@ -507,6 +393,150 @@ class Store:
     def reconnects(self) -> int:
         """How many times the connection to the server was made again after a loss."""
         return int(self.nc.stats["reconnects"])
+
+    # --- heartbeats --------------------------------------------------------------------------
+
+    def beat(self, kind: str, name: str, tasks: list[str], in_flight: Callable[[], int]) -> Beat:
+        """This process's heartbeat (start it, stop it when leaving)."""
+        return Beat(self.js, kind, name, tasks, in_flight)
+
+    async def heartbeats(self, now: float | None = None, within: float = ALIVE) -> list[Heartbeat] | None:
+        """Engines and workers heard from in the last `within` seconds, engines first; None when
+        this NATS has no heartbeat bucket (a serve from before heartbeats): nobody can tell."""
+        try:
+            kv = await self.js.key_value(names.HEARTBEATS_BUCKET)
+        except (BucketNotFoundError, NotFoundError):
+            return None
+        now = time.time() if now is None else now
+        out = []
+        for entry in await _dump(kv, ">"):
+            try:
+                beat = _beat_dec.decode(entry.value)
+            except msgspec.DecodeError:
+                continue
+            if now - beat.last_seen <= within:
+                out.append(beat)
+        return sorted(out, key=lambda b: (b.kind != "engine", b.host, b.pid, b.id))
+
+    # --- live output and tools (core NATS, nothing stored) -----------------------------------
+
+    async def publish_live(self, run_id: str, step_id: str, chunk: bytes) -> None:
+        """Model text as it streams, for whoever watches (`Client.live_text`); nothing waits."""
+        await self.nc.publish(names.live_subject(run_id, step_id), chunk)
+
+    @property
+    def tools(self) -> ToolRequests:
+        """Requests to the workers that serve user tools."""
+        return ToolRequests(self.nc)
+
+    # --- what `dagnats status` shows ---------------------------------------------------------
+
+    def server(self) -> dict[str, Any]:
+        """The server this store talks to: url, name, id, version and cluster (None if lone)."""
+        info = self.nc._server_info
+        url = self.nc.connected_url
+        return {
+            "url": str(url.geturl()) if url else None,
+            "name": info.get("server_name"),
+            "id": info.get("server_id"),
+            "version": info.get("version"),
+            "cluster": info.get("cluster"),
+        }
+
+    async def streams(self) -> list[api.StreamInfo]:
+        """Every stream on the server (dagnats' own, its buckets', and any other)."""
+        return list(await self.js.streams_info())
+
+    async def task_counts(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Per task: the messages in its queue, and those handed out and not yet acknowledged."""
+        info = await self.js.stream_info(names.TASKS_STREAM, subjects_filter=f"{names.TASK_PREFIX}.>")
+        total: dict[str, int] = {}
+        for subject, count in (info.state.subjects or {}).items():
+            task = subject.split(".")[2]
+            total[task] = total.get(task, 0) + count
+        running: dict[str, int] = {}
+        for consumer in await self.js.consumers_info(names.TASKS_STREAM):
+            filters = consumer.config.filter_subjects or [consumer.config.filter_subject or ""]
+            for task in {f.split(".")[2] for f in filters if f.startswith(names.TASK_PREFIX + ".")}:
+                running[task] = running.get(task, 0) + (consumer.num_ack_pending or 0)
+        return total, running
+
+
+class ToolRequests:
+    """Calls to user tools: request/reply to the worker serving each (`names.tool_subject`)."""
+
+    def __init__(self, nc: NATS) -> None:
+        self._nc = nc
+
+    async def request(self, subject: str, payload: bytes = b"", timeout: float = 0.5) -> Msg:
+        """One request, its reply; raises as nats-py does (NoRespondersError, a timeout)."""
+        return await self._nc.request(subject, payload, timeout=timeout)
+
+
+NO_DATA = "this NATS has no dagnats data yet: start `dagnats serve` against it first"
+
+_STREAMS = [
+    api.StreamConfig(
+        name=names.HISTORY_STREAM,
+        subjects=[f"{names.HISTORY_PREFIX}.>"],
+        storage=api.StorageType.FILE,
+        retention=api.RetentionPolicy.LIMITS,
+        duplicate_window=names.HISTORY_DEDUP_SECONDS,
+        allow_direct=True,
+        allow_atomic=True,  # several events of one run appended all-or-nothing
+    ),
+    api.StreamConfig(
+        name=names.TASKS_STREAM,
+        subjects=[f"{names.TASK_PREFIX}.>"],
+        storage=api.StorageType.FILE,
+        retention=api.RetentionPolicy.WORK_QUEUE,
+        duplicate_window=names.TASKS_DEDUP_SECONDS,
+    ),
+    api.StreamConfig(
+        name=names.TIMERS_STREAM,
+        subjects=[f"{names.TIMER_PREFIX}.>"],
+        storage=api.StorageType.FILE,
+        retention=api.RetentionPolicy.WORK_QUEUE,
+        duplicate_window=names.TIMERS_DEDUP_SECONDS,
+    ),
+]
+
+_BUCKETS = [
+    # direct: a read is one request answered with the raw entry, not a JSON API call with
+    # base64 inside (a fifth of a worker's CPU per task, profiled)
+    api.KeyValueConfig(bucket=names.RUNS_BUCKET, history=1, storage=api.StorageType.FILE, direct=True),
+    api.KeyValueConfig(bucket=names.WORKFLOWS_BUCKET, history=1, storage=api.StorageType.FILE, direct=True),
+    # where engines and workers say they are alive; entries expire on their own
+    api.KeyValueConfig(
+        bucket=names.HEARTBEATS_BUCKET,
+        history=1,
+        ttl=names.HEARTBEAT_TTL_SECONDS,
+        storage=api.StorageType.FILE,
+    ),
+]
+
+
+async def _create_stream(js: Any, config: api.StreamConfig) -> None:
+    """Create a stream unless it exists (an existing one is left as it is: see `upgrade`)."""
+    assert config.name is not None
+    try:
+        await js.stream_info(config.name)
+    except NotFoundError:
+        try:
+            await js.add_stream(config)
+        except BadRequestError:
+            pass  # another process created it meanwhile
+
+
+async def _create_bucket(js: Any, config: api.KeyValueConfig) -> None:
+    """Create a KV bucket unless it exists (an existing one is left as it is: see `upgrade`)."""
+    try:
+        await js.key_value(config.bucket)
+    except (BucketNotFoundError, NotFoundError):
+        try:
+            await js.create_key_value(config)
+        except BadRequestError:
+            pass  # another process created it meanwhile
 
 
 async def _dump(kv: Any, keys: str, meta_only: bool = False) -> list[Any]:

@@ -129,12 +129,10 @@ class Worker:
 
     async def run(self, store: Store, stop: asyncio.Event, *, concurrency: int = 8) -> None:
         """Pull and run tasks until `stop` is set, then finish the ones in hand."""
-        from dagnats.nats.heartbeat import Beat
-
         from .runtime import Runtime
 
         runtime = Runtime(self, store, concurrency)
-        beat = Beat(store.js, "worker", self.name, list(self.handlers), lambda: len(runtime.inflight))
+        beat = store.beat("worker", self.name, list(self.handlers), lambda: len(runtime.inflight))
         beat.start()  # says what this worker serves (dagnats status, no_worker); off the hot path
         try:
             await runtime.run(stop)

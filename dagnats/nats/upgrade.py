@@ -1,0 +1,57 @@
+"""Data from older dagnats versions, brought up to date in place when `dagnats serve` starts.
+
+`Store.ensure` creates what is missing (a data dir from before heartbeats gets their bucket
+that way); what exists with an older configuration or layout is changed here, and only here,
+so the hot paths never check for it. Every step is idempotent and safe with several engines
+starting at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from . import names
+
+if TYPE_CHECKING:
+    from .store import Store
+
+
+async def run(store: Store) -> None:
+    """Every upgrade, in order: stream settings first, then the layouts that read through them."""
+    await atomic_history(store)
+    await direct_buckets(store)
+    await workflow_pointers(store)
+
+
+async def atomic_history(store: Store) -> None:
+    """A history stream from before atomic batches: turn them on (a compatible change), when the
+    server can do them."""
+    if not store.atomic_batches:
+        return
+    info = await store.js.stream_info(names.HISTORY_STREAM)
+    if not info.config.allow_atomic:
+        await store.js.update_stream(replace(info.config, allow_atomic=True))
+
+
+async def direct_buckets(store: Store) -> None:
+    """Buckets from before direct reads: turn them on (reads are one raw request then)."""
+    for bucket in (names.RUNS_BUCKET, names.WORKFLOWS_BUCKET):
+        info = await store.js.stream_info(f"KV_{bucket}")
+        if not info.config.allow_direct:
+            await store.js.update_stream(replace(info.config, allow_direct=True))
+
+
+async def workflow_pointers(store: Store) -> None:
+    """Workflows registered before the `<name>.latest` pointer existed: point at their newest
+    version (a pointer that exists is left to `register_workflow`)."""
+    newest: dict[str, int] = {}
+    pointed: set[str] = set()
+    for key in await store._workflow_keys():
+        name, _, last = key.rpartition(".")
+        if key == names.workflow_latest_key(name):
+            pointed.add(name)
+        elif last.isdigit():
+            newest[name] = max(newest.get(name, 0), int(last))
+    for name in sorted(newest.keys() - pointed):
+        await store._advance_latest(name, newest[name])
