@@ -691,27 +691,6 @@ async def test_progress_alone_reaches_the_snapshot_a_moment_later(stack):
         release.set()
 
 
-def test_a_run_started_is_recognised_from_its_first_bytes():
-    """The engine spots a new run's first event without decoding it (see engine._starts_run)."""
-    from types import SimpleNamespace
-
-    from dagnats.core.definition import parse_definition
-    from dagnats.core.events import RunStarted, StepQueued, encode_event
-    from dagnats.engine.loop import _starts_run
-
-    wf = parse_definition({"name": "w", "steps": [{"id": "a", "task": "echo"}]})
-    started = RunStarted(at=1.0, run_id="r1", workflow="w", version=1, definition=wf)
-
-    def msg(event, seq):
-        return SimpleNamespace(
-            data=encode_event(event), metadata=SimpleNamespace(sequence=SimpleNamespace(stream=seq))
-        )
-
-    queued = StepQueued(at=1.0, step_id="a", attempt=1)
-    assert _starts_run([msg(queued, 8), msg(started, 7)])
-    assert not _starts_run([msg(queued, 7)]) and not _starts_run([])
-
-
 async def test_data_from_before_tasks_carried_their_run_keeps_working(tmp_path):
     """A task consumer with the old filter, a task queued under the old subject and a runs
     bucket without direct gets: a new worker and engine bring them up to date and run it."""

@@ -1,0 +1,217 @@
+"""One run's pass: fold its new events through the core, and record what the core asks for next.
+
+The pass's state comes from the engine's cache or the run's snapshot; its new events are the
+ones delivered when they provably are the whole tail, else read from the history. What
+`next_event` asks for is appended optimistically (expected last subject sequence), a chain of
+events as one atomic batch; a lost race re-reads the tail and decides again. The effects the
+folded events call for are queued on the pass and done once it has caught up (`Pass.due`).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import msgspec
+
+from dagnats.core.actions import Action, AppendEvent, DispatchTask
+from dagnats.core.decide import IllegalEvent, decide
+from dagnats.core.effects import still_due
+from dagnats.core.events import Event, RunFailed, StepFailed, encode_event
+from dagnats.core.plan import next_event
+from dagnats.core.state import RunState
+from dagnats.nats.store import decode_recorded
+from dagnats.ports import MAX_EVENT_BYTES, BatchUnsupported, Conflict, Delivery, EventLog, TooLarge
+
+from .delivery import DeliveryTracker
+
+log = logging.getLogger("dagnats.engine.passes")
+MAX_APPENDS_PER_PASS = 10_000
+BATCH_EVENTS = 100  # events of one run appended in one atomic batch, at most
+BATCH_BYTES = 1_000_000  # and their encoded size
+
+
+class Pass:
+    """One run's pass: its state so far, the events to record next, and effects not yet done."""
+
+    def __init__(self, state: RunState | None, last: int, epoch: int) -> None:
+        self.state = state
+        self.last = last  # last history sequence folded into `state`
+        self.epoch = epoch  # see Cached.epoch
+        self.next: list[Event] | None = None
+        # (state after the event, effect, whether this pass recorded the event itself)
+        self.effects: list[tuple[RunState, Action, bool]] = []
+        self.folded = 0  # events folded (illegal ones skipped)
+
+    def apply(self, event: Event, seq: int, *, ours: bool = False) -> None:
+        """Fold one event; queue its effects (done together, before the pass acknowledges).
+        `ours`: this pass recorded the event itself."""
+        try:
+            new, actions = decide(self.state, event, first_only=True)
+        except IllegalEvent as exc:
+            self.last = seq
+            log.warning("ignoring illegal event #%d (%s): %s", seq, type(event).__name__, exc)
+            return
+        self.record(seq, new, actions, ours)
+
+    def record(self, seq: int, new: RunState, actions: list[Action], ours: bool) -> None:
+        """Take in an event already decided: `new` and `actions` are what `decide` made of it."""
+        self.last = seq
+        self.folded += 1
+        self.state = new
+        # What to record next depends on the state alone, so the last event's answer is the one.
+        self.next = [a.event for a in actions if isinstance(a, AppendEvent)]
+        self.effects += [(new, a, ours) for a in actions if not isinstance(a, AppendEvent)]
+
+    def drop(self) -> None:
+        self.effects = []
+
+    def due(self) -> list[tuple[RunState, Action]]:
+        """The queued effects that the pass's final state still calls for (`still_due`): after
+        a crash the tail holds events whose work is long done, and only what the run now waits
+        for is done again. A dispatch for an event that this pass did not record itself may
+        repeat one whose de-duplication the server forgot: its worker checks the run first."""
+        assert self.state is not None
+        effects, self.effects = self.effects, []
+        out = []
+        for state, action, ours in effects:
+            if not still_due(self.state, action):
+                continue
+            if isinstance(action, DispatchTask) and not ours:
+                action = msgspec.structs.replace(action, recheck=True)
+            out.append((state, action))
+        return out
+
+
+class Recorder:
+    """Brings passes up to date against the event log (one run's pass at a time on each run's job)."""
+
+    def __init__(self, events: EventLog, deliveries: DeliveryTracker) -> None:
+        self.events = events
+        self.deliveries = deliveries
+        self.batching = events.atomic_batches  # append a pass's chain of events in one batch
+
+    async def advance(self, run_id: str, pass_: Pass, delivered: list[Delivery] | None) -> None:
+        """Fold the run's new events (`delivered`, or read from the history if None) and record
+        what they call for, until the run needs nothing more."""
+        if delivered is None:
+            await self.fold_tail(run_id, pass_)
+        else:  # the messages in hand are the whole tail: no need to read it again
+            for msg in delivered:
+                pass_.apply(decode_recorded(msg.subject, msg.data), msg.seq)
+        for _ in range(MAX_APPENDS_PER_PASS):
+            if not await self._record_next(run_id, pass_):
+                break
+
+    async def fold_tail(self, run_id: str, pass_: Pass) -> None:
+        epoch = self.deliveries.reading()
+        for seq, event in await self.events.read_history(run_id, after=pass_.last):
+            pass_.apply(event, seq)
+        if epoch == self.deliveries.epoch:  # complete now, and every later event will be delivered here
+            pass_.epoch = epoch
+
+    async def _record_next(self, run_id: str, pass_: Pass) -> bool:
+        """Append what the pass calls for next (or learn, on a lost race, what others did);
+        False when it calls for nothing."""
+        if pass_.state is None:
+            return False
+        if pass_.next is None:  # nothing folded yet in this pass: ask the plan directly
+            first = next_event(pass_.state)
+            pass_.next = [] if first is None else [first]
+        if not pass_.next:
+            return False
+        links = (
+            chain(
+                pass_.state,
+                pass_.next,
+                max_events=BATCH_EVENTS,
+                max_bytes=BATCH_BYTES,
+                max_event_bytes=MAX_EVENT_BYTES,
+            )
+            if self.batching
+            else []
+        )
+        if links:  # decided once here, appended in one round trip
+            await self._append_chain(run_id, pass_, links)
+        else:
+            await self._append_one(run_id, pass_, pass_.next[0])
+        return True
+
+    async def _append_chain(
+        self, run_id: str, pass_: Pass, links: list[tuple[Event, RunState, list[Action]]]
+    ) -> None:
+        try:
+            events = [event for event, _, _ in links]
+            seqs = (
+                [await self.events.append(run_id, events[0], expected_last=pass_.last)]
+                if len(events) == 1
+                else await self.events.append_batch(run_id, events, expected_last=pass_.last)
+            )
+        except Conflict:
+            await self.fold_tail(run_id, pass_)
+            return
+        except BatchUnsupported as exc:
+            log.warning("appending one event at a time: %s", exc)
+            self.batching = False
+            return
+        for (_, new, actions), seq in zip(links, seqs):
+            pass_.record(seq, new, actions, ours=True)
+
+    async def _append_one(self, run_id: str, pass_: Pass, event: Event) -> None:
+        try:
+            seq = await self.events.append(run_id, event, expected_last=pass_.last)
+        except TooLarge as exc:
+            event = too_large(event, exc.size)
+            seq = await self.events.append(run_id, event, expected_last=pass_.last)  # small by construction
+        except Conflict:
+            await self.fold_tail(run_id, pass_)
+            return
+        pass_.apply(event, seq, ours=True)
+
+
+def chain(
+    state: RunState | None,
+    upcoming: list[Event],
+    *,
+    max_events: int,
+    max_bytes: int,
+    max_event_bytes: int,
+) -> list[tuple[Event, RunState, list[Action]]]:
+    """The events the one-at-a-time path would append one after another, each decided on the
+    state the previous one leaves, up to a batch's bounds. Appended as one atomic batch checked
+    against the pass's last sequence, they land exactly as that sequence of appends would
+    have, or not at all, in one round trip instead of one per event (a fan-out of 100
+    steps is 100 `step.queued` events)."""
+    out: list[tuple[Event, RunState, list[Action]]] = []
+    size = 0
+    while upcoming and len(out) < max_events:
+        event = upcoming[0]
+        encoded = len(encode_event(event))
+        if encoded > max_event_bytes:
+            break  # the one-at-a-time path records what an oversize event causes instead
+        size += encoded
+        if size > max_bytes and out:
+            break
+        try:
+            new, actions = decide(state, event, first_only=True)
+        except IllegalEvent:
+            break  # the one-at-a-time path logs and skips it
+        out.append((event, new, actions))
+        state = new
+        upcoming = [a.event for a in actions if isinstance(a, AppendEvent)]
+    return out
+
+
+def too_large(event: Event, size: int) -> Event:
+    """What to record instead of an engine event that does not fit: the failure it causes."""
+    step_id = getattr(event, "step_id", "")
+    what = type(event).__name__
+    if step_id:
+        attempt = getattr(event, "attempt", 1)
+        return StepFailed(
+            at=event.at,
+            step_id=step_id,
+            attempt=attempt,
+            retryable=False,
+            error=f"{what} of {size} bytes exceeds the message limit (input or output too large)",
+        )
+    return RunFailed(at=event.at, error=f"run output of {size} bytes exceeds the message limit")
