@@ -10,10 +10,13 @@ from typing import Any
 
 import pytest
 
+from dagnats import Worker
 from dagnats.core.actions import DispatchTask, StartTimer
 from dagnats.core.decide import fold
 from dagnats.core.definition import parse_definition
 from dagnats.core.events import RunStarted, SignalReceived
+from dagnats.engine.loop import Engine
+from dagnats.engine.timers import TimerService
 from dagnats.errors import NotFound
 from dagnats.nats.connection import Endpoint, connect
 from dagnats.nats.datadir import Credentials
@@ -289,3 +292,44 @@ async def test_the_engine_feed_hands_out_every_event_in_stream_order(backend):
     waiter = asyncio.create_task(feed.fetch(10, 2.0))
     assert [d.seq for d in await waiter] == [later]
     await feed.stop()
+
+
+# --- the whole stack on MemoryStore ----------------------------------------------------------
+
+
+async def test_the_engine_timers_and_a_worker_run_a_workflow_on_memory_alone():
+    store = MemoryStore()
+    worker = Worker(name="memory-worker")
+
+    @worker.task("double")
+    async def double(ctx):
+        return ctx.input * 2
+
+    wf = parse_definition(
+        {
+            "name": "m",
+            "steps": [
+                {"id": "a", "task": "double", "input": 21},
+                {"id": "nap", "type": "sleep", "config": {"duration": "0.2s"}, "depends_on": ["a"]},
+            ],
+        }
+    )
+    version, _ = await store.register_workflow(wf, time.time())
+    stop = asyncio.Event()
+    tasks = [
+        asyncio.create_task(Engine(store).run(stop)),
+        asyncio.create_task(TimerService(store).run(stop)),
+        asyncio.create_task(worker.run(store.with_source("w"), stop)),
+    ]
+    try:
+        start = RunStarted(at=time.time(), run_id="m1", workflow="m", version=version, definition=wf)
+        await store.with_source("o").append("m1", start, expected_last=0)
+        deadline = time.monotonic() + 10
+        while (state := await store.current_state("m1")) is None or not state.terminal:
+            assert time.monotonic() < deadline, "the run did not end"
+            await asyncio.sleep(0.02)
+        assert state.status == "completed" and state.steps["a"].output == 42
+        assert {b.kind for b in await store.heartbeats()} == {"worker"}
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
