@@ -121,7 +121,8 @@ class Delivery(Protocol):
     def data(self) -> bytes: ...
     @property
     def seq(self) -> int:
-        """Its sequence in its stream (for a history event: the run's event sequence)."""
+        """Its sequence in its stream (for a history event: the one sequence over every run's
+        history, as `EventLog.append` returns it)."""
 
     @property
     def delivery(self) -> int:
@@ -164,7 +165,7 @@ class EventLog(Protocol):
     ) -> int:
         """Append one event; return its sequence. Conflict if `expected_last` is not the run's
         last sequence (0: the run has none); an event with a `msg_id` seen recently is not
-        appended again (its first sequence is returned)."""
+        appended again (its first sequence is returned; `expected_last` is checked first)."""
 
     async def append_batch(self, run_id: str, events: list[Event], *, expected_last: int) -> list[int]:
         """Append several events of one run all-or-nothing, checked as `append` checks."""

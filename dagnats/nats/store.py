@@ -72,6 +72,8 @@ _enc = msgspec.json.Encoder()
 
 
 class Store:
+    """The `dagnats.ports` store interfaces (and `Presence`) on JetStream, over one connection."""
+
     def __init__(self, nc: NATS, source: str = names.SOURCE_ENGINE) -> None:
         self.nc = nc
         self.source = source  # the history subject token this store writes under
@@ -117,7 +119,7 @@ class Store:
         try:
             workflows = await self.js.key_value(names.WORKFLOWS_BUCKET)
             self._runs = await self.js.key_value(names.RUNS_BUCKET)
-        except (BucketNotFoundError, NotFoundError):
+        except Exception:  # missing, or not readable with these permissions
             raise UserError(NO_DATA) from None
         self._workflows = workflows
 
