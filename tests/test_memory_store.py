@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from dagnats import Worker
@@ -22,7 +24,7 @@ from dagnats.nats.connection import Endpoint, connect
 from dagnats.nats.datadir import Credentials
 from dagnats.nats.embedded import EmbeddedServer
 from dagnats.nats.store import Store, decode_recorded, decode_task, decode_timer
-from dagnats.ports import Conflict, TooLarge
+from dagnats.ports import Conflict, TooLarge, WorkflowVersion
 from dagnats.testing import MemoryStore
 
 from conftest import free_port
@@ -38,23 +40,32 @@ class Backend:
         self.with_source = with_source
 
 
+@contextlib.asynccontextmanager
+async def nats_connection(tmp_path: Path) -> AsyncIterator[Any]:
+    """An operator's connection to a fresh embedded server."""
+    creds = Credentials(operator="operator-secret", worker="worker-secret")
+    server = EmbeddedServer(tmp_path, free_port(), creds)
+    server.start()
+    try:
+        nc = await connect(Endpoint(url=server.url, user="operator", password=creds.operator))
+        try:
+            yield nc
+        finally:
+            await nc.close()
+    finally:
+        server.stop()
+
+
 @pytest.fixture(params=["nats", "memory"])
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
     if request.param == "memory":
         memory = MemoryStore()
         yield Backend(memory, memory.with_source)
         return
-    creds = Credentials(operator="operator-secret", worker="worker-secret")
-    server = EmbeddedServer(tmp_path, free_port(), creds)
-    server.start()
-    nc = await connect(Endpoint(url=server.url, user="operator", password=creds.operator))
-    try:
+    async with nats_connection(tmp_path) as nc:
         store = Store(nc)
         await store.ensure()
         yield Backend(store, lambda source: Store(nc, source=source))
-    finally:
-        await nc.close()
-        server.stop()
 
 
 def started(run_id: str) -> RunStarted:
@@ -333,3 +344,35 @@ async def test_the_engine_timers_and_a_worker_run_a_workflow_on_memory_alone():
     finally:
         stop.set()
         await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
+
+
+# --- heartbeats ------------------------------------------------------------------------------
+
+
+async def test_a_beating_process_is_listed_until_it_stops(backend):
+    store = backend.store
+    beat = store.beat("worker", "w@host:1", ["b", "a"], lambda: 3).start()
+    deadline = time.monotonic() + 10
+    while not (beats := await store.heartbeats()):
+        assert time.monotonic() < deadline, "the heartbeat never showed"
+        await asyncio.sleep(0.05)
+    (seen,) = beats
+    assert (seen.kind, seen.name, seen.tasks, seen.in_flight) == ("worker", "w@host:1", ["a", "b"], 3)
+    await beat.stop()
+    assert await store.heartbeats() == []
+
+
+# --- NATS only: data from older versions (dagnats/nats/upgrade.py) ---------------------------
+
+
+async def test_workflows_registered_before_the_latest_pointer_are_found_after_ensure(tmp_path):
+    async with nats_connection(tmp_path) as nc:
+        store = Store(nc)
+        await store.ensure()
+        for version in (1, 2):  # as an older version stored them: no `w.latest`
+            record = WorkflowVersion(name="w", version=version, registered_at=1.0, definition=WF)
+            await store._workflows.put(f"w.{version}", msgspec.json.encode(record))
+        assert await store.latest_workflow("w") is None
+        await Store(nc).ensure()
+        assert (await Store(nc).get_workflow("w")).version == 2
+        assert await store.register_workflow(WF, 2.0) == (2, False)
