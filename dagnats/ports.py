@@ -15,12 +15,17 @@ errors they raise live here too, so that neither implementation imports the othe
 
 from __future__ import annotations
 
+import os
+import re
+import secrets
+import socket
 from collections.abc import Callable
 from typing import Protocol
 
 import msgspec
 
 from dagnats.core.actions import DispatchTask, StartTimer
+from dagnats.core.decide import fold
 from dagnats.core.definition import WorkflowDef
 from dagnats.core.events import Event
 from dagnats.core.state import RunState
@@ -109,6 +114,25 @@ class Heartbeat(msgspec.Struct, frozen=True):
     in_flight: int
     last_seen: float
     name: str = ""  # a worker's name, as recorded in step.started
+
+    @classmethod
+    def of_this_process(cls, kind: str, name: str, tasks: list[str]) -> Heartbeat:
+        """This process's record, before its first beat."""
+        return cls(
+            id=process_id(name),
+            kind=kind,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            tasks=sorted(tasks),
+            in_flight=0,
+            last_seen=0.0,
+            name=name,
+        )
+
+
+def process_id(name: str) -> str:
+    """A key-safe id: the process's name (worker names hold '@' and ':') plus a random part."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", name) + "-" + secrets.token_hex(3)
 
 
 class Delivery(Protocol):
@@ -222,6 +246,15 @@ class TaskQueue(Protocol):
 
 class Store(EventLog, Snapshots, Registry, TaskQueue, Protocol):
     """All four, as one object: what `dagnats serve` and the client hold."""
+
+
+async def current_of(log: EventLog, snapshots: Snapshots, run_id: str) -> tuple[RunState | None, int]:
+    """`Snapshots.current` for any store: the snapshot, then the history after it folded in."""
+    snap, _ = await snapshots.load_snapshot(run_id)
+    state, last = (snap.state, snap.applied) if snap and snap.state else (None, 0)
+    for seq, event in await log.read_history(run_id, after=last):
+        state, last = fold(state, event), seq
+    return state, last
 
 
 class Beating(Protocol):

@@ -13,9 +13,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
-import secrets
-import socket
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -47,11 +44,6 @@ NO_WORKER_GRACE = 2.0  # `run start --wait` warns about a step queued this long 
 _enc = msgspec.json.Encoder()
 
 
-def process_id(name: str) -> str:
-    """A key-safe id: the process's name (worker names hold '@' and ':') plus a random part."""
-    return re.sub(r"[^A-Za-z0-9_-]", "_", name) + "-" + secrets.token_hex(3)
-
-
 class Publisher(Protocol):
     """Where beats go: a JetStream context (its `publish`)."""
 
@@ -75,16 +67,7 @@ class Beat:
         self.js = js
         self.interval = interval
         self.in_flight = in_flight
-        self.record = Heartbeat(
-            id=process_id(name),
-            kind=kind,
-            host=socket.gethostname(),
-            pid=os.getpid(),
-            tasks=sorted(tasks),
-            in_flight=0,
-            last_seen=0.0,
-            name=name,
-        )
+        self.record = Heartbeat.of_this_process(kind, name, tasks)
         self.subject = names.heartbeat_subject(kind, self.record.id)
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -96,11 +79,12 @@ class Beat:
     async def _run(self) -> None:
         failing = False
         while not self._stop.is_set():
-            beat = msgspec.structs.replace(self.record, in_flight=self.in_flight(), last_seen=time.time())
             try:
+                beat = msgspec.structs.replace(self.record, in_flight=self.in_flight(), last_seen=time.time())
                 await self.js.publish(self.subject, _enc.encode(beat), timeout=2.0)
                 failing = False
             except Exception as exc:  # no bucket yet (an older serve), a restart: try again later
+                # (a failing `in_flight` is reported too, not left to end the task unseen)
                 if not failing:
                     log.warning("heartbeat %s not recorded: %r", self.record.id, exc)
                 failing = True

@@ -25,7 +25,6 @@ from nats.js.errors import (
 )
 
 from dagnats.core.actions import DispatchTask, StartTimer
-from dagnats.core.decide import fold
 from dagnats.core.definition import NAME_RE, WorkflowDef
 from dagnats.core.events import Event, decode_event, encode_event
 from dagnats.core.state import RunState
@@ -39,6 +38,7 @@ from dagnats.ports import (  # re-exported: callers import them from here too
     Snapshot,
     TooLarge,
     WorkflowVersion,
+    current_of,
 )
 
 from . import names, upgrade
@@ -254,11 +254,7 @@ class Store:
 
     async def current(self, run_id: str) -> tuple[RunState | None, int]:
         """The run's state now and the last history sequence it includes."""
-        snap, _ = await self.load_snapshot(run_id)
-        state, last = (snap.state, snap.applied) if snap and snap.state else (None, 0)
-        for seq, event in await self.read_history(run_id, after=last):
-            state, last = fold(state, event), seq
-        return state, last
+        return await current_of(self, self, run_id)
 
     async def all_snapshots(self) -> list[Snapshot]:
         """Every run's snapshot (the basis of `run list`)."""

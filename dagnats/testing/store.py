@@ -12,10 +12,6 @@ store, writing under their own source: `with_source` gives another view of the s
 
 from __future__ import annotations
 
-import os
-import re
-import secrets
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +19,6 @@ from dataclasses import dataclass, field
 import msgspec
 
 from dagnats.core.actions import DispatchTask, StartTimer
-from dagnats.core.decide import fold
 from dagnats.core.definition import NAME_RE, WorkflowDef
 from dagnats.core.events import Event, decode_event, encode_event
 from dagnats.core.state import RunState
@@ -37,6 +32,7 @@ from dagnats.ports import (
     Snapshot,
     TooLarge,
     WorkflowVersion,
+    current_of,
 )
 
 from .queue import Consumer, ConsumerFeed, Stream
@@ -165,11 +161,7 @@ class MemoryStore:
         return [_snap_dec.decode(data) for data, _ in self._data.snapshots.values()]
 
     async def current(self, run_id: str) -> tuple[RunState | None, int]:
-        snap, _ = await self.load_snapshot(run_id)
-        state, last = (snap.state, snap.applied) if snap and snap.state else (None, 0)
-        for seq, event in await self.read_history(run_id, after=last):
-            state, last = fold(state, event), seq
-        return state, last
+        return await current_of(self, self, run_id)
 
     async def current_state(self, run_id: str) -> RunState | None:
         return (await self.current(run_id))[0]
@@ -263,16 +255,7 @@ class MemoryBeat:
     ) -> None:
         self._data = data
         self.in_flight = in_flight
-        self.record = Heartbeat(
-            id=re.sub(r"[^A-Za-z0-9_-]", "_", name) + "-" + secrets.token_hex(3),
-            kind=kind,
-            host=socket.gethostname(),
-            pid=os.getpid(),
-            tasks=sorted(tasks),
-            in_flight=0,
-            last_seen=0.0,
-            name=name,
-        )
+        self.record = Heartbeat.of_this_process(kind, name, tasks)
 
     def start(self) -> MemoryBeat:
         self._data.beats[self.record.id] = (self.record, self.in_flight)
