@@ -257,6 +257,19 @@ async def test_an_unacknowledged_task_comes_back_after_a_nak_or_its_ack_wait(bac
     await feed.stop()
 
 
+async def test_work_in_progress_keeps_a_task_from_coming_back(backend):
+    store = backend.store
+    await store.dispatch(task("r1"))
+    feed, _ = await store.task_feed("echo", 1.0)
+    (held,) = await feed.fetch(1, 1.0)
+    for _ in range(3):  # 1.8 s in all: past the ack wait, but told each time it is still worked on
+        await asyncio.sleep(0.6)
+        await held.in_progress()
+    assert await feed.fetch(1, 0.3) == []
+    await held.ack()
+    await feed.stop()
+
+
 async def test_timers_are_queued_once_and_cancelled_per_run(backend):
     store = backend.store
     for run_id in ("r1", "r1", "r2"):

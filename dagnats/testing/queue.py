@@ -94,7 +94,9 @@ class Consumer:
         return min((p.due for p in self.pending.values()), default=float("inf"))
 
     def _take(self, batch: int) -> list[Delivery]:
+        """Redeliveries that are due first, then messages not handed out yet."""
         now = time.monotonic()
+        waiting = self._waiting()
         out: list[Delivery] = []
         for seq in sorted(s for s, p in self.pending.items() if p.due <= now):
             if len(out) == batch:
@@ -102,22 +104,24 @@ class Consumer:
             if seq not in self.stream.messages:
                 del self.pending[seq]  # purged meanwhile
                 continue
-            out.append(self._hand_out(seq, self.pending[seq].attempts + 1, now))
+            out.append(self._hand_out(seq, self.pending[seq].attempts + 1, waiting, now))
         while len(out) < batch and self.cursor < self.stream.last_seq:
             self.cursor += 1
             message = self.stream.messages.get(self.cursor)
             if message is not None and self.matches(message.subject):
-                out.append(self._hand_out(self.cursor, 1, now))
+                waiting -= 1
+                out.append(self._hand_out(self.cursor, 1, waiting, now))
         return out
 
-    def _hand_out(self, seq: int, attempts: int, now: float) -> MemoryDelivery:
+    def _waiting(self) -> int:
+        """How many of the stream's messages this consumer has not handed out yet."""
+        messages = self.stream.messages
+        after = range(self.cursor + 1, self.stream.last_seq + 1)
+        return sum(1 for s in after if s in messages and self.matches(messages[s].subject))
+
+    def _hand_out(self, seq: int, attempts: int, waiting: int, now: float) -> MemoryDelivery:
         self.pending[seq] = _Pending(attempts, now + self.ack_wait)
         self.delivered += 1
-        waiting = sum(
-            1
-            for s in range(self.cursor + 1, self.stream.last_seq + 1)
-            if s in self.stream.messages and self.matches(self.stream.messages[s].subject)
-        )
         return MemoryDelivery(self, self.stream.messages[seq], self.delivered, attempts, waiting)
 
     def settle(self, seq: int) -> None:
