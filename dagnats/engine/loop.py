@@ -32,6 +32,8 @@ Job = tuple[list[Delivery], int] | None
 
 
 class Engine:
+    """One engine's loop. Any number of engines may share the feed, in one process or many."""
+
     def __init__(self, store: Store, *, batch: int = 256) -> None:
         self.store = store
         self.batch = batch
