@@ -27,8 +27,9 @@ from dagnats.errors import NotFound, UserError
 from dagnats.nats import heartbeat, names
 from dagnats.nats.connection import Endpoint, connect, resolve_endpoint
 from dagnats.nats.ordered import ResumingConsumer
-from dagnats.nats.store import Conflict, RunSummary, Store, WorkflowVersion, decode_recorded
+from dagnats.nats.store import Conflict, Store, WorkflowVersion, decode_recorded
 from dagnats.ports import Heartbeat
+from dagnats.ports import RunSummary as RunSummary  # re-exported: the console imports it from here
 
 from . import views
 
