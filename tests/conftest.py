@@ -17,17 +17,15 @@ from typing import Any
 import pytest
 
 from dagnats import Worker
-from dagnats.agent.runtime import agent_worker
 from dagnats.api.client import Client
+from dagnats.app.stack import Stack as AppStack
+from dagnats.app.stack import combine
 from dagnats.core.definition import parse_definition
-from dagnats.engine.loop import Engine
-from dagnats.engine.timers import TimerService
 from dagnats.nats.connection import Endpoint, connect
 from dagnats.nats.datadir import Credentials
 from dagnats.nats.embedded import EmbeddedServer
 from dagnats.nats.names import SOURCE_WORKER
 from dagnats.nats.store import Store
-from dagnats.worker.builtins import builtin
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -170,15 +168,9 @@ class Stack:
         self.store = Store(nc)
         await self.store.ensure()
         self.worker_store = Store(await connect(self.worker_endpoint, long_lived=True), source=SOURCE_WORKER)
-        combined = Worker(name="test-worker")
-        for w in (builtin, agent_worker(self.tmp / "workspaces"), *workers):
-            combined.include(w)
-        for _ in range(engines):
-            self.tasks.append(asyncio.create_task(Engine(self.store).run(self.stop_event)))
-        self.tasks.append(asyncio.create_task(TimerService(self.store).run(self.stop_event)))
-        self.tasks.append(
-            asyncio.create_task(combined.run(self.worker_store, self.stop_event, concurrency=16))
-        )
+        combined = combine("test-worker", self.tmp / "workspaces", workers)
+        parts = AppStack(self.store, self.worker_store, combined, concurrency=16, engines=engines)
+        self.tasks += parts.start(self.stop_event)
         self.client = await Client.connect(endpoint=self.endpoint)
         return self
 

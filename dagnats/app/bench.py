@@ -24,20 +24,17 @@ from typing import Any
 import nats
 from nats.js import api
 
-from dagnats.agent.runtime import agent_worker
 from dagnats.api.client import Client
 from dagnats.core.definition import parse_definition
 from dagnats.core.events import StepCompleted, StepQueued, encode_event
 from dagnats.core.state import RUN_TERMINAL
-from dagnats.engine.loop import Engine
-from dagnats.engine.timers import TimerService
 from dagnats.nats import names
 from dagnats.nats.connection import Endpoint, connect
 from dagnats.nats.datadir import Credentials
 from dagnats.nats.embedded import EmbeddedServer
 from dagnats.nats.store import Store
-from dagnats.worker import Worker
-from dagnats.worker.builtins import builtin
+
+from .stack import Stack, combine
 
 PAYLOAD = b"x" * 256
 
@@ -150,14 +147,8 @@ class Bench:
         nc = await connect(self.endpoint, long_lived=True)
         store = Store(nc)
         await store.ensure()
-        workers = Worker(name="bench")
-        for w in (builtin, agent_worker(self.tmp / "workspaces")):
-            workers.include(w)
-        tasks = [
-            asyncio.create_task(Engine(store).run(stop)),
-            asyncio.create_task(TimerService(store).run(stop)),
-            asyncio.create_task(workers.run(Store(nc, source=names.SOURCE_WORKER), stop, concurrency=64)),
-        ]
+        workers = combine("bench", self.tmp / "workspaces")
+        tasks = Stack(store, Store(nc, source=names.SOURCE_WORKER), workers, concurrency=64).start(stop)
         client = Client(await connect(self.endpoint))
         try:
             out: dict[str, Any] = {}

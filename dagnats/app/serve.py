@@ -11,9 +11,6 @@ from pathlib import Path
 
 from nats.aio.client import Client as NATS
 
-from dagnats.agent.runtime import agent_worker
-from dagnats.engine.loop import Engine
-from dagnats.engine.timers import TimerService
 from dagnats.errors import UserError
 from dagnats.nats import datadir, names
 from dagnats.nats.connection import Endpoint, connect, resolve_endpoint
@@ -22,9 +19,9 @@ from dagnats.nats.embedded import EmbeddedServer
 from dagnats.nats.heartbeat import Beat
 from dagnats.nats.store import Store
 from dagnats.worker import Worker
-from dagnats.worker.builtins import builtin
 
 from .output import exit_by_deadline, say
+from .stack import Stack, combine
 
 log = logging.getLogger("dagnats.app.serve")
 DRAIN_SECONDS = 3.0  # for the tasks in hand at a stop: with the closing, a stop takes under 5 s
@@ -163,27 +160,16 @@ class LocalStack:
         except BaseException:
             await self._close_all()
             raise
-        combined = Worker(name=f"serve:{os.getpid()}")
-        own = [builtin, agent_worker(self.path / "workspaces")] if self.builtins else []
-        for w in [*own, *self.workers]:
-            combined.include(w)
+        workspaces = self.path / "workspaces" if self.builtins else None
+        combined = combine(f"serve:{os.getpid()}", workspaces, self.workers)
         self.task_names = sorted(combined.handlers)
-        engine = Engine(store)
+        parts = Stack(store, worker_store, combined, concurrency=self.concurrency)
+        engine = parts.engines[0]
         # `dagnats status` lists the engine; its in_flight is the runs it is working on.
         in_hand = lambda: len(getattr(engine, "_queues", ()))  # noqa: E731
         self._beat = store.beat("engine", f"serve:{os.getpid()}", [], in_hand)
         self._beat.start()
-        stop = self._stop
-        self._tasks = [
-            asyncio.create_task(engine.run(stop), name="engine"),
-            asyncio.create_task(TimerService(store).run(stop), name="timers"),
-        ]
-        if combined.handlers or combined.tools:
-            self._tasks.append(
-                asyncio.create_task(
-                    combined.run(worker_store, stop, concurrency=self.concurrency), name="workers"
-                )
-            )
+        self._tasks = parts.start(self._stop)
 
     async def wait(self, stop: asyncio.Event) -> str | None:
         """Until `stop` is set or a part dies; what died and why, if one did."""
