@@ -21,6 +21,10 @@ class RunQueues(Generic[Item]):
         self._slots = asyncio.Semaphore(limit)
         self._jobs: set[asyncio.Task[None]] = set()
 
+    def __len__(self) -> int:
+        """How many runs are being worked on (what a heartbeat reports as in hand)."""
+        return len(self._queues)
+
     def busy(self, run_id: str) -> bool:
         """Whether a job works on the run (or has items of it still to take)."""
         return run_id in self._queues
