@@ -22,9 +22,10 @@ from dagnats.api.client import Client, PendingApproval, RunSummary
 from dagnats.errors import UserError
 from tui.bindings import bindings
 from tui.dialogs import Confirm, ForkRequest, Reason, Start, StartRequest
-from tui.model import Inbox, RunsModel, Shown
-from tui.screens import ApprovalsScreen, HelpScreen, RunScreen, RunsScreen
-from tui.widgets import DagView, StatusBar
+from tui.messages import AnswerApproval, CancelRun, ForkRun, OpenRun, RunDrawn
+from tui.model import Inbox, RunsModel
+from tui.screens import ApprovalsScreen, Base, HelpScreen, RunScreen, RunsScreen
+from tui.widgets import DagView
 
 
 class ConsoleApp(App[None]):
@@ -132,29 +133,25 @@ class ConsoleApp(App[None]):
         self._dirty = False
         if not self.screen_stack:  # shutting down
             return
-        screen = self.screen
-        if isinstance(screen, (RunsScreen, ApprovalsScreen, RunScreen)):
-            screen.update_data()
-        for each in self.screen_stack:  # a dialog on top leaves the bars below it visible
-            self.sync_status(each)
+        if isinstance(self.screen, Base):
+            self.screen.update_data()
+        self._sync_status(self.screen_stack)  # a dialog on top leaves the bars below it visible
         if self.on_rendered is not None:
             self.on_rendered("runs")
 
-    def rendered(self, what: str) -> None:
+    def on_run_drawn(self, message: RunDrawn) -> None:
         if self.on_rendered is not None:
-            self.on_rendered(what)
+            self.on_rendered(message.what)
 
-    def sync_status(self, screen: Screen[Any]) -> None:
-        for bar in screen.query(StatusBar):
-            bar.connection = self.connection
-            bar.approvals = max(len(self.inbox), self.model.waiting_on_operator)
-            bar.where = self.where
-            bar.title = _title(screen)
+    def _sync_status(self, screens: list[Screen[Any]]) -> None:
+        for screen in screens:
+            if isinstance(screen, Base):
+                screen.sync_status()
 
     def set_connection(self, state: str) -> None:
         self.connection = state
         if self.screen_stack:
-            self.sync_status(self.screen)
+            self._sync_status([self.screen])
 
     async def disconnected(self) -> None:
         self.set_connection("reconnecting")
@@ -219,27 +216,36 @@ class ConsoleApp(App[None]):
         if then is not None:
             then(result)
 
-    def decide_shown(self, shown: Shown, *, approved: bool) -> None:
-        """y or n on a screen: decide the approval it shows, once it has been shown a moment;
-        denying asks for a reason first, and still decides the item the key was pressed on."""
-        p = shown.item
+    def on_open_run(self, message: OpenRun) -> None:
+        self.open_run(message.run_id, message.step)
+
+    def on_cancel_run(self, message: CancelRun) -> None:
+        self.confirm_cancel(message.run_id)
+
+    def on_fork_run(self, message: ForkRun) -> None:
+        self.fork(message.run_id, message.request)
+
+    def on_answer_approval(self, message: AnswerApproval) -> None:
+        """y or n on a screen: answer the approval it showed, once it had been shown a moment;
+        denying asks for a reason first, and still answers the item the key was pressed on."""
+        p = message.item
         if p is None:
             return
-        if not shown.settled(self.clock()):
+        if not message.settled:
             self.notify("this item just appeared — look again", severity="warning", timeout=4)
             return
-        if approved:
-            self.decide(p, approved=True)
+        if message.approved:
+            self.answer_approval(p, approved=True)
             return
 
         def done(reason: str | None) -> None:
             if reason:
-                self.decide(p, approved=False, comment=reason)
+                self.answer_approval(p, approved=False, comment=reason)
 
         a = p.approval
         self.push_screen(Reason(f"{a.kind} of step {a.step_id} (run {p.run_id})"), done)
 
-    def decide(self, p: PendingApproval, *, approved: bool, comment: str = "") -> None:
+    def answer_approval(self, p: PendingApproval, *, approved: bool, comment: str = "") -> None:
         """Decide exactly `p`: the server refuses it if it was answered or changed meanwhile."""
         a = p.approval
         verb = "approved" if approved else "denied"
@@ -295,14 +301,6 @@ class ConsoleApp(App[None]):
                 )
 
         self.push_screen(Start([(w.name, w.definition.description) for w in workflows]), done)
-
-
-def _title(screen: Screen[Any]) -> str:
-    if isinstance(screen, RunScreen):
-        return f"run {screen.run_id}"
-    if isinstance(screen, ApprovalsScreen):
-        return "approvals"
-    return "runs"
 
 
 async def run_console(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rich.console import Group
 from rich.table import Table
@@ -32,26 +32,40 @@ from dagnats.core.state import RunState
 from tui import render
 from tui.bindings import BUILT_IN, KEYS, SCOPE_TITLES, bindings, key_label
 from tui.dialogs import Fork, ForkRequest
+from tui.messages import AnswerApproval, CancelRun, ConsoleState, ForkRun, OpenRun, RunDrawn, console_state
 from tui.model import TABS, Shown
 from tui.widgets import DagView, RunsHeader, RunsTable, StatusBar
-
-if TYPE_CHECKING:
-    from tui.app import ConsoleApp
 
 WORKERS_EVERY = 2.0  # seconds between looks at which queued steps some live worker serves
 
 
 class Base(Screen[None]):
-    """What every screen shares: the status bar on top and the footer below."""
+    """What every screen shares: the status bar on top and the footer below. A screen reads
+    the console's state and posts what the operator asks for (tui.messages) to the app."""
+
+    status_title = "runs"  # what the status bar calls this screen
 
     @property
-    def console_app(self) -> ConsoleApp:
-        return self.app  # type: ignore[return-value]
+    def console(self) -> ConsoleState:
+        return console_state(self)
 
     def on_screen_resume(self) -> None:
         """Back on top: catch up with what changed while another screen was showing."""
-        self.console_app.sync_status(self)
+        self.sync_status()
         self.update_data()
+
+    def sync_status(self) -> None:
+        console = self.console
+        for bar in self.query(StatusBar):
+            bar.connection = console.connection
+            bar.approvals = max(len(console.inbox), console.model.waiting_on_operator)
+            bar.where = console.where
+            bar.title = self.status_title
+
+    def answer(self, shown: Shown, *, approved: bool) -> None:
+        """y or n: answer the approval shown now, saying whether it was shown long enough."""
+        settled = shown.settled(self.console.clock())
+        self.post_message(AnswerApproval(shown.item, approved=approved, settled=settled))
 
     def update_data(self) -> None:
         """Redraw from the app's model, once the screen's widgets exist (its own on_mount
@@ -88,7 +102,7 @@ class RunsScreen(Base):
         )
         yield RunsHeader()
         yield Static("no runs yet: press s to start one", id="empty")
-        yield RunsTable(self.console_app.model, now=self.console_app.now, id="runs")
+        yield RunsTable(self.console.model, now=self.console.now, id="runs")
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
@@ -101,14 +115,14 @@ class RunsScreen(Base):
         return self.query_one(RunsTable)
 
     def refresh_data(self) -> None:
-        model = self.console_app.model
+        model = self.console.model
         self.table.refresh_view()
         counts = model.counts()
         for i, (tab, title) in enumerate(TABS.items(), 1):
             self.query_one(f"#tab-{tab}", Tab).label = f"{i} {title} {counts[tab]}"
         empty = self.query_one("#empty", Static)
         empty.set_class(not model.view, "shown")
-        if not self.console_app.loaded:
+        if not self.console.loaded:
             empty.update("loading runs…")
         elif model.runs and not model.view:
             empty.update("no runs match: change the tab (1-6) or the filter (/)")
@@ -118,7 +132,7 @@ class RunsScreen(Base):
     def on_tabs_tab_activated(self, event: Tabs.TabActivated) -> None:
         if event.tab is None or event.tab.id is None:
             return
-        self.console_app.model.set_tab(event.tab.id.removeprefix("tab-"))
+        self.console.model.set_tab(event.tab.id.removeprefix("tab-"))
         self.refresh_data()
 
     def action_tab(self, tab: str) -> None:
@@ -131,7 +145,7 @@ class RunsScreen(Base):
 
     def on_input_changed(self, event: Input.Changed) -> None:
         if event.input.id == "filter":
-            self.console_app.model.set_filter(event.value)
+            self.console.model.set_filter(event.value)
             self.refresh_data()
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
@@ -149,15 +163,15 @@ class RunsScreen(Base):
             event.stop()
 
     def on_runs_table_opened(self, event: RunsTable.Opened) -> None:
-        self.console_app.open_run(event.run_id)
+        self.post_message(OpenRun(event.run_id))
 
     def action_open(self) -> None:
         if self.table.selected:
-            self.console_app.open_run(self.table.selected)
+            self.post_message(OpenRun(self.table.selected))
 
     def action_cancel(self) -> None:
         if self.table.selected:
-            self.console_app.confirm_cancel(self.table.selected)
+            self.post_message(CancelRun(self.table.selected))
 
 
 class RunScreen(Base):
@@ -184,6 +198,7 @@ class RunScreen(Base):
     ):
         super().__init__()
         self.run_id = run_id
+        self.status_title = f"run {run_id}"
         self.wanted_step = step  # selected once the run's graph is known
         self.state = state
         self.events: list[tuple[int, Event]] = list(events or [])
@@ -218,7 +233,7 @@ class RunScreen(Base):
         self.query_one(DagView).focus()
         if self.state is not None:
             self.redraw()
-        if self.console_app.client is not None:
+        if self.console.client is not None:
             self.follow()
             self.follow_text()
             self.watch_workers()
@@ -229,7 +244,7 @@ class RunScreen(Base):
     async def watch_workers(self) -> None:
         """Heartbeats are not events: look every WORKERS_EVERY seconds, only while a step is
         queued for a worker (no I/O otherwise), whether some live worker serves it."""
-        client = self.console_app.client
+        client = self.console.client
         assert client is not None
         while True:
             try:
@@ -245,7 +260,7 @@ class RunScreen(Base):
     async def follow(self) -> None:
         """The run's events as they land. The client's follow rides out server restarts; any
         other failure is shown in the header and tried again, from the last event shown."""
-        client = self.console_app.client
+        client = self.console.client
         assert client is not None
         delay = 0.5
         while True:
@@ -267,7 +282,7 @@ class RunScreen(Base):
     @work(exclusive=True, group="live-text", exit_on_error=False)
     async def follow_text(self) -> None:
         """Streamed model text is a nicety: losing it must never take the console down."""
-        client = self.console_app.client
+        client = self.console.client
         assert client is not None
         while True:
             try:
@@ -286,14 +301,14 @@ class RunScreen(Base):
         """Coalesce: many events in a burst give one redraw."""
         if not self._dirty:
             self._dirty = True
-            self.set_timer(self.console_app.redraw_delay, self.redraw)
+            self.set_timer(self.console.redraw_delay, self.redraw)
 
     def redraw(self) -> None:
         self._dirty = False
         state = self.state
         if state is None:
             return
-        now = self.console_app.now()
+        now = self.console.now()
         self.query_one("#header", Static).update(render.run_header(state, now))
         dag = self.query_one(DagView)
         dag.show(state, self.unserved)
@@ -307,11 +322,11 @@ class RunScreen(Base):
             log.write(render.event_text(seq, event))
         self._written = len(self.events)
         self._draw_lineage()
-        self.console_app.rendered(self.run_id)
+        self.post_message(RunDrawn(self.run_id))
 
     def _draw_step(self) -> None:
         assert self.state is not None
-        now = self.console_app.now()
+        now = self.console.now()
         self.query_one("#details-body", Static).update(
             render.step_details(self.state, self.step, self.events, now, self.unserved.get(self.step or ""))
         )
@@ -320,7 +335,7 @@ class RunScreen(Base):
                 self.state, self._agent_step(), self.streaming.get(self._agent_step() or "", "")
             )
         )
-        self.shown.show(self._shown_approval(), self.console_app.clock())
+        self.shown.show(self._shown_approval(), self.console.clock())
 
     def _shown_approval(self) -> PendingApproval | None:
         """The first approval the selected step waits for, as its details show it; on the
@@ -338,7 +353,7 @@ class RunScreen(Base):
         return None
 
     def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
-        self.shown.show(self._shown_approval(), self.console_app.clock())
+        self.shown.show(self._shown_approval(), self.console.clock())
 
     def _agent_step(self) -> str | None:
         """The selected step if it is an agent loop, else the run's first agent loop."""
@@ -351,7 +366,7 @@ class RunScreen(Base):
 
     def _draw_lineage(self) -> None:
         assert self.state is not None
-        related = render.lineage(self.state, self.console_app.model.runs)
+        related = render.lineage(self.state, self.console.model.runs)
         box = self.query_one("#related", OptionList)
         options = [Option(f"{label}: {rid}", id=f"{i}:{rid}") for i, (label, rid) in enumerate(related)]
         options = options or [Option("no related runs", id="none", disabled=True)]
@@ -366,7 +381,7 @@ class RunScreen(Base):
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         if event.option.id and ":" in event.option.id:
-            self.console_app.open_run(event.option.id.split(":", 1)[1])
+            self.post_message(OpenRun(event.option.id.split(":", 1)[1]))
 
     # --- actions -----------------------------------------------------------------------------
 
@@ -382,21 +397,21 @@ class RunScreen(Base):
         self.query_one(target[pane]).focus()
 
     def action_approve(self) -> None:
-        self._decide(approved=True)
+        self._answer(approved=True)
 
     def action_deny(self) -> None:
-        self._decide(approved=False)
+        self._answer(approved=False)
 
-    def _decide(self, *, approved: bool) -> None:
+    def _answer(self, *, approved: bool) -> None:
         if self.shown.item is None:
             waiting = sorted({a.step_id for a in self.state.pending_approvals()}) if self.state else []
             hint = f": select {', '.join(waiting)}" if waiting else ""
             self.app.notify(f"step {self.step} is not waiting for an approval{hint}", severity="warning")
             return
-        self.console_app.decide_shown(self.shown, approved=approved)
+        self.answer(self.shown, approved=approved)
 
     def action_cancel(self) -> None:
-        self.console_app.confirm_cancel(self.run_id)
+        self.post_message(CancelRun(self.run_id))
 
     def action_fork(self) -> None:
         state = self.state
@@ -413,7 +428,7 @@ class RunScreen(Base):
 
         def done(request: ForkRequest | None) -> None:
             if request is not None:
-                self.console_app.fork(self.run_id, request)
+                self.post_message(ForkRun(self.run_id, request))
 
         self.app.push_screen(Fork(self.run_id, sid, step.input, turns), done)
 
@@ -422,6 +437,7 @@ class ApprovalsScreen(Base):
     """Everything that waits for an operator, across all runs, oldest first."""
 
     BINDINGS = bindings("approvals")
+    status_title = "approvals"
     DEFAULT_CSS = """
     ApprovalsScreen #items { height: 1fr; min-height: 4; }
     ApprovalsScreen #detail { height: 2fr; border-top: solid $panel-lighten-2; padding: 0 1; }
@@ -446,8 +462,8 @@ class ApprovalsScreen(Base):
 
     def refresh_data(self) -> None:
         box = self.query_one("#items", OptionList)
-        items = self.console_app.inbox.items
-        now = self.console_app.now()
+        items = self.console.inbox.items
+        now = self.console.now()
         width = max(40, self.size.width - 6)  # the list's border and padding
         keep = box.highlighted_option.id if box.highlighted_option else None
         was = box.highlighted or 0
@@ -472,7 +488,7 @@ class ApprovalsScreen(Base):
 
     def _show_detail(self) -> None:
         p = self._current()
-        self.shown.show(p, self.console_app.clock())
+        self.shown.show(p, self.console.clock())
         body = self.query_one("#detail-body", Static)
         body.update(render.approval_details(p) if p else Text(""))
 
@@ -483,15 +499,15 @@ class ApprovalsScreen(Base):
         self.action_open()
 
     def action_approve(self) -> None:
-        self.console_app.decide_shown(self.shown, approved=True)
+        self.answer(self.shown, approved=True)
 
     def action_deny(self) -> None:
-        self.console_app.decide_shown(self.shown, approved=False)
+        self.answer(self.shown, approved=False)
 
     def action_open(self) -> None:
         p = self._current()
         if p is not None:
-            self.console_app.open_run(p.run_id, step=p.approval.step_id)
+            self.post_message(OpenRun(p.run_id, step=p.approval.step_id))
 
 
 class HelpScreen(ModalScreen[None]):
