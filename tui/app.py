@@ -21,11 +21,11 @@ from textual.screen import ModalScreen, Screen
 from dagnats.api.client import Client, PendingApproval, RunSummary
 from dagnats.errors import UserError
 from tui.bindings import bindings
-from tui.dialogs import Confirm, ForkRequest, Reason, Start, StartRequest
 from tui.messages import AnswerApproval, CancelRun, ForkRun, OpenRun, RunDrawn
 from tui.model import Inbox, RunsModel
 from tui.screens import ApprovalsScreen, Base, HelpScreen, RunScreen, RunsScreen
 from tui.widgets import DagView
+from tui.widgets.dialogs import Confirm, ForkRequest, Reason, Start, StartRequest
 
 
 class ConsoleApp(App[None]):

@@ -3,7 +3,7 @@ shows them, and the help screen lists them, so the three can never disagree."""
 
 from __future__ import annotations
 
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 
 # scope -> bindings. "global" keys work on every screen (unless a dialog is open).
 KEYS: dict[str, list[Binding]] = {
@@ -74,7 +74,7 @@ BUILT_IN = {
 }
 
 
-def bindings(scope: str) -> list[Binding]:
+def bindings(scope: str) -> list[BindingType]:
     return list(KEYS[scope])
 
 

@@ -11,8 +11,8 @@ from textual.dom import DOMNode
 from textual.message import Message
 
 from dagnats.api.client import Client, PendingApproval
-from tui.dialogs import ForkRequest
 from tui.model import Inbox, RunsModel
+from tui.widgets.dialogs import ForkRequest
 
 
 @runtime_checkable

@@ -10,7 +10,7 @@ from typing import Any
 from rich.console import Console
 from textual.widgets import Static
 
-import tui.screens
+import tui.screens.run
 from dagnats.nats.heartbeat import Beat
 from tui.app import ConsoleApp
 from tui.screens import RunScreen, RunsScreen
@@ -45,7 +45,7 @@ def graph(screen: RunScreen) -> str:
 
 
 async def test_the_run_screen_marks_a_step_no_worker_serves(stack, monkeypatch):
-    monkeypatch.setattr(tui.screens, "WORKERS_EVERY", 0.1)
+    monkeypatch.setattr(tui.screens.run, "WORKERS_EVERY", 0.1)
     await stack.start()
     await stack.register(NOBODY)
     run_id = await stack.client.start("nobody")

@@ -17,7 +17,7 @@ from dagnats.api.client import operator_identity
 from dagnats.core.events import ApprovalDecided
 from dagnats.nats.names import live_subject
 from tui.app import ConsoleApp
-from tui.dialogs import Confirm, Fork, Reason, Start
+from tui.widgets.dialogs import Confirm, Fork, Reason, Start
 from tui.model import LOOK_AGAIN
 from tui.screens import ApprovalsScreen, HelpScreen, RunScreen, RunsScreen
 from tui.widgets import DagView, RunsTable, StatusBar

@@ -1,27 +1,20 @@
-"""The console's screens: runs, one run, the approvals inbox, help."""
+"""One run: graph, step details, transcript, events, lineage."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
-from rich.console import Group
-from rich.table import Table
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
-from textual.screen import ModalScreen, Screen
 from textual.widgets import (
     Footer,
-    Input,
     OptionList,
     RichLog,
     Static,
-    Tab,
     TabbedContent,
     TabPane,
-    Tabs,
 )
 from textual.widgets.option_list import Option
 
@@ -30,148 +23,14 @@ from dagnats.core.decide import fold
 from dagnats.core.events import AgentTurnRecorded, Event, StepCompleted, StepFailed, StepStarted
 from dagnats.core.state import RunState
 from tui import render
-from tui.bindings import BUILT_IN, KEYS, SCOPE_TITLES, bindings, key_label
-from tui.dialogs import Fork, ForkRequest
-from tui.messages import AnswerApproval, CancelRun, ConsoleState, ForkRun, OpenRun, RunDrawn, console_state
-from tui.model import TABS, Shown
-from tui.widgets import DagView, RunsHeader, RunsTable, StatusBar
+from tui.bindings import bindings
+from tui.messages import CancelRun, ForkRun, OpenRun, RunDrawn
+from tui.model import Shown
+from tui.screens.base import Base
+from tui.widgets import DagView, StatusBar
+from tui.widgets.dialogs import Fork, ForkRequest
 
 WORKERS_EVERY = 2.0  # seconds between looks at which queued steps some live worker serves
-
-
-class Base(Screen[None]):
-    """What every screen shares: the status bar on top and the footer below. A screen reads
-    the console's state and posts what the operator asks for (tui.messages) to the app."""
-
-    status_title = "runs"  # what the status bar calls this screen
-
-    @property
-    def console(self) -> ConsoleState:
-        return console_state(self)
-
-    def on_screen_resume(self) -> None:
-        """Back on top: catch up with what changed while another screen was showing."""
-        self.sync_status()
-        self.update_data()
-
-    def sync_status(self) -> None:
-        console = self.console
-        for bar in self.query(StatusBar):
-            bar.connection = console.connection
-            bar.approvals = max(len(console.inbox), console.model.waiting_on_operator)
-            bar.where = console.where
-            bar.title = self.status_title
-
-    def answer(self, shown: Shown, *, approved: bool) -> None:
-        """y or n: answer the approval shown now, saying whether it was shown long enough."""
-        settled = shown.settled(self.console.clock())
-        self.post_message(AnswerApproval(shown.item, approved=approved, settled=settled))
-
-    def update_data(self) -> None:
-        """Redraw from the app's model, once the screen's widgets exist (its own on_mount
-        draws it the first time)."""
-        if self.is_mounted:
-            self.refresh_data()
-
-    def refresh_data(self) -> None:
-        pass
-
-    def action_back(self) -> None:
-        if len(self.app.screen_stack) > 2:
-            self.app.pop_screen()
-
-
-class RunsScreen(Base):
-    BINDINGS = bindings("runs")
-    DEFAULT_CSS = """
-    RunsScreen Tabs { height: 2; }
-    RunsScreen #filter { display: none; height: 1; border: none; padding: 0 1; }
-    RunsScreen #filter.shown { display: block; }
-    RunsScreen #empty { height: auto; color: $text-muted; padding: 1 2; display: none; }
-    RunsScreen #empty.shown { display: block; }
-    """
-
-    def compose(self) -> ComposeResult:
-        yield StatusBar()
-        yield Tabs(
-            *[Tab(f"{i} {title} 0", id=f"tab-{tab}") for i, (tab, title) in enumerate(TABS.items(), 1)],
-            id="tabs",
-        )
-        yield Input(
-            placeholder="filter runs: words in the id, workflow or status (escape clears)", id="filter"
-        )
-        yield RunsHeader()
-        yield Static("no runs yet: press s to start one", id="empty")
-        yield RunsTable(self.console.model, now=self.console.now, id="runs")
-        yield Footer(compact=True)
-
-    def on_mount(self) -> None:
-        self.query_one(RunsTable).focus()
-        self.refresh_data()
-        self.set_interval(1.0, self.table.refresh)  # ages move on; only the visible lines redraw
-
-    @property
-    def table(self) -> RunsTable:
-        return self.query_one(RunsTable)
-
-    def refresh_data(self) -> None:
-        model = self.console.model
-        self.table.refresh_view()
-        counts = model.counts()
-        for i, (tab, title) in enumerate(TABS.items(), 1):
-            self.query_one(f"#tab-{tab}", Tab).label = f"{i} {title} {counts[tab]}"
-        empty = self.query_one("#empty", Static)
-        empty.set_class(not model.view, "shown")
-        if not self.console.loaded:
-            empty.update("loading runs…")
-        elif model.runs and not model.view:
-            empty.update("no runs match: change the tab (1-6) or the filter (/)")
-        else:
-            empty.update("no runs yet: press s to start one")
-
-    def on_tabs_tab_activated(self, event: Tabs.TabActivated) -> None:
-        if event.tab is None or event.tab.id is None:
-            return
-        self.console.model.set_tab(event.tab.id.removeprefix("tab-"))
-        self.refresh_data()
-
-    def action_tab(self, tab: str) -> None:
-        self.query_one(Tabs).active = f"tab-{tab}"
-
-    def action_filter(self) -> None:
-        box = self.query_one("#filter", Input)
-        box.add_class("shown")
-        box.focus()
-
-    def on_input_changed(self, event: Input.Changed) -> None:
-        if event.input.id == "filter":
-            self.console.model.set_filter(event.value)
-            self.refresh_data()
-
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        if event.input.id == "filter":
-            if not event.value:
-                event.input.remove_class("shown")
-            self.table.focus()
-
-    def on_key(self, event: Any) -> None:
-        box = self.query_one("#filter", Input)
-        if event.key == "escape" and (box.has_focus or box.value):
-            box.value = ""
-            box.remove_class("shown")
-            self.table.focus()
-            event.stop()
-
-    def on_runs_table_opened(self, event: RunsTable.Opened) -> None:
-        self.post_message(OpenRun(event.run_id))
-
-    def action_open(self) -> None:
-        if self.table.selected:
-            self.post_message(OpenRun(self.table.selected))
-
-    def action_cancel(self) -> None:
-        if self.table.selected:
-            self.post_message(CancelRun(self.table.selected))
 
 
 class RunScreen(Base):
@@ -431,112 +290,3 @@ class RunScreen(Base):
                 self.post_message(ForkRun(self.run_id, request))
 
         self.app.push_screen(Fork(self.run_id, sid, step.input, turns), done)
-
-
-class ApprovalsScreen(Base):
-    """Everything that waits for an operator, across all runs, oldest first."""
-
-    BINDINGS = bindings("approvals")
-    status_title = "approvals"
-    DEFAULT_CSS = """
-    ApprovalsScreen #items { height: 1fr; min-height: 4; }
-    ApprovalsScreen #detail { height: 2fr; border-top: solid $panel-lighten-2; padding: 0 1; }
-    ApprovalsScreen #none { padding: 1 2; color: $text-muted; }
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._drawn: dict[str, PendingApproval] = {}  # by option id, as the list last drew them
-        self.shown = Shown()  # the one under the cursor: what y and n decide
-
-    def compose(self) -> ComposeResult:
-        yield StatusBar()
-        yield OptionList(id="items")
-        with VerticalScroll(id="detail"):
-            yield Static(id="detail-body")
-        yield Footer(compact=True)
-
-    def on_mount(self) -> None:
-        self.query_one("#items").focus()
-        self.refresh_data()
-
-    def refresh_data(self) -> None:
-        box = self.query_one("#items", OptionList)
-        items = self.console.inbox.items
-        now = self.console.now()
-        width = max(40, self.size.width - 6)  # the list's border and padding
-        keep = box.highlighted_option.id if box.highlighted_option else None
-        was = box.highlighted or 0
-        box.clear_options()
-        self._drawn = {f"{p.run_id}/{p.approval.approval_id}": p for p in items}
-        if not items:
-            box.add_option(Option(Text("nothing waits for you", style="dim"), disabled=True))
-        for p in items:
-            box.add_option(
-                Option(render.approval_line(p, now, width), id=f"{p.run_id}/{p.approval.approval_id}")
-            )
-        ids = [f"{p.run_id}/{p.approval.approval_id}" for p in items]
-        if ids:
-            # the same item, or, when it went away, the one that took its place: never jump to
-            # another run's approval at the top, where a second `y` would approve it unseen
-            box.highlighted = ids.index(keep) if keep in ids else min(was, len(ids) - 1)
-        self._show_detail()
-
-    def _current(self) -> PendingApproval | None:
-        option = self.query_one("#items", OptionList).highlighted_option
-        return self._drawn.get(option.id) if option is not None and option.id is not None else None
-
-    def _show_detail(self) -> None:
-        p = self._current()
-        self.shown.show(p, self.console.clock())
-        body = self.query_one("#detail-body", Static)
-        body.update(render.approval_details(p) if p else Text(""))
-
-    def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
-        self._show_detail()
-
-    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
-        self.action_open()
-
-    def action_approve(self) -> None:
-        self.answer(self.shown, approved=True)
-
-    def action_deny(self) -> None:
-        self.answer(self.shown, approved=False)
-
-    def action_open(self) -> None:
-        p = self._current()
-        if p is not None:
-            self.post_message(OpenRun(p.run_id, step=p.approval.step_id))
-
-
-class HelpScreen(ModalScreen[None]):
-    """Every key, read from the one bindings table."""
-
-    BINDINGS = [("escape,question_mark,q", "close", "Close")]
-    DEFAULT_CSS = """
-    HelpScreen { align: center middle; }
-    HelpScreen > VerticalScroll { width: 72; max-width: 100%; height: 90%; border: thick $accent;
-                                  background: $surface; padding: 0 1; }
-    """
-
-    def compose(self) -> ComposeResult:
-        with VerticalScroll():
-            yield Static(help_text())
-
-    def action_close(self) -> None:
-        self.dismiss(None)
-
-
-def help_text() -> Group:
-    parts: list[Any] = [Text("dagnats console: keys (escape closes)", style="bold")]
-    for scope, keys in KEYS.items():
-        table = Table(box=None, show_header=False, padding=(0, 1))
-        table.add_column(min_width=10, style="bold cyan")
-        table.add_column()
-        for binding in keys:
-            table.add_row(key_label(binding), binding.description)
-        for key, what in BUILT_IN.get(scope, []):
-            table.add_row(key, what)
-        parts += [Text(""), Text(SCOPE_TITLES[scope], style="bold underline"), table]
-    return Group(*parts)

@@ -1,62 +1,24 @@
-"""The console's own widgets: a virtual runs table, the DAG view and the status bar.
-
-The runs table and the graph draw only the lines on screen (Textual's line API), so a list of
-thousands of runs costs no more to redraw than a list of twenty."""
+"""The runs list: a virtual table drawing only the lines on screen (Textual's line API), so a
+list of thousands of runs costs no more to redraw than a list of twenty; and its header."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 
 from rich.style import Style
 from rich.text import Text
 from textual.binding import Binding
 from textual.geometry import Region, Size
 from textual.message import Message
-from textual.reactive import reactive
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 from textual.widget import Widget
 
-from dagnats.core.state import RunState
-from tui.bindings import bindings
-from tui.dag import Layout, layout, nodes_of, render
 from tui.model import RunsModel
 from tui.render import run_row, runs_header
 
 CURSOR = Style(reverse=True)
-
-
-class StatusBar(Widget):
-    """One line on every screen: where we are connected, and how many things wait for you."""
-
-    DEFAULT_CSS = """
-    StatusBar { height: 1; background: $panel; color: $text; }
-    """
-    connection: reactive[str] = reactive("connecting")
-    approvals: reactive[int] = reactive(0)
-    where: reactive[str] = reactive("")
-    title: reactive[str] = reactive("")
-
-    def render(self) -> Text:
-        text = Text()
-        text.append(" dagnats ", style="bold reverse")
-        text.append(f" {self.title}" if self.title else "")
-        right = Text()
-        if self.approvals:
-            right.append(f" ⚑ {self.approvals} waiting for you ", style="bold black on magenta")
-        else:
-            right.append(" ⚑ 0 ", style="dim")
-        style = {"connected": "green", "reconnecting": "bold black on yellow"}.get(self.connection, "yellow")
-        label = "● connected" if self.connection == "connected" else f"◌ {self.connection}…"
-        right.append(f" {label} ", style=style)
-        if self.where and text.cell_len + right.cell_len + len(self.where) + 2 <= self.size.width:
-            right.append(f"{self.where} ", style="dim")
-        pad = max(1, self.size.width - text.cell_len - right.cell_len)
-        text.append(" " * pad)
-        text.append_text(right)
-        text.truncate(self.size.width)
-        return text
 
 
 class RunsTable(ScrollView, can_focus=True):
@@ -177,69 +139,3 @@ class RunsHeader(Widget):
 
     def render(self) -> Text:
         return runs_header(self.size.width)
-
-
-class DagView(ScrollView, can_focus=True):
-    """The run's graph, layered left to right, with a selected step moved by the arrow keys."""
-
-    BINDINGS = bindings("graph")
-    DEFAULT_CSS = """
-    DagView { height: 1fr; }
-    """
-
-    class Selected(Message):
-        def __init__(self, step_id: str | None) -> None:
-            super().__init__()
-            self.step_id = step_id
-
-    def __init__(self, **kw: object) -> None:
-        super().__init__(**kw)  # type: ignore[arg-type]
-        self.layout_: Layout | None = None
-        self.lines: list[Strip] = []
-        self.selected: str | None = None
-
-    def show(self, state: RunState, unserved: Collection[str] = ()) -> None:
-        self.layout_ = layout(nodes_of(state, unserved))  # deterministic: the same graph keeps its places
-        if self.selected is None or self.selected not in self.layout_.pos:
-            first = next(iter(self.layout_.pos), None)
-            self._select(first)
-        self._draw()
-
-    def _draw(self) -> None:
-        assert self.layout_ is not None
-        console = self.app.console
-        self.lines = [Strip(list(t.render(console))) for t in render(self.layout_, self.selected)]
-        self.virtual_size = Size(self.layout_.width, self.layout_.height)
-        self.refresh()
-
-    def _select(self, step_id: str | None) -> None:
-        if step_id != self.selected:
-            self.selected = step_id
-            self.post_message(self.Selected(step_id))
-
-    def select(self, step_id: str) -> None:
-        if self.layout_ is not None and step_id in self.layout_.pos:
-            self._select(step_id)
-            self._draw()
-            self._scroll_to_selected()
-
-    def _scroll_to_selected(self) -> None:
-        if self.layout_ is None or self.selected is None:
-            return
-        x, y = self.layout_.pos[self.selected]
-        self.scroll_to_region(Region(x, max(0, y - 1), 24, 3), animate=False, immediate=True)
-
-    def render_line(self, y: int) -> Strip:
-        scroll_x, scroll_y = self.scroll_offset
-        index = scroll_y + y
-        width = self.size.width
-        if index >= len(self.lines):
-            return Strip.blank(width)
-        return self.lines[index].crop_extend(scroll_x, scroll_x + width, None)
-
-    def action_move(self, direction: str) -> None:
-        if self.layout_ is None or self.selected is None:
-            return
-        target = self.layout_.neighbor(self.selected, direction)
-        if target is not None:
-            self.select(target)
