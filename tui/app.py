@@ -32,9 +32,7 @@ class ConsoleApp(App[None]):
     TITLE = "dagnats"
     ENABLE_COMMAND_PALETTE = False
     BINDINGS = bindings("global")
-    CSS = """
-    .hint { color: $text-muted; }
-    """
+    CSS_PATH = ["console.tcss", "widgets/widgets.tcss"]
 
     def __init__(
         self,

@@ -26,11 +26,7 @@ class ApprovalsScreen(Base):
 
     BINDINGS = bindings("approvals")
     status_title = "approvals"
-    DEFAULT_CSS = """
-    ApprovalsScreen #items { height: 1fr; min-height: 4; }
-    ApprovalsScreen #detail { height: 2fr; border-top: solid $panel-lighten-2; padding: 0 1; }
-    ApprovalsScreen #none { padding: 1 2; color: $text-muted; }
-    """
+    CSS_PATH = "approvals.tcss"
 
     def __init__(self) -> None:
         super().__init__()

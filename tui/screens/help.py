@@ -21,11 +21,7 @@ class HelpScreen(ModalScreen[None]):
     """Every key, read from the one bindings table."""
 
     BINDINGS = [("escape,question_mark,q", "close", "Close")]
-    DEFAULT_CSS = """
-    HelpScreen { align: center middle; }
-    HelpScreen > VerticalScroll { width: 72; max-width: 100%; height: 90%; border: thick $accent;
-                                  background: $surface; padding: 0 1; }
-    """
+    CSS_PATH = "help.tcss"
 
     def compose(self) -> ComposeResult:
         with VerticalScroll():

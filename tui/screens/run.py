@@ -39,14 +39,7 @@ class RunScreen(Base):
     own `fold`, so it shows what the engine decides."""
 
     BINDINGS = bindings("run")
-    DEFAULT_CSS = """
-    RunScreen #header { height: auto; max-height: 3; padding: 0 1; }
-    RunScreen DagView { height: auto; max-height: 60%; min-height: 3; }
-    RunScreen #details { height: 1fr; border-top: solid $panel-lighten-2; padding: 0 1; }
-    RunScreen #transcript, RunScreen #lineage-box { padding: 0 1; }
-    RunScreen TabbedContent { height: 1fr; }
-    RunScreen TabPane { padding: 0; }
-    """
+    CSS_PATH = "run.tcss"
 
     def __init__(
         self,

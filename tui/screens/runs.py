@@ -22,13 +22,7 @@ from tui.widgets import RunsHeader, RunsTable, StatusBar
 
 class RunsScreen(Base):
     BINDINGS = bindings("runs")
-    DEFAULT_CSS = """
-    RunsScreen Tabs { height: 2; }
-    RunsScreen #filter { display: none; height: 1; border: none; padding: 0 1; }
-    RunsScreen #filter.shown { display: block; }
-    RunsScreen #empty { height: auto; color: $text-muted; padding: 1 2; display: none; }
-    RunsScreen #empty.shown { display: block; }
-    """
+    CSS_PATH = "runs.tcss"
 
     def compose(self) -> ComposeResult:
         yield StatusBar()

@@ -19,9 +19,6 @@ class DagView(ScrollView, can_focus=True):
     """The run's graph, layered left to right, with a selected step moved by the arrow keys."""
 
     BINDINGS = bindings("graph")
-    DEFAULT_CSS = """
-    DagView { height: 1fr; }
-    """
 
     class Selected(Message):
         def __init__(self, step_id: str | None) -> None:

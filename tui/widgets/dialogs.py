@@ -14,31 +14,13 @@ from textual.widgets import Button, Input, Label, Select, Static, TextArea
 
 from tui.bindings import bindings
 
-DIALOG_CSS = """
-DIALOG { align: center middle; }
-#dialog {
-    width: 76; max-width: 96%; height: auto; max-height: 100%;
-    border: thick $accent; background: $surface; padding: 0 1;
-}
-#dialog > * { width: 100%; }
-#dialog Label.title { text-style: bold; width: 100%; }
-#dialog .error { color: $error; height: auto; }
-#dialog TextArea { height: 8; }
-#dialog .buttons { height: 3; align-horizontal: right; }
-#dialog Button { margin-left: 1; }
-#dialog .hint { color: $text-muted; }
-"""
-
 
 class Dialog(ModalScreen[Any]):
     """A dialog's shared parts: its centred frame, ctrl+s / escape, Submit and Cancel buttons,
     and an error line that shows what `validate` finds wrong instead of closing."""
 
     BINDINGS = bindings("dialog")
-
-    def __init_subclass__(cls, **kw: Any) -> None:
-        super().__init_subclass__(**kw)
-        cls.DEFAULT_CSS = DIALOG_CSS.replace("DIALOG", cls.__name__)  # CSS is scoped per class
+    CSS_PATH = "dialogs.tcss"
 
     def validate(self) -> tuple[Any, str | None]:
         """What the dialog returns, and what is wrong with the form (None if nothing)."""
@@ -84,7 +66,7 @@ def _json_text(value: Any) -> str:
 
 class Confirm(ModalScreen[bool]):
     BINDINGS = [*bindings("dialog"), ("y", "submit", "Yes"), ("n", "dismiss_dialog", "No")]
-    DEFAULT_CSS = DIALOG_CSS.replace("DIALOG", "Confirm")
+    CSS_PATH = "dialogs.tcss"
 
     def __init__(self, question: str) -> None:
         super().__init__()

@@ -34,9 +34,6 @@ class RunsTable(ScrollView, can_focus=True):
         Binding("end", "jump(-1)", "Last", show=False),
         Binding("enter", "open", "Open", show=False),
     ]
-    DEFAULT_CSS = """
-    RunsTable { height: 1fr; overflow-x: hidden; }
-    """
 
     class Opened(Message):
         def __init__(self, run_id: str) -> None:
@@ -135,7 +132,5 @@ class RunsTable(ScrollView, can_focus=True):
 
 
 class RunsHeader(Widget):
-    DEFAULT_CSS = "RunsHeader { height: 1; }"
-
     def render(self) -> Text:
         return runs_header(self.size.width)

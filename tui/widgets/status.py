@@ -11,9 +11,6 @@ from textual.widget import Widget
 class StatusBar(Widget):
     """One line on every screen: where we are connected, and how many things wait for you."""
 
-    DEFAULT_CSS = """
-    StatusBar { height: 1; background: $panel; color: $text; }
-    """
     connection: reactive[str] = reactive("connecting")
     approvals: reactive[int] = reactive(0)
     where: reactive[str] = reactive("")
