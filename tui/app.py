@@ -11,8 +11,8 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from textual import work
 from textual.app import App
@@ -25,6 +25,9 @@ from tui.messages import AnswerApproval, CancelRun, ForkRun, OpenRun, RunDrawn
 from tui.model import Inbox, RunsModel
 from tui.screens import ApprovalsScreen, Base, HelpScreen, RunScreen, RunsScreen
 from tui.widgets import DagView
+
+if TYPE_CHECKING:
+    from dagnats.app.serve import LocalStack
 from tui.widgets.dialogs import Confirm, ForkRequest, Reason, Start, StartRequest
 
 
@@ -311,9 +314,6 @@ async def run_console(
 ) -> None:
     """Attach to the server found through --nats or the data dir; with none there, start one
     (server, engine, workers) in this process for as long as the console is open."""
-    from dagnats.app.serve import LocalStack
-    from dagnats.nats.connection import resolve_endpoint
-
     app_ref: list[ConsoleApp] = []
 
     async def on_disconnect() -> None:
@@ -324,37 +324,7 @@ async def run_console(
         if app_ref:
             await app_ref[0].reconnected()
 
-    stack: LocalStack | None = None
-    endpoint = None
-    explicit = bool(nats_url or os.environ.get("DAGNATS_NATS_URL"))  # then never embed instead
-    if embedded_dir is None:  # `tui`: attach if there is anything to attach to (`demo` never does)
-        try:
-            endpoint = resolve_endpoint(nats_url, data_dir)
-        except UserError:
-            if explicit:
-                raise
-    client: Client | None = None
-    if endpoint is not None:
-        try:
-            client = await Client.connect(
-                endpoint=endpoint, long_lived=True, on_disconnect=on_disconnect, on_reconnect=on_reconnect
-            )
-        except UserError:
-            if explicit:
-                raise
-    if client is None:
-        stack = LocalStack(data_dir=embedded_dir or data_dir, port=port)
-        await stack.start()
-        try:
-            client = await Client.connect(
-                endpoint=stack.endpoint,
-                long_lived=True,
-                on_disconnect=on_disconnect,
-                on_reconnect=on_reconnect,
-            )
-        except BaseException:
-            await stack.stop()
-            raise
+    client, stack = await _connect(nats_url, data_dir, port, embedded_dir, on_disconnect, on_reconnect)
     where = client.nc.connected_url.netloc if client.nc.connected_url else ""
     if stack is not None:
         where += " (embedded)"
@@ -371,3 +341,53 @@ async def run_console(
         await client.close()
         if stack is not None:
             await stack.stop()
+
+
+Hook = Callable[[], Awaitable[None]]
+
+
+async def _connect(
+    nats_url: str | None,
+    data_dir: str | None,
+    port: int,
+    embedded_dir: str | None,
+    on_disconnect: Hook,
+    on_reconnect: Hook,
+) -> tuple[Client, LocalStack | None]:
+    """A client of the server found (`tui`: if there is one; `demo` never looks), else of a
+    stack started here; the stack is returned to be stopped when the console closes."""
+    from dagnats.app.serve import LocalStack
+
+    explicit = bool(nats_url or os.environ.get("DAGNATS_NATS_URL"))  # then never embed instead
+    if embedded_dir is None:
+        client = await _attach(nats_url, data_dir, explicit, on_disconnect, on_reconnect)
+        if client is not None:
+            return client, None
+    stack = LocalStack(data_dir=embedded_dir or data_dir, port=port)
+    await stack.start()
+    try:
+        client = await Client.connect(
+            endpoint=stack.endpoint, long_lived=True, on_disconnect=on_disconnect, on_reconnect=on_reconnect
+        )
+    except BaseException:
+        await stack.stop()
+        raise
+    return client, stack
+
+
+async def _attach(
+    nats_url: str | None, data_dir: str | None, explicit: bool, on_disconnect: Hook, on_reconnect: Hook
+) -> Client | None:
+    """A client of the server that --nats, DAGNATS_NATS_URL or the data dir name; None if there
+    is none to reach, unless one was named explicitly (then the error is raised)."""
+    from dagnats.nats.connection import resolve_endpoint
+
+    try:
+        endpoint = resolve_endpoint(nats_url, data_dir)
+        return await Client.connect(
+            endpoint=endpoint, long_lived=True, on_disconnect=on_disconnect, on_reconnect=on_reconnect
+        )
+    except UserError:
+        if explicit:
+            raise
+        return None

@@ -56,13 +56,7 @@ async def measure(
             pending.discard(rid)
 
     async with app.run_test(headless=True, size=(120, 40)) as pilot:
-        deadline = time.monotonic() + 120
-        while not (app.loaded and _waiting(app, ids) == len(ids)):
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"console bench: only {_waiting(app, ids)} of {len(ids)} runs became waiting"
-                )
-            await asyncio.sleep(0.1)
+        await _all_waiting(app, ids)
         app.on_rendered = on_rendered
         signal_rate = rate / EVENTS_PER_SIGNAL
         count = min(len(ids), int(signal_rate * seconds))
@@ -96,11 +90,7 @@ async def measure(
 
         sender = asyncio.create_task(send())
         table = app.screen.query_one(RunsTable)
-        while not sender.done() or pending:
-            keys.append(await _key_latency(pilot, table))
-            await asyncio.sleep(0.2)
-            if time.monotonic() - t0 > seconds + 60:
-                break
+        keys += await _keys_while(pilot, table, lambda: not sender.done() or bool(pending), t0 + seconds + 60)
         sent_for = await sender
         await counter.unsubscribe()
     return {
@@ -116,6 +106,26 @@ async def measure(
         "redraws": renders,
         "keys_pressed": len(keys),
     }
+
+
+async def _all_waiting(app: ConsoleApp, ids: list[str]) -> None:
+    """Until the console lists every run as waiting (two minutes at most)."""
+    deadline = time.monotonic() + 120
+    while not (app.loaded and _waiting(app, ids) == len(ids)):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"console bench: only {_waiting(app, ids)} of {len(ids)} runs became waiting")
+        await asyncio.sleep(0.1)
+
+
+async def _keys_while(pilot: Any, table: RunsTable, busy: Callable[[], bool], deadline: float) -> list[float]:
+    """A key every 0.2 s while `busy()` (and before `deadline`, monotonic): their latencies."""
+    keys: list[float] = []
+    while busy():
+        keys.append(await _key_latency(pilot, table))
+        await asyncio.sleep(0.2)
+        if time.monotonic() > deadline:
+            break
+    return keys
 
 
 async def _key_latency(pilot: Any, table: RunsTable) -> float:

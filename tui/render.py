@@ -281,26 +281,34 @@ def event_text(seq: int, event: Event) -> Text:
 
 def lineage(state: RunState, runs: dict[str, RunSummary]) -> list[tuple[str, str]]:
     """Related runs as (label, run_id): parent, children, continue-as-new links, forks."""
-    out: list[tuple[str, str]] = []
-    if state.parent:
-        out.append((f"parent (step {state.parent.step_id})", state.parent.run_id))
-    if state.continued_from:
-        out.append(("continued from", state.continued_from))
-    if state.continued_to:
-        out.append(("continued as", state.continued_to))
-    if state.forked_from:
-        out.append((f"forked from (at step {state.fork_step})", state.forked_from))
-    if state.root_run_id and state.root_run_id != state.run_id and not state.parent:
-        out.append(("root", state.root_run_id))
-    for sid, step in state.steps.items():
-        if step.child_run_id:
-            out.append((f"child of step {sid}", step.child_run_id))
-    children = {rid for _, rid in out}
+    out = _recorded_relatives(state)
+    known = {rid for _, rid in out}
     for s in sorted(runs.values(), key=lambda s: s.created_at):
-        if s.run_id in children:
+        if s.run_id in known:
             continue
         if s.forked_from == state.run_id:
             out.append(("fork", s.run_id))
         elif s.parent_run_id == state.run_id:
             out.append(("child", s.run_id))
+    return out
+
+
+def _recorded_relatives(state: RunState) -> list[tuple[str, str]]:
+    """The related runs the run's own history names (forks and children found later are in
+    the run list)."""
+    root = state.root_run_id if state.root_run_id != state.run_id and not state.parent else None
+    links = [
+        (
+            f"parent (step {state.parent.step_id})" if state.parent else "",
+            state.parent.run_id if state.parent else None,
+        ),
+        ("continued from", state.continued_from),
+        ("continued as", state.continued_to),
+        (f"forked from (at step {state.fork_step})", state.forked_from),
+        ("root", root),
+    ]
+    out = [(label, rid) for label, rid in links if rid]
+    out += [
+        (f"child of step {sid}", step.child_run_id) for sid, step in state.steps.items() if step.child_run_id
+    ]
     return out
