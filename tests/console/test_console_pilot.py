@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from console_live import live_console
 from rich.console import Console
 from textual.widgets import Input, OptionList, RichLog, Select, Static, TabbedContent, TextArea
 
@@ -17,10 +18,10 @@ from dagnats.api.client import operator_identity
 from dagnats.core.events import ApprovalDecided
 from dagnats.nats.names import live_subject
 from tui.app import ConsoleApp
-from tui.widgets.dialogs import Confirm, Fork, Reason, Start
 from tui.model import LOOK_AGAIN
 from tui.screens import ApprovalsScreen, HelpScreen, RunScreen, RunsScreen
 from tui.widgets import DagView, RunsTable, StatusBar
+from tui.widgets.dialogs import Confirm, Fork, Reason, Start
 
 SHIP = {
     "name": "ship",
@@ -443,41 +444,21 @@ async def test_reconnects_after_the_server_restarts(serve, data_dir, tmp_path):
     run list again by itself (its watchers are started anew)."""
     import json
 
-    from dagnats.api.client import Client
-
     from conftest import dagnats_json
 
     wf = tmp_path / "slow.json"
     wf.write_text(json.dumps(SLOW))
     assert dagnats_json("workflow", "register", str(wf), "--json", data_dir=data_dir)
     first = dagnats_json("run", "start", "slow", "--json", data_dir=data_dir)["run_id"]
-    holder: list[ConsoleApp] = []
-
-    async def lost() -> None:
-        await holder[0].disconnected()
-
-    async def back() -> None:
-        await holder[0].reconnected()
-
-    client = await Client.connect(
-        data_dir=str(data_dir), long_lived=True, on_disconnect=lost, on_reconnect=back
-    )
-    app = ConsoleApp(client)
-    holder.append(app)
-    try:
-        async with app.run_test(size=(100, 30)) as pilot:
-            await until(pilot, lambda: first in app.model.runs, "the run listed")
-            bar = app.screen.query_one(StatusBar)
-            serve.kill()
-            await until(pilot, lambda: bar.connection == "reconnecting", "the reconnecting state")
-            serve.start()
-            await until(pilot, lambda: bar.connection == "connected", "the connection back", timeout=30)
-            second = dagnats_json("run", "start", "slow", "--json", data_dir=data_dir)["run_id"]
-            await until(
-                pilot, lambda: second in app.model.runs, "a run started after the restart", timeout=30
-            )
-    finally:
-        await client.close()
+    async with live_console(data_dir) as app, app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: first in app.model.runs, "the run listed")
+        bar = app.screen.query_one(StatusBar)
+        serve.kill()
+        await until(pilot, lambda: bar.connection == "reconnecting", "the reconnecting state")
+        serve.start()
+        await until(pilot, lambda: bar.connection == "connected", "the connection back", timeout=30)
+        second = dagnats_json("run", "start", "slow", "--json", data_dir=data_dir)["run_id"]
+        await until(pilot, lambda: second in app.model.runs, "a run started after the restart", timeout=30)
 
 
 async def test_global_keys_wait_while_a_dialog_is_open():
