@@ -23,7 +23,7 @@ from typing import Any, assert_never
 import msgspec
 
 from .actions import Action, AppendEvent
-from .definition import RetryPolicy
+from .definition import WORKER_KINDS, RetryPolicy, StepKind
 from .durations import format_duration
 from .effects import child_run_id, effects
 from .events import (
@@ -55,15 +55,20 @@ from .events import (
 )
 from .plan import next_event, next_events
 from .state import (
+    BUSY,
     STEP_ACTIVE,
     STEP_TERMINAL,
     Approval,
     RunState,
+    RunStatus,
     Signal,
+    StepPhase,
     StepState,
+    StepStatus,
     ToolResult,
     Turn,
     item_id,
+    step_phase,
 )
 
 replace = msgspec.structs.replace
@@ -133,9 +138,9 @@ def _start(ev: RunStarted) -> RunState:
     fork = ev.fork
     if fork is not None:
         for sid, output in fork.kept.items():
-            steps[sid] = StepState(status="completed", output=output, finished_at=ev.at)
+            steps[sid] = StepState(status=StepStatus.COMPLETED, output=output, finished_at=ev.at)
         for sid in fork.skipped:
-            steps[sid] = StepState(status="skipped", finished_at=ev.at)
+            steps[sid] = StepState(status=StepStatus.SKIPPED, finished_at=ev.at)
         if fork.input is not msgspec.UNSET:
             steps[fork.step_id] = replace(steps[fork.step_id], input_override=fork.input)
         if fork.turns:
@@ -173,7 +178,6 @@ WORKER_EVENTS = (
     AgentContinuing,
     ApprovalRequested,
 )
-WORKER_STEP_TYPES = frozenset({"task", "agent_loop", "planner"})
 
 
 def _admit_from_worker(state: RunState, event: Event) -> None:
@@ -181,9 +185,9 @@ def _admit_from_worker(state: RunState, event: Event) -> None:
     if not isinstance(event, WORKER_EVENTS):
         raise IllegalEvent(f"{type(event).__name__} may not come from a worker")
     kind = state.step_def(event.step_id).type
-    if kind not in WORKER_STEP_TYPES:
+    if kind not in WORKER_KINDS:
         raise IllegalEvent(f"a worker may not report on {kind} step {event.step_id!r}")
-    if isinstance(event, ApprovalRequested) and (event.kind != "tool_call" or kind != "agent_loop"):
+    if isinstance(event, ApprovalRequested) and (event.kind != "tool_call" or kind != StepKind.AGENT_LOOP):
         raise IllegalEvent("a worker may only ask approval for an agent's tool call")
 
 
@@ -195,16 +199,18 @@ def _apply(state: RunState, event: Event) -> RunState:
         case RunStarted():
             raise IllegalEvent("run.started twice")
         case RunCancelRequested(reason=reason):
-            return _end(state, event.at, "cancelled", error=f"cancelled: {reason}" if reason else "cancelled")
+            return _end(
+                state, event.at, RunStatus.CANCELLED, error=f"cancelled: {reason}" if reason else "cancelled"
+            )
         case RunCompleted(output=output):
-            return _end(state, event.at, "completed", output=output)
+            return _end(state, event.at, RunStatus.COMPLETED, output=output)
         case RunFailed(error=error):
-            return _end(state, event.at, "failed", error=error)
+            return _end(state, event.at, RunStatus.FAILED, error=error)
         case RunContinued(step_id=sid, next_run_id=next_id):
             step = state.steps[sid]
-            handing_over = (step.status == "queued" and state.step_def(sid).type == "continue_as_new") or (
-                step.status == "running" and step.carry is not None
-            )
+            handing_over = (
+                step.status == StepStatus.QUEUED and state.step_def(sid).type == StepKind.CONTINUE_AS_NEW
+            ) or (step.status == StepStatus.RUNNING and step.carry is not None)
             if not handing_over:
                 return state
             done = _put(
@@ -212,31 +218,31 @@ def _apply(state: RunState, event: Event) -> RunState:
                 sid,
                 replace(
                     step,
-                    status="completed",
+                    status=StepStatus.COMPLETED,
                     output={"continued_to": next_id},
                     finished_at=event.at,
                 ),
             )
-            return replace(_end(done, event.at, "continued"), continued_to=next_id)
+            return replace(_end(done, event.at, RunStatus.CONTINUED), continued_to=next_id)
         case SignalReceived(name=name, data=data):
             return replace(state, signals=[*state.signals, Signal(name=name, data=data)])
         case StepQueued():
             return _on_queued(state, event)
         case StepStarted(step_id=sid, attempt=attempt):
             step = state.steps[sid]
-            if step.status != "queued" or step.attempts != attempt:
+            if step.status != StepStatus.QUEUED or step.attempts != attempt:
                 return state
-            return _put(state, sid, replace(step, status="running", started_at=event.at))
+            return _put(state, sid, replace(step, status=StepStatus.RUNNING, started_at=event.at))
         case StepWaiting(step_id=sid, attempt=attempt, until=until, signal=signal):
             step = state.steps[sid]
-            if step.status != "pending":
+            if step.status != StepStatus.PENDING:
                 return state
             return _put(
                 state,
                 sid,
                 replace(
                     step,
-                    status="waiting",
+                    status=StepStatus.WAITING,
                     attempts=attempt,
                     started_at=event.at,
                     waiting_until=until,
@@ -249,9 +255,9 @@ def _apply(state: RunState, event: Event) -> RunState:
             return _on_failed(state, sid, attempt, error, retryable, event.at, event.started_at)
         case StepSkipped(step_id=sid):
             step = state.steps[sid]
-            if step.status != "pending":
+            if step.status != StepStatus.PENDING:
                 return state
-            return _put(state, sid, replace(step, status="skipped", finished_at=event.at))
+            return _put(state, sid, replace(step, status=StepStatus.SKIPPED, finished_at=event.at))
         case StepLog():
             return state
         case ApprovalRequested():
@@ -262,14 +268,16 @@ def _apply(state: RunState, event: Event) -> RunState:
             return _on_plan_expanded(state, event)
         case PlanFinished(step_id=sid, output=output):
             step = state.steps[sid]
-            if step.status != "running" or not step.plan_steps:
+            if step.status != StepStatus.RUNNING or not step.plan_steps:
                 return state
-            return _put(state, sid, replace(step, status="completed", output=output, finished_at=event.at))
+            return _put(
+                state, sid, replace(step, status=StepStatus.COMPLETED, output=output, finished_at=event.at)
+            )
         case ToolResultRecorded():
             return _on_tool_result(state, event)
         case AgentContinuing(step_id=sid, attempt=attempt, carry=carry):
             step = state.steps[sid]
-            if step.status != "running" or step.attempts != attempt or step.carry is not None:
+            if step.status != StepStatus.RUNNING or step.attempts != attempt or step.carry is not None:
                 return state
             return _put(state, sid, replace(step, carry=carry))
         case ApprovalDecided():
@@ -291,11 +299,11 @@ def _apply(state: RunState, event: Event) -> RunState:
 
 def _on_queued(state: RunState, ev: StepQueued) -> RunState:
     step = state.steps[ev.step_id]
-    if step.status != "pending" or ev.attempt != step.attempts + 1:
+    if step.status != StepStatus.PENDING or ev.attempt != step.attempts + 1:
         return state
     queued = replace(
         step,
-        status="queued",
+        status=StepStatus.QUEUED,
         attempts=ev.attempt,
         input=ev.input,
         queued_at=ev.at,
@@ -303,28 +311,32 @@ def _on_queued(state: RunState, ev: StepQueued) -> RunState:
         retry_at=None,
         error=None,
     )
-    if state.step_def(ev.step_id).type == "sub_workflow":
+    if state.step_def(ev.step_id).type == StepKind.SUB_WORKFLOW:
         # The child's id is derived, so the parent knows it without waiting for a reply.
         child = child_run_id(state.run_id, ev.step_id, ev.attempt)
-        queued = replace(queued, status="running", started_at=ev.at, child_run_id=child)
+        queued = replace(queued, status=StepStatus.RUNNING, started_at=ev.at, child_run_id=child)
     return _put(state, ev.step_id, queued)
 
 
 def _on_completed(state: RunState, ev: StepCompleted) -> RunState:
     step = state.steps[ev.step_id]
-    if state.step_def(ev.step_id).type == "planner":
+    if state.step_def(ev.step_id).type == StepKind.PLANNER:
         # A planner's task answers with its plan; the step completes when the plan has run.
-        if step.status not in ("queued", "running") or step.attempts != ev.attempt or step.plan is not None:
+        if step.status not in BUSY or step.attempts != ev.attempt or step.plan is not None:
             return state
-        return _put(state, ev.step_id, replace(step, status="running", plan=ev.output))
-    if step.status not in STEP_ACTIVE or step.attempts != ev.attempt or step.retry_at is not None:
+        return _put(state, ev.step_id, replace(step, status=StepStatus.RUNNING, plan=ev.output))
+    if (
+        step.status not in STEP_ACTIVE
+        or step.attempts != ev.attempt
+        or step_phase(step) == StepPhase.RETRY_WAIT
+    ):
         return state
     new = _put(
         state,
         ev.step_id,
         replace(
             step,
-            status="completed",
+            status=StepStatus.COMPLETED,
             output=ev.output,
             error=None,
             finished_at=ev.at,
@@ -349,9 +361,9 @@ def _on_failed(
     step = state.steps[sid]
     if started_at is not None:
         step = replace(step, started_at=started_at)
-    engine_failure = step.status == "pending" and attempt == step.attempts + 1
+    engine_failure = step.status == StepStatus.PENDING and attempt == step.attempts + 1
     if not engine_failure and (
-        step.status not in STEP_ACTIVE or step.attempts != attempt or step.retry_at is not None
+        step.status not in STEP_ACTIVE or step.attempts != attempt or step_phase(step) == StepPhase.RETRY_WAIT
     ):
         return state
     policy = state.step_def(sid).retry or RetryPolicy()
@@ -360,10 +372,16 @@ def _on_failed(
             state,
             sid,
             replace(
-                step, status="waiting", attempts=attempt, error=error, retry_at=at + policy.delay(attempt)
+                step,
+                status=StepStatus.WAITING,
+                attempts=attempt,
+                error=error,
+                retry_at=at + policy.delay(attempt),
             ),
         )
-    return _put(state, sid, replace(step, status="failed", attempts=attempt, error=error, finished_at=at))
+    return _put(
+        state, sid, replace(step, status=StepStatus.FAILED, attempts=attempt, error=error, finished_at=at)
+    )
 
 
 def _on_approval_requested(state: RunState, ev: ApprovalRequested) -> RunState:
@@ -382,19 +400,19 @@ def _on_approval_requested(state: RunState, ev: ApprovalRequested) -> RunState:
     new = replace(state, approvals={**state.approvals, ev.approval_id: approval})
     step = state.steps[ev.step_id]
     if ev.kind == "step":
-        if step.status != "pending":
+        if step.status != StepStatus.PENDING:
             return state
         waiting = replace(
             step,
-            status="waiting",
+            status=StepStatus.WAITING,
             attempts=ev.attempt,
             input=ev.details,
             started_at=ev.at,
             waiting_until=ev.expires_at,
         )
         return _put(new, ev.step_id, waiting)
-    if step.status == "running":  # an agent parks until its tool call is decided
-        return _put(new, ev.step_id, replace(step, status="waiting"))
+    if step.status == StepStatus.RUNNING:  # an agent parks until its tool call is decided
+        return _put(new, ev.step_id, replace(step, status=StepStatus.WAITING))
     return new
 
 
@@ -413,36 +431,42 @@ def _on_approval_decided(state: RunState, ev: ApprovalDecided) -> RunState:
     )
     new = replace(state, approvals={**state.approvals, ev.approval_id: decided})
     step = new.steps[ev.step_id]
-    if approval.kind == "plan" and step.status == "waiting" and not ev.approved:
+    if approval.kind == "plan" and step.status == StepStatus.WAITING and not ev.approved:
         reason = f": {ev.comment}" if ev.comment else ""
-        failed = replace(step, status="failed", error=f"plan denied by {ev.by}{reason}", finished_at=ev.at)
+        failed = replace(
+            step, status=StepStatus.FAILED, error=f"plan denied by {ev.by}{reason}", finished_at=ev.at
+        )
         return _put(new, ev.step_id, failed)
-    if approval.kind in ("tool_call", "plan") and step.status == "waiting":
+    if approval.kind in ("tool_call", "plan") and step.status == StepStatus.WAITING:
         if not any(a.status == "pending" and a.step_id == ev.step_id for a in new.approvals.values()):
-            return _put(new, ev.step_id, replace(step, status="running"))  # the step goes on
+            return _put(new, ev.step_id, replace(step, status=StepStatus.RUNNING))  # the step goes on
         return new
-    if approval.kind != "step" or step.status != "waiting":
+    if approval.kind != "step" or step.status != StepStatus.WAITING:
         return new
     if ev.approved:
         output = {"approved": True, "by": ev.by, "comment": ev.comment}
         return _put(
             new,
             ev.step_id,
-            replace(step, status="completed", output=output, finished_at=ev.at, waiting_until=None),
+            replace(step, status=StepStatus.COMPLETED, output=output, finished_at=ev.at, waiting_until=None),
         )
     reason = f": {ev.comment}" if ev.comment else ""
     return _put(
         new,
         ev.step_id,
         replace(
-            step, status="failed", error=f"denied by {ev.by}{reason}", finished_at=ev.at, waiting_until=None
+            step,
+            status=StepStatus.FAILED,
+            error=f"denied by {ev.by}{reason}",
+            finished_at=ev.at,
+            waiting_until=None,
         ),
     )
 
 
 def _on_plan_expanded(state: RunState, ev: PlanExpanded) -> RunState:
     step = state.steps[ev.step_id]
-    if step.status != "running" or step.plan is None or step.plan_steps:
+    if step.status != StepStatus.RUNNING or step.plan is None or step.plan_steps:
         return state
     ids = [s.id for s in ev.steps]
     steps = {**state.steps, ev.step_id: replace(step, plan_steps=ids)}
@@ -484,10 +508,10 @@ def _expire_approvals(state: RunState, step_id: str, at: float) -> RunState:
 
 def _on_map_expanded(state: RunState, sid: str, items: list[Any], at: float) -> RunState:
     step = state.steps[sid]
-    if step.status != "pending":
+    if step.status != StepStatus.PENDING:
         return state
     steps = dict(state.steps)
-    steps[sid] = replace(step, status="running", attempts=1, started_at=at, items=len(items))
+    steps[sid] = replace(step, status=StepStatus.RUNNING, attempts=1, started_at=at, items=len(items))
     for i, item in enumerate(items):
         steps[item_id(sid, i)] = StepState(input=item)
     return replace(state, steps=steps)
@@ -496,30 +520,32 @@ def _on_map_expanded(state: RunState, sid: str, items: list[Any], at: float) -> 
 def _on_timer(state: RunState, ev: TimerFired) -> RunState:
     if ev.kind == "run_timeout":
         limit = state.definition.timeout_seconds or 0.0
-        return _end(state, ev.at, "failed", error=f"run exceeded its timeout of {format_duration(limit)}")
+        return _end(
+            state, ev.at, RunStatus.FAILED, error=f"run exceeded its timeout of {format_duration(limit)}"
+        )
     step = state.steps.get(ev.step_id)
     if step is None or step.attempts != ev.attempt:
         return state
     if ev.kind == "retry":
-        if step.status != "waiting" or step.retry_at is None:
+        if step_phase(step) != StepPhase.RETRY_WAIT:
             return state
-        return _put(state, ev.step_id, replace(step, status="pending", retry_at=None))
+        return _put(state, ev.step_id, replace(step, status=StepStatus.PENDING, retry_at=None))
     if ev.kind == "step_timeout":
-        if step.status not in ("queued", "running"):
+        if step.status not in BUSY:
             return state
         limit = state.step_def(ev.step_id).timeout_seconds or 0.0
         return _on_failed(
             state, ev.step_id, ev.attempt, f"timed out after {format_duration(limit)}", True, ev.at
         )
     if ev.kind == "wake":
-        if step.status != "waiting" or step.waiting_until is None:
+        if step.status != StepStatus.WAITING or step.waiting_until is None:
             return state
-        if state.step_def(ev.step_id).type == "approval":
+        if state.step_def(ev.step_id).type == StepKind.APPROVAL:
             waited = format_duration((step.waiting_until or ev.at) - (step.started_at or ev.at))
             expired = _expire_approvals(state, ev.step_id, ev.at)
             failed = replace(
                 step,
-                status="failed",
+                status=StepStatus.FAILED,
                 error=f"no decision within {waited}",
                 finished_at=ev.at,
                 waiting_until=None,
@@ -531,7 +557,7 @@ def _on_timer(state: RunState, ev: TimerFired) -> RunState:
                 ev.step_id,
                 replace(
                     step,
-                    status="failed",
+                    status=StepStatus.FAILED,
                     error=f"no signal {step.waiting_signal!r} before the timeout",
                     finished_at=ev.at,
                     waiting_until=None,
@@ -542,7 +568,7 @@ def _on_timer(state: RunState, ev: TimerFired) -> RunState:
             ev.step_id,
             replace(
                 step,
-                status="completed",
+                status=StepStatus.COMPLETED,
                 output={"slept": ev.at - (step.started_at or ev.at)},
                 finished_at=ev.at,
                 waiting_until=None,
@@ -553,15 +579,23 @@ def _on_timer(state: RunState, ev: TimerFired) -> RunState:
 
 def _on_child_finished(state: RunState, ev: ChildRunFinished) -> RunState:
     step = state.steps[ev.step_id]
-    if step.status != "running" or step.attempts != ev.attempt or step.child_run_id != ev.child_run_id:
+    if (
+        step.status != StepStatus.RUNNING
+        or step.attempts != ev.attempt
+        or step.child_run_id != ev.child_run_id
+    ):
         return state
-    if ev.status == "completed":
-        return _put(state, ev.step_id, replace(step, status="completed", output=ev.output, finished_at=ev.at))
+    if ev.status == StepStatus.COMPLETED:
+        return _put(
+            state, ev.step_id, replace(step, status=StepStatus.COMPLETED, output=ev.output, finished_at=ev.at)
+        )
     error = f"child run {ev.child_run_id} {ev.status}: {ev.error or ''}".rstrip(": ")
-    return _on_failed(state, ev.step_id, ev.attempt, error, ev.status == "failed", ev.at)
+    return _on_failed(state, ev.step_id, ev.attempt, error, ev.status == StepStatus.FAILED, ev.at)
 
 
-def _end(state: RunState, at: float, status: str, output: Any = None, error: str | None = None) -> RunState:
+def _end(
+    state: RunState, at: float, status: RunStatus, output: Any = None, error: str | None = None
+) -> RunState:
     if any(a.status == "pending" for a in state.approvals.values()):
         approvals = {
             aid: replace(a, status="cancelled", decided_at=at) if a.status == "pending" else a
@@ -570,7 +604,7 @@ def _end(state: RunState, at: float, status: str, output: Any = None, error: str
         state = replace(state, approvals=approvals)
     steps = {
         sid: (
-            replace(s, status="cancelled", finished_at=at, retry_at=None, waiting_until=None)
+            replace(s, status=StepStatus.CANCELLED, finished_at=at, retry_at=None, waiting_until=None)
             if s.status not in STEP_TERMINAL
             else s
         )
@@ -583,9 +617,9 @@ def _settle(state: RunState, at: float) -> RunState:
     """Bookkeeping after every change: event count, last time, running vs waiting."""
     status = state.status
     if not state.terminal:
-        busy = any(s.status in ("queued", "running") for s in state.steps.values())
-        waiting = any(s.status == "waiting" for s in state.steps.values())
-        status = "waiting" if waiting and not busy else "running"
+        busy = any(s.status in BUSY for s in state.steps.values())
+        waiting = any(s.status == StepStatus.WAITING for s in state.steps.values())
+        status = RunStatus.WAITING if waiting and not busy else RunStatus.RUNNING
     return replace(state, status=status, updated_at=at, events=state.events + 1)
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 import re
 import weakref
+from collections.abc import Callable
+from enum import StrEnum
 from typing import Any, Literal, get_args
 
 import msgspec
@@ -42,6 +44,27 @@ ENUM_CHOICES: dict[str, tuple[str, ...]] = {
     "op": get_args(CompareOp),
     "provider": get_args(Provider),
 }
+
+
+class StepKind(StrEnum):
+    """A step's `type` (DESIGN §5). A StrEnum: equal to its value, encoded as it."""
+
+    TASK = "task"
+    SLEEP = "sleep"
+    WAIT_FOR_EVENT = "wait_for_event"
+    SUB_WORKFLOW = "sub_workflow"
+    MAP = "map"
+    APPROVAL = "approval"
+    CONTINUE_AS_NEW = "continue_as_new"
+    AGENT_LOOP = "agent_loop"
+    PLANNER = "planner"
+
+
+WORKER_KINDS = frozenset({StepKind.TASK, StepKind.AGENT_LOOP, StepKind.PLANNER})  # run by workers
+# Engine-run steps that take neither `timeout` nor `retry` (a timeout of theirs is in their config).
+UNRETRIED_KINDS = frozenset(
+    {StepKind.SLEEP, StepKind.WAIT_FOR_EVENT, StepKind.APPROVAL, StepKind.CONTINUE_AS_NEW}
+)
 
 
 class DefinitionError(ValueError):
@@ -78,7 +101,7 @@ class RetryPolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_
 
 class StepDef(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
     id: str
-    type: str = "task"
+    type: StepKind = StepKind.TASK
     task: str | None = None
     description: str = ""
     depends_on: list[str] = []
@@ -205,14 +228,14 @@ class EmptyConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 STEP_CONFIGS: dict[str, type[msgspec.Struct]] = {
-    "sleep": SleepConfig,
-    "wait_for_event": WaitConfig,
-    "sub_workflow": SubWorkflowConfig,
-    "map": MapConfig,
-    "approval": ApprovalConfig,
-    "continue_as_new": ContinueAsNewConfig,
-    "agent_loop": AgentConfig,
-    "planner": PlannerConfig,
+    StepKind.SLEEP: SleepConfig,
+    StepKind.WAIT_FOR_EVENT: WaitConfig,
+    StepKind.SUB_WORKFLOW: SubWorkflowConfig,
+    StepKind.MAP: MapConfig,
+    StepKind.APPROVAL: ApprovalConfig,
+    StepKind.CONTINUE_AS_NEW: ContinueAsNewConfig,
+    StepKind.AGENT_LOOP: AgentConfig,
+    StepKind.PLANNER: PlannerConfig,
 }
 BUILTIN_TASK_CONFIGS: dict[str, type[msgspec.Struct]] = {
     "echo": EmptyConfig,
@@ -228,7 +251,7 @@ TEMPLATED_AGENT_FIELDS = ("prompt", "system", "workdir")
 
 def templated_config(step: StepDef) -> dict[str, Any]:
     """The part of a step's config that is rendered against the run before dispatch."""
-    if step.type in ("agent_loop", "planner"):
+    if step.type in (StepKind.AGENT_LOOP, StepKind.PLANNER):
         return {k: v for k, v in step.config.items() if k in TEMPLATED_AGENT_FIELDS}
     return step.config
 
@@ -282,34 +305,10 @@ def validate(wf: WorkflowDef) -> None:
 
 
 def _validate_step(step: StepDef, path: str, index: dict[str, int]) -> None:
-    if step.type not in ("task", *STEP_CONFIGS):
-        choices = ", ".join(("task", *STEP_CONFIGS))
-        raise DefinitionError(f"{path}.type: unknown step type {step.type!r} (expected one of {choices})")
-    if step.type == "task":
-        if not step.task:
-            raise DefinitionError(f"{path}.task: a task step needs the name of its task")
-        if not NAME_RE.match(step.task):
-            raise DefinitionError(f"{path}.task: {step.task!r} must be 1-64 letters, digits, '-' or '_'")
-        if step.task in BUILTIN_TASK_CONFIGS:
-            _check_config(step.config, BUILTIN_TASK_CONFIGS[step.task], f"{path}.config")
-            if step.task == "shell":
-                cfg = msgspec.convert(step.config, ShellConfig)
-                _check_duration(cfg.timeout, f"{path}.config.timeout")
+    if step.type == StepKind.TASK:
+        _validate_task_step(step, path)
     else:
-        if step.task is not None:
-            raise DefinitionError(f"{path}.task: only task steps name a task (this is {step.type!r})")
-        _check_config(step.config, STEP_CONFIGS[step.type], f"{path}.config")
-        _validate_engine_step(step, path)
-        if (
-            step.type in ("sleep", "wait_for_event", "approval", "continue_as_new")
-            and step.timeout is not None
-        ):
-            raise DefinitionError(f"{path}.timeout: not used by {step.type} steps (see its config)")
-        if step.type in ("agent_loop", "planner") and step.timeout is not None:
-            bound = "config.max_duration" if step.type == "agent_loop" else "the run's timeout"
-            raise DefinitionError(f"{path}.timeout: not used by {step.type} steps (use {bound})")
-        if step.type in ("sleep", "wait_for_event", "approval", "continue_as_new") and step.retry is not None:
-            raise DefinitionError(f"{path}.retry: {step.type} steps are not retried")
+        _validate_kind_step(step, path)
     for j, dep in enumerate(step.depends_on):
         if dep == step.id:
             raise DefinitionError(f"{path}.depends_on[{j}]: a step cannot depend on itself")
@@ -322,45 +321,82 @@ def _validate_step(step: StepDef, path: str, index: dict[str, int]) -> None:
         _validate_retry(step.retry, f"{path}.retry")
 
 
+def _validate_task_step(step: StepDef, path: str) -> None:
+    if not step.task:
+        raise DefinitionError(f"{path}.task: a task step needs the name of its task")
+    if not NAME_RE.match(step.task):
+        raise DefinitionError(f"{path}.task: {step.task!r} must be 1-64 letters, digits, '-' or '_'")
+    if step.task in BUILTIN_TASK_CONFIGS:
+        _check_config(step.config, BUILTIN_TASK_CONFIGS[step.task], f"{path}.config")
+        if step.task == "shell":
+            cfg = msgspec.convert(step.config, ShellConfig)
+            _check_duration(cfg.timeout, f"{path}.config.timeout")
+
+
+def _validate_kind_step(step: StepDef, path: str) -> None:
+    """A step of a type other than `task`: its config, and the fields its type does not use."""
+    if step.task is not None:
+        raise DefinitionError(f"{path}.task: only task steps name a task (this is '{step.type}')")
+    _check_config(step.config, STEP_CONFIGS[step.type], f"{path}.config")
+    _validate_engine_step(step, path)
+    if step.type in UNRETRIED_KINDS and step.timeout is not None:
+        raise DefinitionError(f"{path}.timeout: not used by {step.type} steps (see its config)")
+    if step.type in (StepKind.AGENT_LOOP, StepKind.PLANNER) and step.timeout is not None:
+        bound = "config.max_duration" if step.type == StepKind.AGENT_LOOP else "the run's timeout"
+        raise DefinitionError(f"{path}.timeout: not used by {step.type} steps (use {bound})")
+    if step.type in UNRETRIED_KINDS and step.retry is not None:
+        raise DefinitionError(f"{path}.retry: {step.type} steps are not retried")
+
+
 def _validate_engine_step(step: StepDef, path: str) -> None:
     cfg = step_config(step)
-    if isinstance(cfg, SleepConfig):
-        seconds = _check_duration(cfg.duration, f"{path}.config.duration")
-        if seconds is not None and seconds > MAX_SLEEP:
-            raise DefinitionError(f"{path}.config.duration: at most 365d")
-    elif isinstance(cfg, WaitConfig):
-        _check_duration(cfg.timeout, f"{path}.config.timeout")
-    elif isinstance(cfg, PlannerConfig):
-        _validate_planner(cfg, f"{path}.config")
-    elif isinstance(cfg, AgentConfig):
-        _validate_agent(cfg, f"{path}.config")
-    elif isinstance(cfg, ContinueAsNewConfig):
-        if cfg.workflow is not None and not NAME_RE.match(cfg.workflow):
-            raise DefinitionError(f"{path}.config.workflow: {cfg.workflow!r} is not a workflow name")
-        if not 1 <= cfg.max_generations <= 1_000_000:
-            raise DefinitionError(f"{path}.config.max_generations: must be 1..1000000")
-    elif isinstance(cfg, ApprovalConfig):
-        seconds = _check_duration(cfg.timeout, f"{path}.config.timeout")
-        if seconds is not None and seconds > MAX_APPROVAL_WAIT:
-            raise DefinitionError(f"{path}.config.timeout: at most 30d")
-    elif isinstance(cfg, SubWorkflowConfig):
-        if not NAME_RE.match(cfg.workflow):
-            raise DefinitionError(f"{path}.config.workflow: {cfg.workflow!r} is not a workflow name")
-    elif isinstance(cfg, MapConfig):
-        if not NAME_RE.match(cfg.task):
-            raise DefinitionError(
-                f"{path}.config.task: {cfg.task!r} must be 1-64 letters, digits, '-' or '_'"
-            )
-        if not 1 <= cfg.max_items <= MAX_MAP_ITEMS:
-            raise DefinitionError(f"{path}.config.max_items: must be 1..{MAX_MAP_ITEMS}")
-        if cfg.concurrency < 0:
-            raise DefinitionError(f"{path}.config.concurrency: must be >= 0 (0 = no limit)")
-        if cfg.task in BUILTIN_TASK_CONFIGS:
-            _check_config(cfg.config, BUILTIN_TASK_CONFIGS[cfg.task], f"{path}.config.config")
-        if step.input is msgspec.UNSET and len(step.depends_on) != 1:
-            raise DefinitionError(
-                f"{path}: a map step needs exactly one dependency or an input template giving its array"
-            )
+    check = _CONFIG_CHECKS.get(type(cfg))
+    if check is not None:
+        check(cfg, step, f"{path}.config")
+
+
+def _validate_sleep(cfg: SleepConfig, step: StepDef, path: str) -> None:
+    seconds = _check_duration(cfg.duration, f"{path}.duration")
+    if seconds is not None and seconds > MAX_SLEEP:
+        raise DefinitionError(f"{path}.duration: at most 365d")
+
+
+def _validate_wait(cfg: WaitConfig, step: StepDef, path: str) -> None:
+    _check_duration(cfg.timeout, f"{path}.timeout")
+
+
+def _validate_continue(cfg: ContinueAsNewConfig, step: StepDef, path: str) -> None:
+    if cfg.workflow is not None and not NAME_RE.match(cfg.workflow):
+        raise DefinitionError(f"{path}.workflow: {cfg.workflow!r} is not a workflow name")
+    if not 1 <= cfg.max_generations <= 1_000_000:
+        raise DefinitionError(f"{path}.max_generations: must be 1..1000000")
+
+
+def _validate_approval(cfg: ApprovalConfig, step: StepDef, path: str) -> None:
+    seconds = _check_duration(cfg.timeout, f"{path}.timeout")
+    if seconds is not None and seconds > MAX_APPROVAL_WAIT:
+        raise DefinitionError(f"{path}.timeout: at most 30d")
+
+
+def _validate_sub_workflow(cfg: SubWorkflowConfig, step: StepDef, path: str) -> None:
+    if not NAME_RE.match(cfg.workflow):
+        raise DefinitionError(f"{path}.workflow: {cfg.workflow!r} is not a workflow name")
+
+
+def _validate_map(cfg: MapConfig, step: StepDef, path: str) -> None:
+    if not NAME_RE.match(cfg.task):
+        raise DefinitionError(f"{path}.task: {cfg.task!r} must be 1-64 letters, digits, '-' or '_'")
+    if not 1 <= cfg.max_items <= MAX_MAP_ITEMS:
+        raise DefinitionError(f"{path}.max_items: must be 1..{MAX_MAP_ITEMS}")
+    if cfg.concurrency < 0:
+        raise DefinitionError(f"{path}.concurrency: must be >= 0 (0 = no limit)")
+    if cfg.task in BUILTIN_TASK_CONFIGS:
+        _check_config(cfg.config, BUILTIN_TASK_CONFIGS[cfg.task], f"{path}.config")
+    if step.input is msgspec.UNSET and len(step.depends_on) != 1:
+        raise DefinitionError(
+            f"{path.removesuffix('.config')}: a map step needs exactly one dependency or an input "
+            "template giving its array"
+        )
 
 
 def _validate_planner(cfg: PlannerConfig, path: str) -> None:
@@ -374,6 +410,19 @@ def _validate_planner(cfg: PlannerConfig, path: str) -> None:
         raise DefinitionError(f"{path}.temperature: the anthropic provider does not take a temperature")
     if not 1 <= cfg.max_steps <= MAX_PLAN_STEPS:
         raise DefinitionError(f"{path}.max_steps: must be 1..{MAX_PLAN_STEPS}")
+
+
+# What each engine-run step type's config must satisfy beyond its schema, by config type.
+_CONFIG_CHECKS: dict[type, Callable[[Any, StepDef, str], None]] = {
+    SleepConfig: _validate_sleep,
+    WaitConfig: _validate_wait,
+    PlannerConfig: lambda cfg, step, path: _validate_planner(cfg, path),
+    AgentConfig: lambda cfg, step, path: _validate_agent(cfg, path),
+    ContinueAsNewConfig: _validate_continue,
+    ApprovalConfig: _validate_approval,
+    SubWorkflowConfig: _validate_sub_workflow,
+    MapConfig: _validate_map,
+}
 
 
 def check_plan(fragment: Any, planner: StepDef) -> list[StepDef] | str:
@@ -390,7 +439,7 @@ def check_plan(fragment: Any, planner: StepDef) -> list[StepDef] | str:
     except DefinitionError as exc:
         return f"invalid plan: {exc}"
     for i, step in enumerate(plan.steps):
-        if step.type != "task":
+        if step.type != StepKind.TASK:
             return f"invalid plan: steps[{i}]: a plan may only contain task steps, not {step.type}"
         if cfg.allowed_tasks and step.task not in cfg.allowed_tasks:
             allowed = ", ".join(cfg.allowed_tasks)
@@ -525,7 +574,10 @@ def _msgspec_message(exc: msgspec.ValidationError, prefix: str) -> str:
     text = text.replace("`", "")
     text = text[:1].lower() + text[1:]
     field = where.rsplit(".", 1)[-1]
-    if text.startswith("invalid enum value") and field in ENUM_CHOICES:
+    if text.startswith("invalid enum value") and field == "type":
+        got = text.removeprefix("invalid enum value ").strip()
+        text = f"unknown step type {got} (expected one of {', '.join(StepKind)})"
+    elif text.startswith("invalid enum value") and field in ENUM_CHOICES:
         got = text.removeprefix("invalid enum value ").strip()
         text = f"expected one of {', '.join(ENUM_CHOICES[field])}, got {got}"
     if text.startswith("object contains unknown field"):

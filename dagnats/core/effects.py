@@ -7,7 +7,7 @@ id, so redoing the effects of an event after a crash is harmless.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 import msgspec
@@ -28,9 +28,11 @@ from .definition import (
     AGENT_TASK,
     MAX_GENERATIONS,
     PLANNER_TASK,
+    WORKER_KINDS,
     ContinueAsNewConfig,
     PlannerConfig,
     StepDef,
+    StepKind,
     SubWorkflowConfig,
     WorkflowDef,
     render_config,
@@ -50,7 +52,16 @@ from .events import (
     StepStarted,
     StepWaiting,
 )
-from .state import RunState
+from .state import (
+    BUSY,
+    STEP_ACTIVE,
+    RunState,
+    StepPhase,
+    StepStatus,
+    attempt_superseded,
+    fork_keeps,
+    step_phase,
+)
 
 replace = msgspec.structs.replace
 
@@ -79,7 +90,7 @@ def effects(wf: WorkflowDef, old: RunState | None, new: RunState, event: Event) 
         case AgentContinuing(step_id=sid) if new.generation < MAX_GENERATIONS:
             yield _hand_over_agent(new, sid)
         case ApprovalDecided(step_id=sid, approval_id=aid) if new.approvals[aid].kind == "tool_call":
-            if new.steps[sid].status == "running":  # hand the parked agent back to a worker
+            if new.steps[sid].status == StepStatus.RUNNING:  # hand the parked agent back to a worker
                 yield from _dispatch(new, sid, new.steps[sid].attempts, resume=aid)
         case _:
             pass
@@ -90,8 +101,8 @@ def effects(wf: WorkflowDef, old: RunState | None, new: RunState, event: Event) 
         if (
             before is not None
             and before.child_run_id
-            and before.status == "running"
-            and step.status != "running"
+            and before.status == StepStatus.RUNNING
+            and step.status != StepStatus.RUNNING
         ):
             if not isinstance(event, ChildRunFinished):  # timed out, or the run ended: stop the child
                 why = (
@@ -101,7 +112,7 @@ def effects(wf: WorkflowDef, old: RunState | None, new: RunState, event: Event) 
                 )
                 yield CancelChildRun(child_run_id=before.child_run_id, reason=why)
     if new.terminal and (old is None or not old.terminal):
-        if old is not None and any(s.status in ("queued", "running") for s in old.steps.values()):
+        if old is not None and any(s.status in BUSY for s in old.steps.values()):
             yield DropTasks(run_id=run_id)
         yield from _on_run_end(wf, new, event)
 
@@ -109,7 +120,7 @@ def effects(wf: WorkflowDef, old: RunState | None, new: RunState, event: Event) 
 def _dispatch(state: RunState, sid: str, attempt: int, resume: str = "") -> Iterable[Action]:
     step = state.step_def(sid)
     queued = state.steps[sid]
-    if step.type == "continue_as_new":
+    if step.type == StepKind.CONTINUE_AS_NEW:
         cfg = step_config(step)
         assert isinstance(cfg, ContinueAsNewConfig)
         if cfg.workflow is None:
@@ -117,7 +128,7 @@ def _dispatch(state: RunState, sid: str, attempt: int, resume: str = "") -> Iter
         else:
             yield _continue_run(state, sid, queued.input, cfg.workflow, cfg.version)
         return
-    if step.type == "sub_workflow":
+    if step.type == StepKind.SUB_WORKFLOW:
         cfg = step_config(step)
         assert isinstance(cfg, SubWorkflowConfig)
         yield StartChildRun(
@@ -167,10 +178,7 @@ def _continue_run(state: RunState, sid: str, carry: Any, workflow: str, version:
 
 def _hand_over_agent(state: RunState, sid: str) -> ContinueRun:
     """The next run takes the same input, keeps what lies upstream, and gives the agent its carry."""
-    rerun = state.definition.downstream(sid) | {sid}
-    ids = [s for s in state.static_ids() if s not in rerun]
-    kept = {s: state.steps[s].output for s in ids if state.steps[s].status == "completed"}
-    skipped = [s for s in ids if state.steps[s].status == "skipped"]
+    kept, skipped = fork_keeps(state, sid)
     step = state.steps[sid]
     resume = ForkOf(
         run_id=state.run_id,
@@ -191,9 +199,9 @@ def _original_input(step_input: Any) -> Any:
 
 def _task_of(step: StepDef) -> str | None:
     """Which worker task runs a step."""
-    if step.type == "agent_loop":
+    if step.type == StepKind.AGENT_LOOP:
         return AGENT_TASK
-    if step.type == "planner":
+    if step.type == StepKind.PLANNER:
         cfg = step_config(step)
         assert isinstance(cfg, PlannerConfig)
         return cfg.task or PLANNER_TASK
@@ -224,15 +232,12 @@ def _may_have_timers(wf: WorkflowDef, state: RunState) -> bool:
     if wf.timeout_seconds is not None:
         return True
     for sid, step in state.steps.items():
-        if step.status == "pending" and step.attempts == 0:
+        if step.status == StepStatus.PENDING and step.attempts == 0:
             continue
         d = state.step_def(sid)
-        if d.type not in _TIMERLESS_TYPES or d.timeout is not None or (d.retry and d.retry.max_attempts > 1):
+        if d.type not in WORKER_KINDS or d.timeout is not None or (d.retry and d.retry.max_attempts > 1):
             return True
     return False
-
-
-_TIMERLESS_TYPES = frozenset({"task", "agent_loop", "planner"})
 
 
 def _timer(run_id: str, kind: str, sid: str, attempt: int, fire_at: float) -> StartTimer:
@@ -270,7 +275,7 @@ def still_due(state: RunState, action: Action) -> bool:
     match action:
         case DispatchTask(step_id=sid, attempt=attempt, msg_id=msg_id):
             _, _, resume = msg_id.partition(":resume:")
-            return _current_attempt(state, sid, attempt, ("queued", "running")) and (
+            return _current_attempt(state, sid, attempt, BUSY) and (
                 _activation(state, sid, attempt) == resume
             )
         case StartTimer(kind="run_timeout"):
@@ -281,29 +286,29 @@ def still_due(state: RunState, action: Action) -> bool:
                 not state.terminal
                 and step is not None
                 and step.attempts == attempt
-                and (step.retry_at is not None)
+                and step_phase(step) == StepPhase.RETRY_WAIT
             )
         case StartTimer(kind="wake", step_id=sid, attempt=attempt):
-            return _current_attempt(state, sid, attempt, ("waiting",))
+            return _current_attempt(state, sid, attempt, (StepStatus.WAITING,))
         case (
             StartTimer(step_id=sid, attempt=attempt)
             | StartChildRun(parent=ParentRef(step_id=sid, attempt=attempt))
         ):
-            return _current_attempt(state, sid, attempt, ("queued", "running", "waiting"))
+            return _current_attempt(state, sid, attempt, STEP_ACTIVE)
         case ContinueRun():
             return not state.terminal
         case _:
             return True
 
 
-def _current_attempt(state: RunState, sid: str, attempt: int, statuses: tuple[str, ...]) -> bool:
+def _current_attempt(state: RunState, sid: str, attempt: int, statuses: Collection[str]) -> bool:
+    """Whether `attempt` of `sid` is still on (not superseded) and in one of `statuses`."""
     step = state.steps.get(sid)
     return (
-        not state.terminal
-        and step is not None
+        step is not None
         and step.attempts == attempt
         and step.status in statuses
-        and step.retry_at is None
+        and not attempt_superseded(state, sid, attempt)
     )
 
 

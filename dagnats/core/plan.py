@@ -23,6 +23,7 @@ from .definition import (
     PlannerConfig,
     SleepConfig,
     StepDef,
+    StepKind,
     WaitConfig,
     check_plan,
     render_config,
@@ -43,7 +44,16 @@ from .events import (
     StepSkipped,
     StepWaiting,
 )
-from .state import STEP_ACTIVE, STEP_SATISFIED, RunState, Signal, item_ids, planner_of
+from .state import (
+    SLOT_PHASES,
+    STEP_SATISFIED,
+    RunState,
+    Signal,
+    StepStatus,
+    item_ids,
+    planner_of,
+    step_phase,
+)
 
 MAX_DEPTH = 5  # root run is depth 0; sub_workflow nesting stops at this depth
 
@@ -66,7 +76,7 @@ def _upcoming(state: RunState) -> Iterator[Event]:
     now = state.updated_at
     static = state.static_ids()
     for sid in static:
-        if state.steps[sid].status == "failed":
+        if state.steps[sid].status == StepStatus.FAILED:
             yield RunFailed(at=now, error=f"step {sid} failed: {state.steps[sid].error}")
             return
     some = False
@@ -82,16 +92,20 @@ def _steps_upcoming(state: RunState, static: list[str], now: float) -> Iterator[
     contexts: dict[str | None, dict[str, Any]] = {}
     for sid in static:
         step = state.steps[sid]
-        if step.status == "pending" and _deps_satisfied(state, sid):
+        if step.status == StepStatus.PENDING and _deps_satisfied(state, sid):
             yield _start_step(state, sid, now, contexts)
-        elif step.status == "running" and step.items is not None:
+        elif step.status == StepStatus.RUNNING and step.items is not None:
             yield from _advance_map(state, sid, now)
-        elif step.status == "running" and step.plan is not None:
+        elif step.status == StepStatus.RUNNING and step.plan is not None:
             yield from _advance_plan(state, sid, now)
-        elif step.status == "running" and step.carry is not None and state.generation >= MAX_GENERATIONS:
+        elif (
+            step.status == StepStatus.RUNNING
+            and step.carry is not None
+            and state.generation >= MAX_GENERATIONS
+        ):
             bound = f"continue_as_new reached max_generations ({MAX_GENERATIONS})"
             yield StepFailed(at=now, step_id=sid, attempt=step.attempts, error=bound, retryable=False)
-        elif step.status == "waiting" and step.waiting_signal is not None:
+        elif step.status == StepStatus.WAITING and step.waiting_signal is not None:
             sig = _buffered_signal(state, step.waiting_signal)
             if sig is not None:
                 yield StepCompleted(at=now, step_id=sid, attempt=step.attempts, output=sig.data)
@@ -127,9 +141,9 @@ def _start_step(
     except template.TemplateError as exc:
         return StepFailed(at=now, step_id=sid, attempt=attempt, error=f"input: {exc}", retryable=False)
     match step.type:
-        case "task" | "agent_loop" | "planner":
+        case StepKind.TASK | StepKind.AGENT_LOOP | StepKind.PLANNER:
             return StepQueued(at=now, step_id=sid, attempt=attempt, input=step_input)
-        case "sub_workflow":
+        case StepKind.SUB_WORKFLOW:
             if state.depth + 1 > MAX_DEPTH:
                 return StepFailed(
                     at=now,
@@ -139,20 +153,20 @@ def _start_step(
                     error=f"sub_workflow nesting is bounded at depth {MAX_DEPTH}",
                 )
             return StepQueued(at=now, step_id=sid, attempt=attempt, input=step_input)
-        case "sleep":
+        case StepKind.SLEEP:
             cfg = step_config(step)
             assert isinstance(cfg, SleepConfig)
             return StepWaiting(at=now, step_id=sid, attempt=attempt, until=now + parse_duration(cfg.duration))
-        case "wait_for_event":
+        case StepKind.WAIT_FOR_EVENT:
             cfg = step_config(step)
             assert isinstance(cfg, WaitConfig)
             until = None if cfg.timeout is None else now + parse_duration(cfg.timeout)
             return StepWaiting(at=now, step_id=sid, attempt=attempt, until=until, signal=cfg.name)
-        case "map":
+        case StepKind.MAP:
             return _expand_map(step, sid, attempt, step_input, now)
-        case "continue_as_new":
+        case StepKind.CONTINUE_AS_NEW:
             return _continue(state, step, sid, attempt, step_input, ctx, now)
-        case "approval":
+        case StepKind.APPROVAL:
             cfg = step_config(step)
             assert isinstance(cfg, ApprovalConfig)
             try:
@@ -172,7 +186,7 @@ def _start_step(
                 details=step_input,
                 expires_at=until,
             )
-    raise AssertionError(f"step {sid!r} has unsupported type {step.type!r}")  # validation prevents it
+    raise AssertionError(f"step {sid!r} has unsupported type '{step.type}'")  # validation prevents it
 
 
 def _continue(
@@ -224,7 +238,7 @@ def _advance_plan(state: RunState, sid: str, now: float) -> Iterable[Event]:
         return [PlanExpanded(at=now, step_id=sid, steps=checked)]
     planned = [state.steps[p] for p in step.plan_steps]
     for pid, p in zip(step.plan_steps, planned):
-        if p.status == "failed":
+        if p.status == StepStatus.FAILED:
             return [
                 StepFailed(
                     at=now,
@@ -242,7 +256,7 @@ def _advance_plan(state: RunState, sid: str, now: float) -> Iterable[Event]:
     return (  # built as they are asked for (see next_event)
         _start_step(state, pid, now, contexts)
         for pid, p in zip(step.plan_steps, planned)
-        if p.status == "pending" and _deps_satisfied(state, pid)
+        if p.status == StepStatus.PENDING and _deps_satisfied(state, pid)
     )
 
 
@@ -272,23 +286,23 @@ def _advance_map(state: RunState, sid: str, now: float) -> list[Event]:
     ids = item_ids(state, sid)
     items = [state.steps[i] for i in ids]
     for iid, item in zip(ids, items):
-        if item.status == "failed":
+        if item.status == StepStatus.FAILED:
             return [
                 StepFailed(
                     at=now, step_id=sid, attempt=1, retryable=False, error=f"item {iid} failed: {item.error}"
                 )
             ]
-    if all(item.status == "completed" for item in items):
+    if all(item.status == StepStatus.COMPLETED for item in items):
         return [StepCompleted(at=now, step_id=sid, attempt=1, output=[item.output for item in items])]
     cfg = step_config(state.step_def(sid))
     assert isinstance(cfg, MapConfig)
-    active = sum(1 for item in items if item.status in STEP_ACTIVE and item.retry_at is None)
+    active = sum(1 for item in items if step_phase(item) in SLOT_PHASES)  # a retry frees its slot
     room = (cfg.concurrency or len(items)) - active
     out: list[Event] = []
     for iid, item in zip(ids, items):
         if room <= 0:
             break
-        if item.status == "pending":
+        if item.status == StepStatus.PENDING:
             out.append(StepQueued(at=now, step_id=iid, attempt=item.attempts + 1, input=item.input))
             room -= 1
     return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from enum import StrEnum
 from typing import Any
 
 import msgspec
@@ -10,10 +11,55 @@ import msgspec
 from .definition import MapConfig, StepDef, WorkflowDef, step_config
 from .events import ParentRef
 
-RUN_TERMINAL = frozenset({"completed", "failed", "cancelled", "continued"})
-STEP_TERMINAL = frozenset({"completed", "failed", "skipped", "cancelled"})
-STEP_ACTIVE = frozenset({"queued", "running", "waiting"})
-STEP_SATISFIED = frozenset({"completed", "skipped"})
+
+class RunStatus(StrEnum):
+    """A run's status (DESIGN §5). A StrEnum: equal to its value, encoded as it."""
+
+    RUNNING = "running"
+    WAITING = "waiting"  # only approvals, timers or signals outstanding
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    CONTINUED = "continued"
+
+
+class StepStatus(StrEnum):
+    """A step's public status (DESIGN §5), as recorded in its state."""
+
+    PENDING = "pending"
+    QUEUED = "queued"
+    RUNNING = "running"
+    WAITING = "waiting"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+
+
+class StepPhase(StrEnum):
+    """Where a step is, inside the core: its status, with "waiting for a retry" apart from
+    the other waits. Recorded states keep the public status (`waiting`, `retry_at` set), so
+    snapshots written before this phase existed fold as they did."""
+
+    PENDING = "pending"
+    QUEUED = "queued"
+    RUNNING = "running"
+    WAITING = "waiting"
+    RETRY_WAIT = "retry_wait"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+
+
+RUN_TERMINAL = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.CONTINUED})
+STEP_TERMINAL = frozenset({StepStatus.COMPLETED, StepStatus.FAILED, StepStatus.SKIPPED, StepStatus.CANCELLED})
+STEP_ACTIVE = frozenset({StepStatus.QUEUED, StepStatus.RUNNING, StepStatus.WAITING})
+STEP_SATISFIED = frozenset({StepStatus.COMPLETED, StepStatus.SKIPPED})
+
+
+BUSY = frozenset({StepStatus.QUEUED, StepStatus.RUNNING})  # with a worker (or a child run) on it
+SLOT_PHASES = frozenset({StepPhase.QUEUED, StepPhase.RUNNING, StepPhase.WAITING})  # hold a map slot
 
 
 class ToolResult(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -38,7 +84,7 @@ class Turn(msgspec.Struct, frozen=True, omit_defaults=True):
 
 
 class StepState(msgspec.Struct, frozen=True, omit_defaults=True):
-    status: str = "pending"
+    status: StepStatus = StepStatus.PENDING
     attempts: int = 0
     input: Any = None
     output: Any = None
@@ -57,6 +103,21 @@ class StepState(msgspec.Struct, frozen=True, omit_defaults=True):
     carry: Any = None  # what an agent_loop hands to the run that continues it
     plan: Any = None  # a planner's proposed plan, as received
     plan_steps: list[str] = []  # a planner's expanded step ids
+
+
+_PHASES = {str(p): p for p in StepPhase}
+
+
+def step_phase(step: StepState) -> StepPhase:
+    """The step's phase: a waiting step with a retry time set waits for its retry."""
+    if step.retry_at is not None:
+        return StepPhase.RETRY_WAIT
+    return _PHASES[step.status]
+
+
+def public_status(phase: StepPhase) -> StepStatus:
+    """The status of DESIGN §5 a phase shows as."""
+    return StepStatus.WAITING if phase == StepPhase.RETRY_WAIT else StepStatus(str(phase))
 
 
 class Approval(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -107,7 +168,7 @@ class RunState(msgspec.Struct, frozen=True, omit_defaults=True):
     version: int
     definition: WorkflowDef
     input: Any = None
-    status: str = "running"
+    status: RunStatus = RunStatus.RUNNING
     output: Any = None
     error: str | None = None
     created_at: float = 0.0
@@ -197,3 +258,27 @@ def planner_of(step_id: str) -> str | None:
 def parent_of(step_id: str) -> str | None:
     """The map step an item id belongs to, or None for a static step."""
     return step_id.split("[", 1)[0] if step_id.endswith("]") and "[" in step_id else None
+
+
+def attempt_superseded(state: RunState, step_id: str, attempt: int) -> bool:
+    """Whether `attempt` of a step is no longer current: the run ended, the step has a later
+    attempt, or this attempt already has a result or waits for its retry. A worker holding
+    such a task skips it; recovery does not redo its effects."""
+    if state.terminal:
+        return True
+    step = state.steps.get(step_id)
+    if step is None:
+        return False
+    if step.attempts != attempt:
+        return step.attempts > attempt
+    return step.status in STEP_TERMINAL or step_phase(step) == StepPhase.RETRY_WAIT
+
+
+def fork_keeps(state: RunState, step_id: str) -> tuple[dict[str, Any], list[str]]:
+    """What a run that runs `step_id` and everything downstream of it again keeps of `state`:
+    the outputs of the other completed static steps, and the ids of the skipped ones."""
+    rerun = state.definition.downstream(step_id) | {step_id}
+    ids = [sid for sid in state.static_ids() if sid not in rerun]
+    kept = {sid: state.steps[sid].output for sid in ids if state.steps[sid].status == StepStatus.COMPLETED}
+    skipped = [sid for sid in ids if state.steps[sid].status == StepStatus.SKIPPED]
+    return kept, skipped
