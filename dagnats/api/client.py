@@ -22,7 +22,7 @@ from dagnats.core import schema
 from dagnats.core.decide import fold
 from dagnats.core.definition import WorkflowDef
 from dagnats.core.events import ApprovalDecided, Event, ForkOf, RunCancelRequested, RunStarted, SignalReceived
-from dagnats.core.state import RUN_TERMINAL, Approval, RunState
+from dagnats.core.state import RUN_TERMINAL, Approval, RunState, fork_keeps
 from dagnats.errors import NotFound, UserError
 from dagnats.nats import heartbeat, names
 from dagnats.nats.connection import Endpoint, connect, resolve_endpoint
@@ -291,15 +291,7 @@ class Client:
                     f"--turn must be 0..{len(recorded)}: step {from_step} recorded {len(recorded)} turns"
                 )
             turns = [msgspec.to_builtins(t) for t in recorded[:turn]]
-        rerun = wf.downstream(from_step) | {from_step}
-        kept = {
-            sid: state.steps[sid].output
-            for sid in state.static_ids()
-            if sid not in rerun and state.steps[sid].status == "completed"
-        }
-        skipped = [
-            sid for sid in state.static_ids() if sid not in rerun and state.steps[sid].status == "skipped"
-        ]
+        kept, skipped = fork_keeps(state, from_step)
         new_id = new_run_id()
         event = RunStarted(
             at=time.time(),
