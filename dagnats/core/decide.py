@@ -52,6 +52,7 @@ from .events import (
     StepWaiting,
     TimerFired,
     ToolResultRecorded,
+    encode_event,
 )
 from .plan import next_event, next_events
 from .state import (
@@ -93,6 +94,50 @@ def decide(
     else:
         actions += [AppendEvent(event=e) for e in next_events(new)]
     return new, actions
+
+
+def chain(
+    state: RunState, upcoming: list[Event], *, max_events: int, max_bytes: int, max_event_bytes: int
+) -> list[tuple[Event, RunState, list[Action]]]:
+    """The events an engine would record one after another from `state`, starting with
+    `upcoming`, each decided on the state the previous one leaves: a pass to append as one
+    batch. Stops before an event larger than `max_event_bytes` (recorded alone, see
+    `too_large`), at `max_events` or `max_bytes` (the first event always fits), and before an
+    illegal event (recorded alone, and skipped)."""
+    out: list[tuple[Event, RunState, list[Action]]] = []
+    size = 0
+    while upcoming and len(out) < max_events:
+        event = upcoming[0]
+        encoded = len(encode_event(event))
+        if encoded > max_event_bytes:
+            break
+        size += encoded
+        if size > max_bytes and out:
+            break
+        try:
+            new, actions = decide(state, event, first_only=True)
+        except IllegalEvent:
+            break
+        out.append((event, new, actions))
+        state = new
+        upcoming = [a.event for a in actions if isinstance(a, AppendEvent)]
+    return out
+
+
+def too_large(event: Event, size: int) -> Event:
+    """What to record instead of an engine event of `size` bytes that does not fit in a
+    message: the failure it causes, of its step or else of the run."""
+    step_id = getattr(event, "step_id", "")
+    what = type(event).__name__
+    if step_id:
+        return StepFailed(
+            at=event.at,
+            step_id=step_id,
+            attempt=getattr(event, "attempt", 1),
+            retryable=False,
+            error=f"{what} of {size} bytes exceeds the message limit (input or output too large)",
+        )
+    return RunFailed(at=event.at, error=f"run output of {size} bytes exceeds the message limit")
 
 
 def replay(events: Iterable[Event]) -> RunState | None:

@@ -23,7 +23,7 @@ from dagnats.core.actions import (
     StartChildRun,
     StartTimer,
 )
-from dagnats.core.decide import IllegalEvent, child_run_id, decide, next_events, replay
+from dagnats.core.decide import IllegalEvent, chain, child_run_id, decide, next_events, replay, too_large
 from dagnats.core.definition import WorkflowDef, parse_definition
 from dagnats.core.events import (
     ApprovalDecided,
@@ -33,6 +33,8 @@ from dagnats.core.events import (
     MapExpanded,
     ParentRef,
     RunCancelRequested,
+    RunCompleted,
+    RunFailed,
     RunStarted,
     SignalReceived,
     StepCheckpointed,
@@ -43,6 +45,7 @@ from dagnats.core.events import (
     StepStarted,
     StepWaiting,
     TimerFired,
+    encode_event,
     event_type,
 )
 from dagnats.core.state import RunState, approval_digest
@@ -788,3 +791,49 @@ def test_a_decision_meant_for_a_tool_call_never_lands_on_the_next_approval() -> 
     assert run.st.approvals["gate.1"].status == "pending"
     run.unchanged_by(decision("gate.1", "gate", digest=shown))
     assert run.status("gate") == "waiting"
+
+
+# --- chain and too_large: the engine's pass, decided in the core ------------------------------
+
+
+def _fan_out(n: int) -> tuple[RunState, list[Event]]:
+    wf = parse_definition({"name": "fan", "steps": [{"id": f"s{i}", "task": "t"} for i in range(n)]})
+    state, actions = decide(None, RunStarted(at=T0, run_id="r1", workflow="fan", version=1, definition=wf))
+    return state, [a.event for a in actions if isinstance(a, AppendEvent)][:1]
+
+
+def test_chain_decides_events_one_after_another_up_to_its_bounds():
+    state, upcoming = _fan_out(5)
+    out = chain(state, upcoming, max_events=100, max_bytes=1 << 20, max_event_bytes=1 << 20)
+    assert [e.step_id for e, _, _ in out] == ["s0", "s1", "s2", "s3", "s4"]
+    assert all(isinstance(e, StepQueued) for e, _, _ in out)
+    assert out[-1][1] == replay(
+        [
+            RunStarted(at=T0, run_id="r1", workflow="fan", version=1, definition=state.definition),
+            *(e for e, _, _ in out),
+        ]
+    )
+    assert len(chain(state, upcoming, max_events=3, max_bytes=1 << 20, max_event_bytes=1 << 20)) == 3
+    one = len(encode_event(upcoming[0]))
+    assert len(chain(state, upcoming, max_events=100, max_bytes=one, max_event_bytes=1 << 20)) == 1
+    assert chain(state, upcoming, max_events=100, max_bytes=1 << 20, max_event_bytes=one - 1) == []
+    assert chain(state, [], max_events=100, max_bytes=1 << 20, max_event_bytes=1 << 20) == []
+
+
+def test_chain_stops_before_an_illegal_event():
+    state, _ = _fan_out(2)
+    illegal = StepQueued(at=T0, step_id="nope", attempt=1)
+    assert chain(state, [illegal], max_events=10, max_bytes=1 << 20, max_event_bytes=1 << 20) == []
+
+
+def test_too_large_fails_the_step_or_the_run():
+    big = StepQueued(at=T0, step_id="a", attempt=2, input="x")
+    failed = too_large(big, 2_000_000)
+    assert isinstance(failed, StepFailed) and (failed.step_id, failed.attempt, failed.retryable) == (
+        "a",
+        2,
+        False,
+    )
+    assert failed.error == "StepQueued of 2000000 bytes exceeds the message limit (input or output too large)"
+    run = too_large(RunCompleted(at=T0, output="x"), 9)
+    assert isinstance(run, RunFailed) and run.error == "run output of 9 bytes exceeds the message limit"
