@@ -21,7 +21,7 @@ import msgspec
 
 from dagnats.core.actions import DispatchTask
 from dagnats.core.events import StepCompleted, StepFailed, StepStarted
-from dagnats.core.state import RUN_TERMINAL, STEP_TERMINAL, RunState
+from dagnats.core.state import RUN_TERMINAL, attempt_superseded
 from dagnats.nats import names
 from dagnats.nats.store import MAX_EVENT_BYTES, Store, decode_task
 from dagnats.ports import Delivery, Feed
@@ -39,17 +39,6 @@ def _env_seconds(name: str, default: float) -> float:
 
 
 CANCEL_CHECK_SECONDS = 1.0  # how soon a running handler notices that its run was cancelled
-
-
-def _superseded(state: RunState, task: DispatchTask) -> bool:
-    """The run ended, or this attempt already has a result or a successor."""
-    if state.terminal:
-        return True
-    step = state.steps.get(task.step_id)
-    return step is not None and (
-        step.attempts > task.attempt
-        or (step.attempts == task.attempt and (step.status in STEP_TERMINAL or step.retry_at is not None))
-    )
 
 
 def _needs_check(msg: Delivery, task: DispatchTask, connected_at: float) -> bool:
@@ -394,7 +383,7 @@ class Runtime:
         without running. Read from the history, not the snapshot alone: a snapshot of progress
         is saved a moment later, and a result recorded just before a crash may not be in it."""
         state = await self.store.current_state(task.run_id)
-        stale = state is not None and _superseded(state, task)
+        stale = state is not None and attempt_superseded(state, task.step_id, task.attempt)
         if stale:
             assert state is not None
             log.info(
@@ -423,7 +412,7 @@ class Runtime:
             except Exception:
                 continue
             if snap is not None and (
-                _superseded(snap.state, task)
+                attempt_superseded(snap.state, task.step_id, task.attempt)
                 if snap.state is not None
                 else snap.summary.status in RUN_TERMINAL
             ):
