@@ -17,8 +17,8 @@ Rules:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any, assert_never
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import msgspec
 
@@ -53,11 +53,11 @@ from .events import (
     TimerFired,
     ToolResultRecorded,
     encode_event,
+    event_type,
 )
 from .plan import next_event, next_events
 from .state import (
     BUSY,
-    STEP_ACTIVE,
     STEP_TERMINAL,
     Approval,
     RunState,
@@ -169,6 +169,8 @@ def transition(state: RunState | None, event: Event) -> RunState:
     step_id = getattr(event, "step_id", "")
     if step_id and step_id not in state.steps:
         raise IllegalEvent(f"unknown step {step_id!r}")
+    if isinstance(event, TimerFired) and event.kind not in TIMER_KINDS:
+        raise IllegalEvent(f"unknown timer kind {event.kind!r}")
     if event.source == "w":
         _admit_from_worker(state, event)
     new = _apply(state, event)
@@ -236,116 +238,65 @@ def _admit_from_worker(state: RunState, event: Event) -> None:
         raise IllegalEvent("a worker may only ask approval for an agent's tool call")
 
 
+# --- the transition table ----------------------------------------------------------------
+#
+# What each event does, by the phase of the step it names (h11-style). An event whose key the
+# step's phase does not list does not fit (a late result of a superseded attempt, a duplicate,
+# a timer that lost its race) and changes nothing; so does one of another attempt than the
+# current (the next one, for a pending step). An ended run takes no event at all. The moves
+# below check only what the table cannot: data (turn numbers, a plan's presence, a digest).
+
+Move = Callable[[RunState, StepState, Any], RunState]
+
+
 def _apply(state: RunState, event: Event) -> RunState:
-    """The pure transition table. Returns `state` itself when the event changes nothing."""
-    if state.terminal and not isinstance(event, StepLog):
+    """Returns `state` itself when the event changes nothing."""
+    if state.terminal:
         return state
+    own = _EVENT_MOVES.get(type(event))
+    if own is not None:
+        return own(state, event)
+    return _step_move(state, event, _key(state, event))
+
+
+def _step_move(state: RunState, event: Any, key: str) -> RunState:
+    """Look the event up in the table under its step's phase; apply the move it lists."""
+    step = state.steps.get(event.step_id)
+    if step is None:
+        return state
+    phase = step_phase(step)
+    move = STEP_TRANSITIONS[phase].get(key)
+    if move is None or not _attempt_fits(step, phase, event):
+        return state
+    return move(state, step, event)
+
+
+_ANY_ATTEMPT = (StepWaiting, ApprovalRequested, AgentTurnRecorded, ToolResultRecorded)
+
+
+def _attempt_fits(step: StepState, phase: StepPhase, event: Any) -> bool:
+    attempt = getattr(event, "attempt", None)
+    if attempt is None or isinstance(event, _ANY_ATTEMPT):
+        return True
+    return bool(attempt == step.attempts + (1 if phase == StepPhase.PENDING else 0))
+
+
+def _key(state: RunState, event: Event) -> str:
+    """The event's row in the table: its type, told apart where a step's kind changes it."""
     match event:
-        case RunStarted():
-            raise IllegalEvent("run.started twice")
-        case RunCancelRequested(reason=reason):
-            return _end(
-                state, event.at, RunStatus.CANCELLED, error=f"cancelled: {reason}" if reason else "cancelled"
-            )
-        case RunCompleted(output=output):
-            return _end(state, event.at, RunStatus.COMPLETED, output=output)
-        case RunFailed(error=error):
-            return _end(state, event.at, RunStatus.FAILED, error=error)
-        case RunContinued(step_id=sid, next_run_id=next_id):
-            step = state.steps[sid]
-            handing_over = (
-                step.status == StepStatus.QUEUED and state.step_def(sid).type == StepKind.CONTINUE_AS_NEW
-            ) or (step.status == StepStatus.RUNNING and step.carry is not None)
-            if not handing_over:
-                return state
-            done = _put(
-                state,
-                sid,
-                replace(
-                    step,
-                    status=StepStatus.COMPLETED,
-                    output={"continued_to": next_id},
-                    finished_at=event.at,
-                ),
-            )
-            return replace(_end(done, event.at, RunStatus.CONTINUED), continued_to=next_id)
-        case SignalReceived(name=name, data=data):
-            return replace(state, signals=[*state.signals, Signal(name=name, data=data)])
-        case StepQueued():
-            return _on_queued(state, event)
-        case StepStarted(step_id=sid, attempt=attempt):
-            step = state.steps[sid]
-            if step.status != StepStatus.QUEUED or step.attempts != attempt:
-                return state
-            return _put(state, sid, replace(step, status=StepStatus.RUNNING, started_at=event.at))
-        case StepWaiting(step_id=sid, attempt=attempt, until=until, signal=signal):
-            step = state.steps[sid]
-            if step.status != StepStatus.PENDING:
-                return state
-            return _put(
-                state,
-                sid,
-                replace(
-                    step,
-                    status=StepStatus.WAITING,
-                    attempts=attempt,
-                    started_at=event.at,
-                    waiting_until=until,
-                    waiting_signal=signal,
-                ),
-            )
-        case StepCompleted():
-            return _on_completed(state, event)
-        case StepFailed(step_id=sid, attempt=attempt, error=error, retryable=retryable):
-            return _on_failed(state, sid, attempt, error, retryable, event.at, event.started_at)
-        case StepSkipped(step_id=sid):
-            step = state.steps[sid]
-            if step.status != StepStatus.PENDING:
-                return state
-            return _put(state, sid, replace(step, status=StepStatus.SKIPPED, finished_at=event.at))
-        case StepLog():
-            return state
-        case ApprovalRequested():
-            return _on_approval_requested(state, event)
-        case AgentTurnRecorded():
-            return _on_agent_turn(state, event)
-        case PlanExpanded():
-            return _on_plan_expanded(state, event)
-        case PlanFinished(step_id=sid, output=output):
-            step = state.steps[sid]
-            if step.status != StepStatus.RUNNING or not step.plan_steps:
-                return state
-            return _put(
-                state, sid, replace(step, status=StepStatus.COMPLETED, output=output, finished_at=event.at)
-            )
-        case ToolResultRecorded():
-            return _on_tool_result(state, event)
-        case AgentContinuing(step_id=sid, attempt=attempt, carry=carry):
-            step = state.steps[sid]
-            if step.status != StepStatus.RUNNING or step.attempts != attempt or step.carry is not None:
-                return state
-            return _put(state, sid, replace(step, carry=carry))
-        case ApprovalDecided():
-            return _on_approval_decided(state, event)
-        case MapExpanded(step_id=sid, items=items):
-            return _on_map_expanded(state, sid, items, event.at)
-        case TimerFired():
-            return _on_timer(state, event)
-        case StepCheckpointed(step_id=sid, attempt=attempt, data=data):
-            step = state.steps[sid]
-            if step.status not in STEP_ACTIVE or step.attempts != attempt:
-                return state
-            return _put(state, sid, replace(step, checkpoint=data))
-        case ChildRunFinished():
-            return _on_child_finished(state, event)
-        case _:
-            assert_never(event)
+        case TimerFired(kind=kind):
+            return f"timer.{kind}"
+        case StepCompleted(step_id=sid) if state.step_def(sid).type == StepKind.PLANNER:
+            return "plan.proposed"  # a planner's task answers with its plan
+        case RunContinued(step_id=sid) if state.step_def(sid).type != StepKind.CONTINUE_AS_NEW:
+            return "run.continued.carry"  # an agent handing its carry over
+    return event_type(event)
 
 
-def _on_queued(state: RunState, ev: StepQueued) -> RunState:
-    step = state.steps[ev.step_id]
-    if step.status != StepStatus.PENDING or ev.attempt != step.attempts + 1:
-        return state
+# --- moves: one per event type (and phase, where it differs) --------------------------------
+
+
+def _queue(state: RunState, step: StepState, ev: StepQueued) -> RunState:
     queued = replace(
         step,
         status=StepStatus.QUEUED,
@@ -363,75 +314,188 @@ def _on_queued(state: RunState, ev: StepQueued) -> RunState:
     return _put(state, ev.step_id, queued)
 
 
-def _on_completed(state: RunState, ev: StepCompleted) -> RunState:
-    step = state.steps[ev.step_id]
-    if state.step_def(ev.step_id).type == StepKind.PLANNER:
-        # A planner's task answers with its plan; the step completes when the plan has run.
-        if step.status not in BUSY or step.attempts != ev.attempt or step.plan is not None:
-            return state
-        return _put(state, ev.step_id, replace(step, status=StepStatus.RUNNING, plan=ev.output))
-    if (
-        step.status not in STEP_ACTIVE
-        or step.attempts != ev.attempt
-        or step_phase(step) == StepPhase.RETRY_WAIT
-    ):
-        return state
-    new = _put(
-        state,
-        ev.step_id,
-        replace(
-            step,
-            status=StepStatus.COMPLETED,
-            output=ev.output,
-            error=None,
-            finished_at=ev.at,
-            waiting_until=None,
-            started_at=step.started_at if ev.started_at is None else ev.started_at,
-        ),
+def _start_attempt(state: RunState, step: StepState, ev: StepStarted) -> RunState:
+    return _put(state, ev.step_id, replace(step, status=StepStatus.RUNNING, started_at=ev.at))
+
+
+def _wait(state: RunState, step: StepState, ev: StepWaiting) -> RunState:
+    waiting = replace(
+        step,
+        status=StepStatus.WAITING,
+        attempts=ev.attempt,
+        started_at=ev.at,
+        waiting_until=ev.until,
+        waiting_signal=ev.signal,
     )
+    return _put(state, ev.step_id, waiting)
+
+
+def _skip(state: RunState, step: StepState, ev: StepSkipped) -> RunState:
+    return _put(state, ev.step_id, replace(step, status=StepStatus.SKIPPED, finished_at=ev.at))
+
+
+def _take_plan(state: RunState, step: StepState, ev: StepCompleted) -> RunState:
+    """A planner's task answered; the step completes when its plan has run."""
+    if step.plan is not None:
+        return state
+    return _put(state, ev.step_id, replace(step, status=StepStatus.RUNNING, plan=ev.output))
+
+
+def _complete(state: RunState, step: StepState, ev: StepCompleted) -> RunState:
+    done = replace(
+        step,
+        status=StepStatus.COMPLETED,
+        output=ev.output,
+        error=None,
+        finished_at=ev.at,
+        waiting_until=None,
+        started_at=step.started_at if ev.started_at is None else ev.started_at,
+    )
+    new = _put(state, ev.step_id, done)
     if step.waiting_signal is not None:
         new = _consume_signal(new, step.waiting_signal, ev.step_id)
     return new
 
 
-def _on_failed(
-    state: RunState,
-    sid: str,
-    attempt: int,
-    error: str,
-    retryable: bool,
-    at: float,
-    started_at: float | None = None,
+def _fail(state: RunState, step: StepState, ev: StepFailed) -> RunState:
+    if ev.started_at is not None:
+        step = replace(step, started_at=ev.started_at)
+    return _failed(state, step, ev.step_id, ev.attempt, ev.error, ev.retryable, ev.at)
+
+
+def _failed(
+    state: RunState, step: StepState, sid: str, attempt: int, error: str, retryable: bool, at: float
 ) -> RunState:
-    step = state.steps[sid]
-    if started_at is not None:
-        step = replace(step, started_at=started_at)
-    engine_failure = step.status == StepStatus.PENDING and attempt == step.attempts + 1
-    if not engine_failure and (
-        step.status not in STEP_ACTIVE or step.attempts != attempt or step_phase(step) == StepPhase.RETRY_WAIT
-    ):
-        return state
+    """An attempt failed: wait for the next one while the retry policy allows, else fail."""
     policy = state.step_def(sid).retry or RetryPolicy()
     if retryable and attempt < policy.max_attempts:
-        return _put(
-            state,
-            sid,
-            replace(
-                step,
-                status=StepStatus.WAITING,
-                attempts=attempt,
-                error=error,
-                retry_at=at + policy.delay(attempt),
-            ),
-        )
+        retry_at = at + policy.delay(attempt)
+        waiting = replace(step, status=StepStatus.WAITING, attempts=attempt, error=error, retry_at=retry_at)
+        return _put(state, sid, waiting)
     return _put(
         state, sid, replace(step, status=StepStatus.FAILED, attempts=attempt, error=error, finished_at=at)
     )
 
 
+def _time_out(state: RunState, step: StepState, ev: TimerFired) -> RunState:
+    limit = state.step_def(ev.step_id).timeout_seconds or 0.0
+    error = f"timed out after {format_duration(limit)}"
+    return _failed(state, step, ev.step_id, ev.attempt, error, True, ev.at)
+
+
+def _retry_due(state: RunState, step: StepState, ev: TimerFired) -> RunState:
+    return _put(state, ev.step_id, replace(step, status=StepStatus.PENDING, retry_at=None))
+
+
+def _checkpoint(state: RunState, step: StepState, ev: StepCheckpointed) -> RunState:
+    return _put(state, ev.step_id, replace(step, checkpoint=ev.data))
+
+
+def _hand_over(state: RunState, step: StepState, ev: RunContinued) -> RunState:
+    output = {"continued_to": ev.next_run_id}
+    done = replace(step, status=StepStatus.COMPLETED, output=output, finished_at=ev.at)
+    ended = _end(_put(state, ev.step_id, done), ev.at, RunStatus.CONTINUED)
+    return replace(ended, continued_to=ev.next_run_id)
+
+
+def _hand_over_carry(state: RunState, step: StepState, ev: RunContinued) -> RunState:
+    return state if step.carry is None else _hand_over(state, step, ev)
+
+
+def _keep_carry(state: RunState, step: StepState, ev: AgentContinuing) -> RunState:
+    return state if step.carry is not None else _put(state, ev.step_id, replace(step, carry=ev.carry))
+
+
+def _expand_plan(state: RunState, step: StepState, ev: PlanExpanded) -> RunState:
+    if step.plan is None or step.plan_steps:
+        return state
+    ids = [s.id for s in ev.steps]
+    steps = {**state.steps, ev.step_id: replace(step, plan_steps=ids)}
+    steps.update({sid: StepState() for sid in ids})
+    dynamic = {**state.dynamic, **{s.id: s for s in ev.steps}}
+    return replace(state, steps=steps, dynamic=dynamic)
+
+
+def _finish_plan(state: RunState, step: StepState, ev: PlanFinished) -> RunState:
+    if not step.plan_steps:
+        return state
+    done = replace(step, status=StepStatus.COMPLETED, output=ev.output, finished_at=ev.at)
+    return _put(state, ev.step_id, done)
+
+
+def _record_turn(state: RunState, step: StepState, ev: AgentTurnRecorded) -> RunState:
+    if ev.turn != len(step.turns):
+        return state  # a duplicate, or a turn of an attempt that lost its race
+    turn = Turn(text=ev.text, tool_calls=ev.tool_calls, usage=ev.usage, stop_reason=ev.stop_reason, at=ev.at)
+    return _put(state, ev.step_id, replace(step, turns=[*step.turns, turn]))
+
+
+def _record_tool_result(state: RunState, step: StepState, ev: ToolResultRecorded) -> RunState:
+    if not 0 <= ev.turn < len(step.turns):
+        return state
+    turn = step.turns[ev.turn]
+    if ev.call_id in turn.results or all(c.get("id") != ev.call_id for c in turn.tool_calls):
+        return state
+    result = ToolResult(name=ev.name, result=ev.result, is_error=ev.is_error)
+    turns = list(step.turns)
+    turns[ev.turn] = replace(turn, results={**turn.results, ev.call_id: result})
+    return _put(state, ev.step_id, replace(step, turns=turns))
+
+
+def _expand_map(state: RunState, step: StepState, ev: MapExpanded) -> RunState:
+    steps = dict(state.steps)
+    started = replace(step, status=StepStatus.RUNNING, attempts=1, started_at=ev.at, items=len(ev.items))
+    steps[ev.step_id] = started
+    for i, item in enumerate(ev.items):
+        steps[item_id(ev.step_id, i)] = StepState(input=item)
+    return replace(state, steps=steps)
+
+
+def _child_finished(state: RunState, step: StepState, ev: ChildRunFinished) -> RunState:
+    if step.child_run_id != ev.child_run_id:
+        return state
+    if ev.status == RunStatus.COMPLETED:
+        done = replace(step, status=StepStatus.COMPLETED, output=ev.output, finished_at=ev.at)
+        return _put(state, ev.step_id, done)
+    error = f"child run {ev.child_run_id} {ev.status}: {ev.error or ''}".rstrip(": ")
+    return _failed(state, step, ev.step_id, ev.attempt, error, ev.status == RunStatus.FAILED, ev.at)
+
+
+def _wake(state: RunState, step: StepState, ev: TimerFired) -> RunState:
+    """A sleep ends, or a wait for a signal or a decision times out."""
+    if step.waiting_until is None:
+        return state
+    if state.step_def(ev.step_id).type == StepKind.APPROVAL:
+        waited = format_duration((step.waiting_until or ev.at) - (step.started_at or ev.at))
+        expired = _expire_approvals(state, ev.step_id, ev.at)
+        return _put(expired, ev.step_id, _finish(step, ev.at, error=f"no decision within {waited}"))
+    if step.waiting_signal is not None:
+        error = f"no signal {step.waiting_signal!r} before the timeout"
+        return _put(state, ev.step_id, _finish(step, ev.at, error=error))
+    slept = {"slept": ev.at - (step.started_at or ev.at)}
+    return _put(state, ev.step_id, _finish(step, ev.at, output=slept))
+
+
+def _finish(step: StepState, at: float, *, output: Any = None, error: str | None = None) -> StepState:
+    """A waiting step's end: completed with `output`, or failed with `error`."""
+    status = StepStatus.COMPLETED if error is None else StepStatus.FAILED
+    if error is None:
+        return replace(step, status=status, output=output, finished_at=at, waiting_until=None)
+    return replace(step, status=status, error=error, finished_at=at, waiting_until=None)
+
+
+# --- approvals: recorded whatever the step does; what the step does is in the table ---------
+
+
 def _on_approval_requested(state: RunState, ev: ApprovalRequested) -> RunState:
     if ev.approval_id in state.approvals:
         return state
+    if ev.kind == "step":
+        return _step_move(state, ev, "approval.requested.step")
+    return _step_move(_record_request(state, ev), ev, "approval.requested")
+
+
+def _record_request(state: RunState, ev: ApprovalRequested) -> RunState:
     approval = Approval(
         approval_id=ev.approval_id,
         step_id=ev.step_id,
@@ -442,23 +506,24 @@ def _on_approval_requested(state: RunState, ev: ApprovalRequested) -> RunState:
         requested_at=ev.at,
         expires_at=ev.expires_at,
     )
-    new = replace(state, approvals={**state.approvals, ev.approval_id: approval})
-    step = state.steps[ev.step_id]
-    if ev.kind == "step":
-        if step.status != StepStatus.PENDING:
-            return state
-        waiting = replace(
-            step,
-            status=StepStatus.WAITING,
-            attempts=ev.attempt,
-            input=ev.details,
-            started_at=ev.at,
-            waiting_until=ev.expires_at,
-        )
-        return _put(new, ev.step_id, waiting)
-    if step.status == StepStatus.RUNNING:  # an agent parks until its tool call is decided
-        return _put(new, ev.step_id, replace(step, status=StepStatus.WAITING))
-    return new
+    return replace(state, approvals={**state.approvals, ev.approval_id: approval})
+
+
+def _ask_operator(state: RunState, step: StepState, ev: ApprovalRequested) -> RunState:
+    waiting = replace(
+        step,
+        status=StepStatus.WAITING,
+        attempts=ev.attempt,
+        input=ev.details,
+        started_at=ev.at,
+        waiting_until=ev.expires_at,
+    )
+    return _put(_record_request(state, ev), ev.step_id, waiting)
+
+
+def _park(state: RunState, step: StepState, ev: ApprovalRequested) -> RunState:
+    """An agent parks until its tool call (or a planner until its plan) is decided."""
+    return _put(state, ev.step_id, replace(step, status=StepStatus.WAITING))
 
 
 def _on_approval_decided(state: RunState, ev: ApprovalDecided) -> RunState:
@@ -475,70 +540,109 @@ def _on_approval_decided(state: RunState, ev: ApprovalDecided) -> RunState:
         decided_at=ev.at,
     )
     new = replace(state, approvals={**state.approvals, ev.approval_id: decided})
-    step = new.steps[ev.step_id]
-    if approval.kind == "plan" and step.status == StepStatus.WAITING and not ev.approved:
-        reason = f": {ev.comment}" if ev.comment else ""
-        failed = replace(
-            step, status=StepStatus.FAILED, error=f"plan denied by {ev.by}{reason}", finished_at=ev.at
-        )
-        return _put(new, ev.step_id, failed)
-    if approval.kind in ("tool_call", "plan") and step.status == StepStatus.WAITING:
-        if not any(a.status == "pending" and a.step_id == ev.step_id for a in new.approvals.values()):
-            return _put(new, ev.step_id, replace(step, status=StepStatus.RUNNING))  # the step goes on
-        return new
-    if approval.kind != "step" or step.status != StepStatus.WAITING:
-        return new
+    return _step_move(new, ev, f"approval.decided.{approval.kind}")
+
+
+def _resume(state: RunState, step: StepState, ev: ApprovalDecided) -> RunState:
+    """The step goes on once nothing of it waits for an operator any more."""
+    if any(a.status == "pending" and a.step_id == ev.step_id for a in state.approvals.values()):
+        return state
+    return _put(state, ev.step_id, replace(step, status=StepStatus.RUNNING))
+
+
+def _plan_decided(state: RunState, step: StepState, ev: ApprovalDecided) -> RunState:
+    if ev.approved:
+        return _resume(state, step, ev)
+    reason = f": {ev.comment}" if ev.comment else ""
+    error = f"plan denied by {ev.by}{reason}"
+    return _put(state, ev.step_id, replace(step, status=StepStatus.FAILED, error=error, finished_at=ev.at))
+
+
+def _operator_decided(state: RunState, step: StepState, ev: ApprovalDecided) -> RunState:
     if ev.approved:
         output = {"approved": True, "by": ev.by, "comment": ev.comment}
-        return _put(
-            new,
-            ev.step_id,
-            replace(step, status=StepStatus.COMPLETED, output=output, finished_at=ev.at, waiting_until=None),
-        )
+        return _put(state, ev.step_id, _finish(step, ev.at, output=output))
     reason = f": {ev.comment}" if ev.comment else ""
-    return _put(
-        new,
-        ev.step_id,
-        replace(
-            step,
-            status=StepStatus.FAILED,
-            error=f"denied by {ev.by}{reason}",
-            finished_at=ev.at,
-            waiting_until=None,
-        ),
-    )
+    return _put(state, ev.step_id, _finish(step, ev.at, error=f"denied by {ev.by}{reason}"))
 
 
-def _on_plan_expanded(state: RunState, ev: PlanExpanded) -> RunState:
-    step = state.steps[ev.step_id]
-    if step.status != StepStatus.RUNNING or step.plan is None or step.plan_steps:
-        return state
-    ids = [s.id for s in ev.steps]
-    steps = {**state.steps, ev.step_id: replace(step, plan_steps=ids)}
-    steps.update({sid: StepState() for sid in ids})
-    dynamic = {**state.dynamic, **{s.id: s for s in ev.steps}}
-    return replace(state, steps=steps, dynamic=dynamic)
+# --- run-level events ---------------------------------------------------------------------
 
 
-def _on_agent_turn(state: RunState, ev: AgentTurnRecorded) -> RunState:
-    step = state.steps[ev.step_id]
-    if step.status not in STEP_ACTIVE or ev.turn != len(step.turns):
-        return state  # a duplicate, or a turn of an attempt that lost its race
-    turn = Turn(text=ev.text, tool_calls=ev.tool_calls, usage=ev.usage, stop_reason=ev.stop_reason, at=ev.at)
-    return _put(state, ev.step_id, replace(step, turns=[*step.turns, turn]))
+def _cancel(state: RunState, ev: RunCancelRequested) -> RunState:
+    error = f"cancelled: {ev.reason}" if ev.reason else "cancelled"
+    return _end(state, ev.at, RunStatus.CANCELLED, error=error)
 
 
-def _on_tool_result(state: RunState, ev: ToolResultRecorded) -> RunState:
-    step = state.steps[ev.step_id]
-    if step.status not in STEP_ACTIVE or not 0 <= ev.turn < len(step.turns):
-        return state
-    turn = step.turns[ev.turn]
-    if ev.call_id in turn.results or all(c.get("id") != ev.call_id for c in turn.tool_calls):
-        return state
-    result = ToolResult(name=ev.name, result=ev.result, is_error=ev.is_error)
-    turns = list(step.turns)
-    turns[ev.turn] = replace(turn, results={**turn.results, ev.call_id: result})
-    return _put(state, ev.step_id, replace(step, turns=turns))
+def _on_timer(state: RunState, ev: TimerFired) -> RunState:
+    if ev.kind != "run_timeout":
+        return _step_move(state, ev, f"timer.{ev.kind}")
+    limit = state.definition.timeout_seconds or 0.0
+    return _end(state, ev.at, RunStatus.FAILED, error=f"run exceeded its timeout of {format_duration(limit)}")
+
+
+_EVENT_MOVES: dict[type, Callable[[RunState, Any], RunState]] = {
+    RunCancelRequested: _cancel,
+    RunCompleted: lambda state, ev: _end(state, ev.at, RunStatus.COMPLETED, output=ev.output),
+    RunFailed: lambda state, ev: _end(state, ev.at, RunStatus.FAILED, error=ev.error),
+    SignalReceived: lambda state, ev: replace(
+        state, signals=[*state.signals, Signal(name=ev.name, data=ev.data)]
+    ),
+    TimerFired: _on_timer,
+    ApprovalRequested: _on_approval_requested,
+    ApprovalDecided: _on_approval_decided,
+    StepLog: lambda state, ev: state,
+}
+
+# What an agent or a task reports while its attempt is on, even after it failed (its
+# transcript and checkpoint stay for the next attempt).
+_REPORTS: dict[str, Move] = {
+    "step.checkpointed": _checkpoint,
+    "agent.turn": _record_turn,
+    "agent.tool_result": _record_tool_result,
+}
+_RESULTS: dict[str, Move] = {"step.completed": _complete, "step.failed": _fail}
+_BUSY: dict[str, Move] = {
+    **_REPORTS,
+    **_RESULTS,
+    "plan.proposed": _take_plan,
+    "timer.step_timeout": _time_out,
+}
+
+STEP_TRANSITIONS: dict[StepPhase, dict[str, Move]] = {
+    StepPhase.PENDING: {
+        "step.queued": _queue,
+        "step.failed": _fail,  # the engine could not start it (a bad template, a bound)
+        "step.waiting": _wait,
+        "step.skipped": _skip,
+        "map.expanded": _expand_map,
+        "approval.requested.step": _ask_operator,
+    },
+    StepPhase.QUEUED: {**_BUSY, "step.started": _start_attempt, "run.continued": _hand_over},
+    StepPhase.RUNNING: {
+        **_BUSY,
+        "run.continued.carry": _hand_over_carry,
+        "agent.continuing": _keep_carry,
+        "plan.expanded": _expand_plan,
+        "plan.finished": _finish_plan,
+        "child.finished": _child_finished,
+        "approval.requested": _park,
+    },
+    StepPhase.WAITING: {
+        **_REPORTS,
+        **_RESULTS,
+        "timer.wake": _wake,
+        "approval.decided.step": _operator_decided,
+        "approval.decided.tool_call": _resume,
+        "approval.decided.plan": _plan_decided,
+    },
+    StepPhase.RETRY_WAIT: {**_REPORTS, "timer.retry": _retry_due},
+    StepPhase.COMPLETED: {},
+    StepPhase.FAILED: {},
+    StepPhase.SKIPPED: {},
+    StepPhase.CANCELLED: {},
+}
+TIMER_KINDS = frozenset({"retry", "step_timeout", "run_timeout", "wake"})
 
 
 def _expire_approvals(state: RunState, step_id: str, at: float) -> RunState:
@@ -549,93 +653,6 @@ def _expire_approvals(state: RunState, step_id: str, at: float) -> RunState:
         for aid, a in state.approvals.items()
     }
     return replace(state, approvals=approvals)
-
-
-def _on_map_expanded(state: RunState, sid: str, items: list[Any], at: float) -> RunState:
-    step = state.steps[sid]
-    if step.status != StepStatus.PENDING:
-        return state
-    steps = dict(state.steps)
-    steps[sid] = replace(step, status=StepStatus.RUNNING, attempts=1, started_at=at, items=len(items))
-    for i, item in enumerate(items):
-        steps[item_id(sid, i)] = StepState(input=item)
-    return replace(state, steps=steps)
-
-
-def _on_timer(state: RunState, ev: TimerFired) -> RunState:
-    if ev.kind == "run_timeout":
-        limit = state.definition.timeout_seconds or 0.0
-        return _end(
-            state, ev.at, RunStatus.FAILED, error=f"run exceeded its timeout of {format_duration(limit)}"
-        )
-    step = state.steps.get(ev.step_id)
-    if step is None or step.attempts != ev.attempt:
-        return state
-    if ev.kind == "retry":
-        if step_phase(step) != StepPhase.RETRY_WAIT:
-            return state
-        return _put(state, ev.step_id, replace(step, status=StepStatus.PENDING, retry_at=None))
-    if ev.kind == "step_timeout":
-        if step.status not in BUSY:
-            return state
-        limit = state.step_def(ev.step_id).timeout_seconds or 0.0
-        return _on_failed(
-            state, ev.step_id, ev.attempt, f"timed out after {format_duration(limit)}", True, ev.at
-        )
-    if ev.kind == "wake":
-        if step.status != StepStatus.WAITING or step.waiting_until is None:
-            return state
-        if state.step_def(ev.step_id).type == StepKind.APPROVAL:
-            waited = format_duration((step.waiting_until or ev.at) - (step.started_at or ev.at))
-            expired = _expire_approvals(state, ev.step_id, ev.at)
-            failed = replace(
-                step,
-                status=StepStatus.FAILED,
-                error=f"no decision within {waited}",
-                finished_at=ev.at,
-                waiting_until=None,
-            )
-            return _put(expired, ev.step_id, failed)
-        if step.waiting_signal is not None:
-            return _put(
-                state,
-                ev.step_id,
-                replace(
-                    step,
-                    status=StepStatus.FAILED,
-                    error=f"no signal {step.waiting_signal!r} before the timeout",
-                    finished_at=ev.at,
-                    waiting_until=None,
-                ),
-            )
-        return _put(
-            state,
-            ev.step_id,
-            replace(
-                step,
-                status=StepStatus.COMPLETED,
-                output={"slept": ev.at - (step.started_at or ev.at)},
-                finished_at=ev.at,
-                waiting_until=None,
-            ),
-        )
-    raise IllegalEvent(f"unknown timer kind {ev.kind!r}")
-
-
-def _on_child_finished(state: RunState, ev: ChildRunFinished) -> RunState:
-    step = state.steps[ev.step_id]
-    if (
-        step.status != StepStatus.RUNNING
-        or step.attempts != ev.attempt
-        or step.child_run_id != ev.child_run_id
-    ):
-        return state
-    if ev.status == StepStatus.COMPLETED:
-        return _put(
-            state, ev.step_id, replace(step, status=StepStatus.COMPLETED, output=ev.output, finished_at=ev.at)
-        )
-    error = f"child run {ev.child_run_id} {ev.status}: {ev.error or ''}".rstrip(": ")
-    return _on_failed(state, ev.step_id, ev.attempt, error, ev.status == StepStatus.FAILED, ev.at)
 
 
 def _end(
