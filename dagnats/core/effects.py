@@ -57,6 +57,7 @@ from .state import (
     STEP_ACTIVE,
     RunState,
     StepPhase,
+    StepState,
     StepStatus,
     attempt_superseded,
     fork_keeps,
@@ -69,6 +70,18 @@ replace = msgspec.structs.replace
 def effects(wf: WorkflowDef, old: RunState | None, new: RunState, event: Event) -> Iterable[Action]:
     if old is not None and new is old:
         return
+    yield from _caused_by(wf, new, event)
+    for sid, step in new.steps.items():
+        before = old.steps.get(sid) if old is not None else None
+        yield from _step_changed(new, sid, before, step, event)
+    if new.terminal and (old is None or not old.terminal):
+        if old is not None and any(s.status in BUSY for s in old.steps.values()):
+            yield DropTasks(run_id=new.run_id)
+        yield from _on_run_end(wf, new, event)
+
+
+def _caused_by(wf: WorkflowDef, new: RunState, event: Event) -> Iterable[Action]:
+    """The effects of the event itself: a dispatch, a timer, a hand-over."""
     run_id = new.run_id
     match event:
         case RunStarted():
@@ -76,11 +89,10 @@ def effects(wf: WorkflowDef, old: RunState | None, new: RunState, event: Event) 
                 yield _timer(run_id, "run_timeout", "", 0, event.at + limit)
         case StepQueued(step_id=sid, attempt=attempt):
             yield from _dispatch(new, sid, attempt)
-            if new.steps[sid].child_run_id and (limit := new.step_def(sid).timeout_seconds) is not None:
-                yield _timer(run_id, "step_timeout", sid, attempt, event.at + limit)
+            if new.steps[sid].child_run_id:  # a child run is timed from its start
+                yield from _step_timeout(new, sid, attempt, event.at)
         case StepStarted(step_id=sid, attempt=attempt):
-            if (limit := new.step_def(sid).timeout_seconds) is not None:
-                yield _timer(run_id, "step_timeout", sid, attempt, event.at + limit)
+            yield from _step_timeout(new, sid, attempt, event.at)
         case StepWaiting(step_id=sid, attempt=attempt, until=until) if until is not None:
             yield _timer(run_id, "wake", sid, attempt, until)
         case ApprovalRequested(kind="step", step_id=sid, attempt=attempt, expires_at=until) if (
@@ -90,31 +102,42 @@ def effects(wf: WorkflowDef, old: RunState | None, new: RunState, event: Event) 
         case AgentContinuing(step_id=sid) if new.generation < MAX_GENERATIONS:
             yield _hand_over_agent(new, sid)
         case ApprovalDecided(step_id=sid, approval_id=aid) if new.approvals[aid].kind == "tool_call":
-            if new.steps[sid].status == StepStatus.RUNNING:  # hand the parked agent back to a worker
-                yield from _dispatch(new, sid, new.steps[sid].attempts, resume=aid)
+            yield from _resume_agent(new, sid, aid)
         case _:
             pass
-    for sid, step in new.steps.items():
-        before = old.steps.get(sid) if old is not None else None
-        if step.retry_at is not None and (before is None or before.retry_at != step.retry_at):
-            yield _timer(run_id, "retry", sid, step.attempts, step.retry_at)
-        if (
-            before is not None
-            and before.child_run_id
-            and before.status == StepStatus.RUNNING
-            and step.status != StepStatus.RUNNING
-        ):
-            if not isinstance(event, ChildRunFinished):  # timed out, or the run ended: stop the child
-                why = (
-                    f"parent run {new.status}"
-                    if new.terminal
-                    else f"parent step {sid} {step.error or step.status}"
-                )
-                yield CancelChildRun(child_run_id=before.child_run_id, reason=why)
-    if new.terminal and (old is None or not old.terminal):
-        if old is not None and any(s.status in BUSY for s in old.steps.values()):
-            yield DropTasks(run_id=run_id)
-        yield from _on_run_end(wf, new, event)
+
+
+def _resume_agent(state: RunState, sid: str, approval_id: str) -> Iterable[Action]:
+    """Hand an agent its tool call's decision: back to a worker, if it no longer waits."""
+    if state.steps[sid].status == StepStatus.RUNNING:
+        yield from _dispatch(state, sid, state.steps[sid].attempts, resume=approval_id)
+
+
+def _step_timeout(state: RunState, sid: str, attempt: int, at: float) -> Iterable[Action]:
+    if (limit := state.step_def(sid).timeout_seconds) is not None:
+        yield _timer(state.run_id, "step_timeout", sid, attempt, at + limit)
+
+
+def _step_changed(
+    new: RunState, sid: str, before: StepState | None, step: StepState, event: Event
+) -> Iterable[Action]:
+    """The effects of a step's change: a retry timer to start, a child run to stop."""
+    if step.retry_at is not None and (before is None or before.retry_at != step.retry_at):
+        yield _timer(new.run_id, "retry", sid, step.attempts, step.retry_at)
+    left_child = (
+        before is not None
+        and before.child_run_id
+        and before.status == StepStatus.RUNNING
+        and step.status != StepStatus.RUNNING
+    )
+    if left_child and before is not None and before.child_run_id:
+        if not isinstance(event, ChildRunFinished):  # timed out, or the run ended: stop the child
+            why = (
+                f"parent run {new.status}"
+                if new.terminal
+                else f"parent step {sid} {step.error or step.status}"
+            )
+            yield CancelChildRun(child_run_id=before.child_run_id, reason=why)
 
 
 def _dispatch(state: RunState, sid: str, attempt: int, resume: str = "") -> Iterable[Action]:
