@@ -7,8 +7,8 @@ the same answer. The engine records the first event, folds it, and asks again.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -125,68 +125,105 @@ def _start_step(
     if scope not in contexts:
         contexts[scope] = state.template_context(sid)
     ctx = contexts[scope]
-    if attempt == 1:
-        try:
-            if step.when is not None and not _condition(step.when, ctx):
-                return StepSkipped(at=now, step_id=sid, reason="when condition is false")
-            if step.skip_if is not None and _condition(step.skip_if, ctx):
-                return StepSkipped(at=now, step_id=sid, reason="skip_if condition is true")
-        except template.TemplateError as exc:
-            return StepFailed(
-                at=now, step_id=sid, attempt=attempt, error=f"condition: {exc}", retryable=False
-            )
+    if attempt == 1 and (skipped := _skipped(step, sid, ctx, now)) is not None:
+        return skipped
     try:
         step_input = _step_input(state, step, ctx)
         render_config(step, ctx)
     except template.TemplateError as exc:
         return StepFailed(at=now, step_id=sid, attempt=attempt, error=f"input: {exc}", retryable=False)
-    match step.type:
-        case StepKind.TASK | StepKind.AGENT_LOOP | StepKind.PLANNER:
-            return StepQueued(at=now, step_id=sid, attempt=attempt, input=step_input)
-        case StepKind.SUB_WORKFLOW:
-            if state.depth + 1 > MAX_DEPTH:
-                return StepFailed(
-                    at=now,
-                    step_id=sid,
-                    attempt=attempt,
-                    retryable=False,
-                    error=f"sub_workflow nesting is bounded at depth {MAX_DEPTH}",
-                )
-            return StepQueued(at=now, step_id=sid, attempt=attempt, input=step_input)
-        case StepKind.SLEEP:
-            cfg = step_config(step)
-            assert isinstance(cfg, SleepConfig)
-            return StepWaiting(at=now, step_id=sid, attempt=attempt, until=now + parse_duration(cfg.duration))
-        case StepKind.WAIT_FOR_EVENT:
-            cfg = step_config(step)
-            assert isinstance(cfg, WaitConfig)
-            until = None if cfg.timeout is None else now + parse_duration(cfg.timeout)
-            return StepWaiting(at=now, step_id=sid, attempt=attempt, until=until, signal=cfg.name)
-        case StepKind.MAP:
-            return _expand_map(step, sid, attempt, step_input, now)
-        case StepKind.CONTINUE_AS_NEW:
-            return _continue(state, step, sid, attempt, step_input, ctx, now)
-        case StepKind.APPROVAL:
-            cfg = step_config(step)
-            assert isinstance(cfg, ApprovalConfig)
-            try:
-                prompt = template.render(cfg.prompt, ctx)
-            except template.TemplateError as exc:
-                return StepFailed(
-                    at=now, step_id=sid, attempt=attempt, error=f"prompt: {exc}", retryable=False
-                )
-            until = None if cfg.timeout is None else now + parse_duration(cfg.timeout)
-            return ApprovalRequested(
-                at=now,
-                approval_id=f"{sid}.{attempt}",
-                step_id=sid,
-                kind="step",
-                attempt=attempt,
-                prompt=str(prompt),
-                details=step_input,
-                expires_at=until,
-            )
-    raise AssertionError(f"step {sid!r} has unsupported type '{step.type}'")  # validation prevents it
+    start = _STARTS.get(step.type)
+    if start is None:
+        raise AssertionError(f"step {sid!r} has unsupported type '{step.type}'")  # validation prevents it
+    return start(state, step, _Start(sid, attempt, step_input, ctx, now))
+
+
+def _skipped(step: StepDef, sid: str, ctx: dict[str, Any], now: float) -> Event | None:
+    """What a step's conditions say before its first attempt: skip it, fail it, or nothing."""
+    try:
+        if step.when is not None and not _condition(step.when, ctx):
+            return StepSkipped(at=now, step_id=sid, reason="when condition is false")
+        if step.skip_if is not None and _condition(step.skip_if, ctx):
+            return StepSkipped(at=now, step_id=sid, reason="skip_if condition is true")
+    except template.TemplateError as exc:
+        return StepFailed(at=now, step_id=sid, attempt=1, error=f"condition: {exc}", retryable=False)
+    return None
+
+
+class _Start(NamedTuple):
+    """What starting one attempt of a step knows."""
+
+    sid: str
+    attempt: int
+    input: Any
+    ctx: dict[str, Any]
+    now: float
+
+
+def _queue(state: RunState, step: StepDef, s: _Start) -> Event:
+    return StepQueued(at=s.now, step_id=s.sid, attempt=s.attempt, input=s.input)
+
+
+def _start_child(state: RunState, step: StepDef, s: _Start) -> Event:
+    if state.depth + 1 > MAX_DEPTH:
+        return StepFailed(
+            at=s.now,
+            step_id=s.sid,
+            attempt=s.attempt,
+            retryable=False,
+            error=f"sub_workflow nesting is bounded at depth {MAX_DEPTH}",
+        )
+    return _queue(state, step, s)
+
+
+def _sleep(state: RunState, step: StepDef, s: _Start) -> Event:
+    cfg = step_config(step)
+    assert isinstance(cfg, SleepConfig)
+    until = s.now + parse_duration(cfg.duration)
+    return StepWaiting(at=s.now, step_id=s.sid, attempt=s.attempt, until=until)
+
+
+def _wait(state: RunState, step: StepDef, s: _Start) -> Event:
+    cfg = step_config(step)
+    assert isinstance(cfg, WaitConfig)
+    until = None if cfg.timeout is None else s.now + parse_duration(cfg.timeout)
+    return StepWaiting(at=s.now, step_id=s.sid, attempt=s.attempt, until=until, signal=cfg.name)
+
+
+def _ask(state: RunState, step: StepDef, s: _Start) -> Event:
+    cfg = step_config(step)
+    assert isinstance(cfg, ApprovalConfig)
+    try:
+        prompt = template.render(cfg.prompt, s.ctx)
+    except template.TemplateError as exc:
+        return StepFailed(at=s.now, step_id=s.sid, attempt=s.attempt, error=f"prompt: {exc}", retryable=False)
+    until = None if cfg.timeout is None else s.now + parse_duration(cfg.timeout)
+    return ApprovalRequested(
+        at=s.now,
+        approval_id=f"{s.sid}.{s.attempt}",
+        step_id=s.sid,
+        kind="step",
+        attempt=s.attempt,
+        prompt=str(prompt),
+        details=s.input,
+        expires_at=until,
+    )
+
+
+# The event that starts an attempt, by step type.
+_STARTS: dict[str, Callable[[RunState, StepDef, _Start], Event]] = {
+    StepKind.TASK: _queue,
+    StepKind.AGENT_LOOP: _queue,
+    StepKind.PLANNER: _queue,
+    StepKind.SUB_WORKFLOW: _start_child,
+    StepKind.SLEEP: _sleep,
+    StepKind.WAIT_FOR_EVENT: _wait,
+    StepKind.MAP: lambda state, step, s: _expand_map(step, s.sid, s.attempt, s.input, s.now),
+    StepKind.CONTINUE_AS_NEW: lambda state, step, s: _continue(
+        state, step, s.sid, s.attempt, s.input, s.ctx, s.now
+    ),
+    StepKind.APPROVAL: _ask,
+}
 
 
 def _continue(
