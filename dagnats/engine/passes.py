@@ -14,9 +14,9 @@ import logging
 import msgspec
 
 from dagnats.core.actions import Action, AppendEvent, DispatchTask
-from dagnats.core.decide import IllegalEvent, decide
+from dagnats.core.decide import IllegalEvent, chain, decide, too_large
 from dagnats.core.effects import still_due
-from dagnats.core.events import Event, RunFailed, StepFailed, encode_event
+from dagnats.core.events import Event
 from dagnats.core.plan import next_event
 from dagnats.core.state import RunState
 from dagnats.nats.store import decode_recorded
@@ -166,52 +166,3 @@ class Recorder:
             await self.fold_tail(run_id, pass_)
             return
         pass_.apply(event, seq, ours=True)
-
-
-def chain(
-    state: RunState | None,
-    upcoming: list[Event],
-    *,
-    max_events: int,
-    max_bytes: int,
-    max_event_bytes: int,
-) -> list[tuple[Event, RunState, list[Action]]]:
-    """The events the one-at-a-time path would append one after another, each decided on the
-    state the previous one leaves, up to a batch's bounds. Appended as one atomic batch checked
-    against the pass's last sequence, they land exactly as that sequence of appends would
-    have, or not at all, in one round trip instead of one per event (a fan-out of 100
-    steps is 100 `step.queued` events)."""
-    out: list[tuple[Event, RunState, list[Action]]] = []
-    size = 0
-    while upcoming and len(out) < max_events:
-        event = upcoming[0]
-        encoded = len(encode_event(event))
-        if encoded > max_event_bytes:
-            break  # the one-at-a-time path records what an oversize event causes instead
-        size += encoded
-        if size > max_bytes and out:
-            break
-        try:
-            new, actions = decide(state, event, first_only=True)
-        except IllegalEvent:
-            break  # the one-at-a-time path logs and skips it
-        out.append((event, new, actions))
-        state = new
-        upcoming = [a.event for a in actions if isinstance(a, AppendEvent)]
-    return out
-
-
-def too_large(event: Event, size: int) -> Event:
-    """What to record instead of an engine event that does not fit: the failure it causes."""
-    step_id = getattr(event, "step_id", "")
-    what = type(event).__name__
-    if step_id:
-        attempt = getattr(event, "attempt", 1)
-        return StepFailed(
-            at=event.at,
-            step_id=step_id,
-            attempt=attempt,
-            retryable=False,
-            error=f"{what} of {size} bytes exceeds the message limit (input or output too large)",
-        )
-    return RunFailed(at=event.at, error=f"run output of {size} bytes exceeds the message limit")

@@ -5,7 +5,6 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from dagnats.core.actions import DispatchTask
-from dagnats.core.decide import fold
 from dagnats.core.definition import parse_definition
 from dagnats.core.events import (
     Event,
@@ -16,7 +15,7 @@ from dagnats.core.events import (
     encode_event,
 )
 from dagnats.engine.delivery import DeliveryTracker
-from dagnats.engine.passes import Pass, Recorder, chain, too_large
+from dagnats.engine.passes import Pass, Recorder
 from dagnats.nats import names
 from dagnats.ports import BatchUnsupported, Conflict, TooLarge
 
@@ -152,12 +151,6 @@ async def test_an_event_too_large_to_record_is_replaced_by_the_failure_it_causes
     assert "exceeds the message limit" in failed[0].error
 
 
-def test_too_large_fails_the_step_or_else_the_run():
-    step = too_large(StepCompleted(at=1.0, step_id="s", attempt=2, output=1), 5)
-    assert isinstance(step, StepFailed) and (step.step_id, step.attempt) == ("s", 2)
-    assert type(too_large(run_started(), 5)).__name__ == "RunFailed"
-
-
 def test_an_illegal_event_is_skipped_but_counted_as_read():
     pass_ = Pass(None, 0, -1)
     pass_.apply(run_started(), 1)
@@ -172,15 +165,6 @@ def test_effects_the_final_state_no_longer_calls_for_are_not_due():
     pass_.apply(StepQueued(at=1.0, step_id="a", attempt=1), 2, ours=True)
     pass_.apply(StepCompleted(at=2.0, step_id="a", attempt=1, output=1), 3)
     assert [a for _, a in pass_.due() if isinstance(a, DispatchTask)] == []
-
-
-def test_a_chain_stops_at_its_bounds():
-    state = fold(None, run_started())
-    first = StepQueued(at=1.0, step_id="a", attempt=1)
-    bounds = {"max_bytes": 10_000, "max_event_bytes": 10_000}
-    assert len(chain(state, [first], max_events=5, **bounds)) == 2
-    assert len(chain(state, [first], max_events=1, **bounds)) == 1
-    assert chain(state, [first], max_events=5, max_bytes=10_000, max_event_bytes=10) == []
 
 
 async def test_a_tail_read_while_deliveries_are_live_leaves_the_pass_complete_in_this_epoch():
