@@ -7,6 +7,7 @@ registration rather than silently ignored.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 KEYWORDS = frozenset(
@@ -56,41 +57,70 @@ def check_schema(schema: Any, path: str = "input_schema") -> str | None:
 
 
 def _check_keyword(key: str, value: Any, path: str) -> str | None:
-    if key == "type":
-        types = value if isinstance(value, list) else [value]
-        for t in types:
-            if not isinstance(t, str) or t not in _TYPES:
-                return f"{path}: unknown type {t!r} (expected one of {', '.join(_TYPES)})"
-    elif key == "properties":
-        if not isinstance(value, dict):
-            return f"{path}: expected an object of schemas"
-        for name, sub in value.items():
-            if problem := check_schema(sub, f"{path}.{name}"):
-                return problem
-    elif key == "items":
-        return check_schema(value, path)
-    elif key == "additionalProperties":
-        return None if isinstance(value, bool) else check_schema(value, path)
-    elif key == "required":
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            return f"{path}: expected a list of field names"
-    elif key == "enum":
-        if not isinstance(value, list):
-            return f"{path}: expected a list of values"
-    elif key in ("minimum", "maximum"):
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            return f"{path}: expected a number"
-    elif key in ("minLength", "maxLength", "minItems", "maxItems"):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            return f"{path}: expected a non-negative integer"
-    elif key == "pattern":
-        try:
-            re.compile(value)
-        except (re.error, TypeError) as exc:
-            return f"{path}: invalid regular expression ({exc})"
-    elif key in ("title", "description") and not isinstance(value, str):
-        return f"{path}: expected a string"
+    check = _KEYWORD_CHECKS.get(key)
+    return None if check is None else check(value, path)
+
+
+def _check_type(value: Any, path: str) -> str | None:
+    for t in value if isinstance(value, list) else [value]:
+        if not isinstance(t, str) or t not in _TYPES:
+            return f"{path}: unknown type {t!r} (expected one of {', '.join(_TYPES)})"
     return None
+
+
+def _check_properties(value: Any, path: str) -> str | None:
+    if not isinstance(value, dict):
+        return f"{path}: expected an object of schemas"
+    for name, sub in value.items():
+        if problem := check_schema(sub, f"{path}.{name}"):
+            return problem
+    return None
+
+
+def _check_pattern(value: Any, path: str) -> str | None:
+    try:
+        re.compile(value)
+    except (re.error, TypeError) as exc:
+        return f"{path}: invalid regular expression ({exc})"
+    return None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _expect(ok: Callable[[Any], bool], what: str) -> Callable[[Any, str], str | None]:
+    return lambda value, path: None if ok(value) else f"{path}: expected {what}"
+
+
+_NUMBER = _expect(_is_number, "a number")
+_COUNT = _expect(_is_count, "a non-negative integer")
+_TEXT = _expect(lambda v: isinstance(v, str), "a string")
+_KEYWORD_CHECKS: dict[str, Callable[[Any, str], str | None]] = {
+    "type": _check_type,
+    "properties": _check_properties,
+    "items": lambda value, path: check_schema(value, path),
+    "additionalProperties": lambda value, path: (
+        None if isinstance(value, bool) else check_schema(value, path)
+    ),
+    "required": _expect(
+        lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of field names"
+    ),
+    "enum": _expect(lambda v: isinstance(v, list), "a list of values"),
+    "minimum": _NUMBER,
+    "maximum": _NUMBER,
+    "minLength": _COUNT,
+    "maxLength": _COUNT,
+    "minItems": _COUNT,
+    "maxItems": _COUNT,
+    "pattern": _check_pattern,
+    "title": _TEXT,
+    "description": _TEXT,
+}
 
 
 def validate(schema: dict[str, Any], value: Any, path: str = "input") -> str | None:
@@ -110,11 +140,16 @@ def validate(schema: dict[str, Any], value: Any, path: str = "input") -> str | N
         return _validate_array(schema, value, path)
     if isinstance(value, str):
         return _validate_string(schema, value, path)
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if "minimum" in schema and value < schema["minimum"]:
-            return f"{path}: must be >= {schema['minimum']}"
-        if "maximum" in schema and value > schema["maximum"]:
-            return f"{path}: must be <= {schema['maximum']}"
+    if _is_number(value):
+        return _validate_number(schema, value, path)
+    return None
+
+
+def _validate_number(schema: dict[str, Any], value: float, path: str) -> str | None:
+    if "minimum" in schema and value < schema["minimum"]:
+        return f"{path}: must be >= {schema['minimum']}"
+    if "maximum" in schema and value > schema["maximum"]:
+        return f"{path}: must be <= {schema['maximum']}"
     return None
 
 
