@@ -23,7 +23,16 @@ from dagnats.core.actions import (
     StartChildRun,
     StartTimer,
 )
-from dagnats.core.decide import IllegalEvent, chain, child_run_id, decide, next_events, replay, too_large
+from dagnats.core.decide import (
+    STEP_TRANSITIONS,
+    IllegalEvent,
+    chain,
+    child_run_id,
+    decide,
+    next_events,
+    replay,
+    too_large,
+)
 from dagnats.core.definition import WorkflowDef, parse_definition
 from dagnats.core.events import (
     ApprovalDecided,
@@ -48,7 +57,7 @@ from dagnats.core.events import (
     encode_event,
     event_type,
 )
-from dagnats.core.state import RunState, approval_digest
+from dagnats.core.state import RunState, StepPhase, approval_digest, step_phase
 
 T0 = 1000.0
 
@@ -837,3 +846,30 @@ def test_too_large_fails_the_step_or_the_run():
     assert failed.error == "StepQueued of 2000000 bytes exceeds the message limit (input or output too large)"
     run = too_large(RunCompleted(at=T0, output="x"), 9)
     assert isinstance(run, RunFailed) and run.error == "run output of 9 bytes exceeds the message limit"
+
+
+def test_a_decision_while_the_step_waits_for_its_retry_is_recorded_but_does_not_resume_it():
+    wf = flow(
+        {
+            "id": "a",
+            "type": "agent_loop",
+            "config": {"provider": "scripted", "script": [{"text": "hi"}]},
+            "retry": {"max_attempts": 2, "initial": "10s"},
+        }
+    )
+    state, _ = decide(None, RunStarted(at=T0, run_id="r1", workflow="flow", version=1, definition=wf))
+    for event in [
+        StepQueued(at=T0, step_id="a", attempt=1),
+        StepStarted(at=T0, step_id="a", attempt=1),
+        ApprovalRequested(at=T0, approval_id="a.t1", step_id="a", kind="tool_call", attempt=1),
+        StepFailed(at=T0 + 1, step_id="a", attempt=1, error="boom"),
+    ]:
+        state, _ = decide(state, event)
+    assert step_phase(state.steps["a"]) == StepPhase.RETRY_WAIT
+    assert STEP_TRANSITIONS[StepPhase.RETRY_WAIT].get("approval.decided.tool_call") is None
+    state, actions = decide(state, ApprovalDecided(at=T0 + 2, approval_id="a.t1", step_id="a", approved=True))
+    assert state.approvals["a.t1"].status == "approved"
+    assert (state.steps["a"].status, state.steps["a"].retry_at) == ("waiting", T0 + 11)
+    assert not [a for a in actions if isinstance(a, DispatchTask)]
+    state, _ = decide(state, TimerFired(at=T0 + 11, kind="retry", step_id="a", attempt=1))
+    assert state.steps["a"].status == "pending"
