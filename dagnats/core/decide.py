@@ -7,6 +7,8 @@ Rules:
   run, notify a parent) belong to the event that caused them. `AppendEvent` actions are
   derived from the resulting state alone (`plan.next_events`), so after folding several events the
   shell only needs those of the last one.
+- What an event does depends on the phase of the step it names, and `STEP_TRANSITIONS` lists
+  the legal (phase, event) pairs in one table; "waiting for a retry" is a phase of its own.
 - An event that does not fit the run (a late result of a superseded attempt, a duplicate, a
   result after the run ended, a decision quoting a digest the request no longer has) changes
   nothing: that is how at-least-once delivery, crash redo and a stale console stay harmless. An event that can never be valid (no `run.started`, an unknown step)
