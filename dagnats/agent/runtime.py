@@ -113,7 +113,7 @@ class AgentLoop:
         toolbox = Toolbox(
             self.cfg.tools,
             self._workdir(),
-            self.store.tools,  # type: ignore[arg-type]  # Toolbox uses only `request`
+            self.store.tools,
             parse_duration(self.cfg.command_timeout),
         )
         specs = await toolbox.specs()

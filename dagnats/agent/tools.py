@@ -12,11 +12,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 
 from dagnats.core.definition import BUILTIN_TOOLS
 from dagnats.nats import names
+from dagnats.nats.store import ToolRequests
 from dagnats.processes import CommandTimedOut, run_command
 
 from .providers import ToolSpec
@@ -62,7 +62,7 @@ class ToolError(Exception):
 
 
 class Toolbox:
-    def __init__(self, tools: list[str], workdir: Path, nc: NATS, command_timeout: float) -> None:
+    def __init__(self, tools: list[str], workdir: Path, nc: ToolRequests, command_timeout: float) -> None:
         self.tools = tools
         self.workdir = workdir.resolve()
         self.nc = nc

@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import api
 from nats.js.errors import (
     APIError,
@@ -469,6 +470,15 @@ class ToolRequests:
     async def request(self, subject: str, payload: bytes = b"", timeout: float = 0.5) -> Msg:
         """One request, its reply; raises as nats-py does (NoRespondersError, a timeout)."""
         return await self._nc.request(subject, payload, timeout=timeout)
+
+    async def serve(self, name: str, answer: Callable[[bytes], Awaitable[bytes]]) -> Subscription:
+        """Answer the calls to tool `name` (shared with every worker serving it); unsubscribe
+        the returned subscription to stop."""
+
+        async def respond(msg: Msg) -> None:
+            await msg.respond(await answer(msg.data))
+
+        return await self._nc.subscribe(names.tool_subject(name), queue=f"tool-{name}", cb=respond)
 
 
 NO_DATA = "this NATS has no dagnats data yet: start `dagnats serve` against it first"

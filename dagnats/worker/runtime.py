@@ -22,7 +22,6 @@ import msgspec
 from dagnats.core.actions import DispatchTask
 from dagnats.core.events import StepCompleted, StepFailed, StepStarted
 from dagnats.core.state import RUN_TERMINAL, attempt_superseded
-from dagnats.nats import names
 from dagnats.nats.store import MAX_EVENT_BYTES, Store, decode_task
 from dagnats.ports import Delivery, Feed
 
@@ -153,9 +152,9 @@ class Runtime:
     async def _serve_tool(self, name: str) -> Any:
         schema, description, fn = self.worker.tools[name]
 
-        async def answer(msg: Any) -> None:
+        async def answer(data: bytes) -> bytes:
             try:
-                request = json.loads(msg.data)
+                request = json.loads(data)
                 if request.get("op") == "spec":
                     reply: dict[str, Any] = {"description": description, "parameters": schema}
                 else:
@@ -165,9 +164,9 @@ class Runtime:
                     reply = {"result": result}
             except Exception as exc:  # the model gets the error, the worker keeps going
                 reply = {"result": f"{type(exc).__name__}: {exc}", "is_error": True}
-            await msg.respond(json.dumps(reply, default=str).encode())
+            return json.dumps(reply, default=str).encode()
 
-        return await self.store.nc.subscribe(names.tool_subject(name), queue=f"tool-{name}", cb=answer)
+        return await self.store.tools.serve(name, answer)
 
     async def _pull(self, task: str, stop: asyncio.Event) -> None:
         feed, actual = await self.store.task_feed(task, self.ack_wait)
