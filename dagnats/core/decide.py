@@ -677,12 +677,15 @@ def _end(
     return replace(state, status=status, output=output, error=error, finished_at=at, steps=steps)
 
 
+_WAITING = frozenset({StepStatus.WAITING})
+
+
 def _settle(state: RunState, at: float) -> RunState:
     """Bookkeeping after every change: event count, last time, running vs waiting."""
     status = state.status
     if not state.terminal:
         busy = any(s.status in BUSY for s in state.steps.values())
-        waiting = any(s.status == StepStatus.WAITING for s in state.steps.values())
+        waiting = any(s.status in _WAITING for s in state.steps.values())
         status = RunStatus.WAITING if waiting and not busy else RunStatus.RUNNING
     return replace(state, status=status, updated_at=at, events=state.events + 1)
 

@@ -73,7 +73,8 @@ def effects(wf: WorkflowDef, old: RunState | None, new: RunState, event: Event) 
     yield from _caused_by(wf, new, event)
     for sid, step in new.steps.items():
         before = old.steps.get(sid) if old is not None else None
-        yield from _step_changed(new, sid, before, step, event)
+        if step is not before:  # most steps are the very same value as before the event
+            yield from _step_changed(new, sid, before, step, event)
     if new.terminal and (old is None or not old.terminal):
         if old is not None and any(s.status in BUSY for s in old.steps.values()):
             yield DropTasks(run_id=new.run_id)

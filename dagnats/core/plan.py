@@ -75,8 +75,9 @@ def _upcoming(state: RunState) -> Iterator[Event]:
         return
     now = state.updated_at
     static = state.static_ids()
+    failed = StepStatus.FAILED  # bound once: an enum member's lookup costs more than the compare
     for sid in static:
-        if state.steps[sid].status == StepStatus.FAILED:
+        if state.steps[sid].status == failed:
             yield RunFailed(at=now, error=f"step {sid} failed: {state.steps[sid].error}")
             return
     some = False
@@ -90,22 +91,19 @@ def _upcoming(state: RunState) -> Iterator[Event]:
 def _steps_upcoming(state: RunState, static: list[str], now: float) -> Iterator[Event]:
     """What the static steps call for, step by step, built as they are asked for."""
     contexts: dict[str | None, dict[str, Any]] = {}
+    pending, running, waiting = StepStatus.PENDING, StepStatus.RUNNING, StepStatus.WAITING  # bound once
     for sid in static:
         step = state.steps[sid]
-        if step.status == StepStatus.PENDING and _deps_satisfied(state, sid):
+        if step.status == pending and _deps_satisfied(state, sid):
             yield _start_step(state, sid, now, contexts)
-        elif step.status == StepStatus.RUNNING and step.items is not None:
+        elif step.status == running and step.items is not None:
             yield from _advance_map(state, sid, now)
-        elif step.status == StepStatus.RUNNING and step.plan is not None:
+        elif step.status == running and step.plan is not None:
             yield from _advance_plan(state, sid, now)
-        elif (
-            step.status == StepStatus.RUNNING
-            and step.carry is not None
-            and state.generation >= MAX_GENERATIONS
-        ):
+        elif step.status == running and step.carry is not None and state.generation >= MAX_GENERATIONS:
             bound = f"continue_as_new reached max_generations ({MAX_GENERATIONS})"
             yield StepFailed(at=now, step_id=sid, attempt=step.attempts, error=bound, retryable=False)
-        elif step.status == StepStatus.WAITING and step.waiting_signal is not None:
+        elif step.status == waiting and step.waiting_signal is not None:
             sig = _buffered_signal(state, step.waiting_signal)
             if sig is not None:
                 yield StepCompleted(at=now, step_id=sid, attempt=step.attempts, output=sig.data)
@@ -321,15 +319,16 @@ def _expand_map(step: StepDef, sid: str, attempt: int, items: Any, now: float) -
 
 def _advance_map(state: RunState, sid: str, now: float) -> list[Event]:
     ids = item_ids(state, sid)
+    failed, completed, pending = StepStatus.FAILED, StepStatus.COMPLETED, StepStatus.PENDING  # bound once
     items = [state.steps[i] for i in ids]
     for iid, item in zip(ids, items):
-        if item.status == StepStatus.FAILED:
+        if item.status == failed:
             return [
                 StepFailed(
                     at=now, step_id=sid, attempt=1, retryable=False, error=f"item {iid} failed: {item.error}"
                 )
             ]
-    if all(item.status == StepStatus.COMPLETED for item in items):
+    if all(item.status == completed for item in items):
         return [StepCompleted(at=now, step_id=sid, attempt=1, output=[item.output for item in items])]
     cfg = step_config(state.step_def(sid))
     assert isinstance(cfg, MapConfig)
@@ -339,7 +338,7 @@ def _advance_map(state: RunState, sid: str, now: float) -> list[Event]:
     for iid, item in zip(ids, items):
         if room <= 0:
             break
-        if item.status == StepStatus.PENDING:
+        if item.status == pending:
             out.append(StepQueued(at=now, step_id=iid, attempt=item.attempts + 1, input=item.input))
             room -= 1
     return out
