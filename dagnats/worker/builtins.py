@@ -12,7 +12,7 @@ from dagnats.core.definition import ShellConfig, TaskSleepConfig
 from dagnats.core.durations import format_duration, parse_duration
 from dagnats.processes import CommandTimedOut, run_command
 
-from .runtime import NonRetryable, TaskContext, TaskFailed, Worker
+from .sdk import NonRetryable, TaskContext, TaskFailed, Worker
 
 TAIL_BYTES = 16 * 1024
 builtin = Worker(name="builtin")
