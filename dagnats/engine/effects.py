@@ -8,6 +8,7 @@ and the events appended to other runs carry their own message ids.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from dagnats.core import schema as input_schema
@@ -98,56 +99,35 @@ class Effects:
                 p.run_id, finished, msg_id=f"{p.run_id}:child:{p.step_id}:{p.attempt}:finished"
             )
 
-        try:
-            wfv = await self.store.get_workflow(action.workflow, action.version)
-        except NotFound as exc:
-            await fail(str(exc))
-            return
-        if problem := input_problem(wfv, action.input):
-            await fail(problem)
-            return
-        started = RunStarted(
-            at=state.updated_at,
+        await self._start_run(
+            state,
+            action.workflow,
+            action.version,
+            action.input,
+            fail,
             run_id=action.child_run_id,
-            workflow=wfv.name,
-            version=wfv.version,
-            definition=wfv.definition,
-            input=action.input,
             parent=p,
             depth=action.depth,
             root_run_id=action.root_run_id,
             by=f"run {p.run_id}",
         )
-        try:
-            await self.store.append(action.child_run_id, started, expected_last=0)
-        except Conflict:
-            pass  # already started by an earlier attempt at this effect
 
     async def _continue(self, state: RunState, action: ContinueRun) -> None:
         """Start the next run of a continue_as_new chain, then mark this one continued."""
-        failed_id = f"{action.run_id}:continue:failed"
 
         async def fail(error: str) -> None:
             event = StepFailed(
                 at=state.updated_at, step_id=action.step_id, attempt=1, retryable=False, error=error
             )
-            await self.store.append(action.run_id, event, msg_id=failed_id)
+            await self.store.append(action.run_id, event, msg_id=f"{action.run_id}:continue:failed")
 
-        try:
-            wfv = await self.store.get_workflow(action.workflow, action.version)
-        except NotFound as exc:
-            await fail(str(exc))
-            return
-        if problem := input_problem(wfv, action.input):
-            await fail(problem)
-            return
-        started = RunStarted(
-            at=state.updated_at,
+        started = await self._start_run(
+            state,
+            action.workflow,
+            action.version,
+            action.input,
+            fail,
             run_id=action.next_run_id,
-            workflow=wfv.name,
-            version=wfv.version,
-            definition=wfv.definition,
-            input=action.input,
             parent=action.parent,
             depth=action.depth,
             root_run_id=action.root_run_id,
@@ -157,12 +137,45 @@ class Effects:
             fork=action.resume,
             by=f"run {action.run_id}",
         )
+        if started:
+            continued = RunContinued(
+                at=state.updated_at, step_id=action.step_id, next_run_id=action.next_run_id
+            )
+            await self.store.append(action.run_id, continued, msg_id=f"{action.run_id}:continued")
+
+    async def _start_run(
+        self,
+        state: RunState,
+        workflow: str,
+        version: int | None,
+        value: Any,
+        fail: Callable[[str], Awaitable[None]],
+        **fields: Any,
+    ) -> bool:
+        """Append the `run.started` of a run of `workflow` (`fields` say which run and whose),
+        unless the version is missing or `value` is no input for it: then `fail` says why.
+        Whether the run exists now (an earlier attempt at this effect may have started it)."""
         try:
-            await self.store.append(action.next_run_id, started, expected_last=0)
+            wfv = await self.store.get_workflow(workflow, version)
+        except NotFound as exc:
+            await fail(str(exc))
+            return False
+        if problem := input_problem(wfv, value):
+            await fail(problem)
+            return False
+        started = RunStarted(
+            at=state.updated_at,
+            workflow=wfv.name,
+            version=wfv.version,
+            definition=wfv.definition,
+            input=value,
+            **fields,
+        )
+        try:
+            await self.store.append(started.run_id, started, expected_last=0)
         except Conflict:
-            pass  # started by an earlier attempt at this effect
-        continued = RunContinued(at=state.updated_at, step_id=action.step_id, next_run_id=action.next_run_id)
-        await self.store.append(action.run_id, continued, msg_id=f"{action.run_id}:continued")
+            pass  # already started by an earlier attempt at this effect
+        return True
 
 
 def input_problem(wfv: WorkflowVersion, value: Any) -> str | None:

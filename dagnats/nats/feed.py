@@ -63,18 +63,29 @@ class PullFeed:
 
 async def engine_feed(nc: NATS, js: Any) -> PullFeed:
     """Every history event, on the consumer all engines share."""
-    await ensure_consumer(
-        js,
-        names.HISTORY_STREAM,
-        api.ConsumerConfig(
-            durable_name=names.ENGINE_CONSUMER,
-            filter_subject=f"{names.HISTORY_PREFIX}.>",
-            ack_wait=15,
-            max_deliver=-1,
-            max_ack_pending=50_000,
-        ),
+    return await _shared(
+        nc, js, names.HISTORY_STREAM, names.ENGINE_CONSUMER, names.HISTORY_PREFIX, 15, 50_000
     )
-    return PullFeed(await Puller(nc, names.HISTORY_STREAM, names.ENGINE_CONSUMER).start())
+
+
+async def timer_feed(nc: NATS, js: Any) -> PullFeed:
+    """Every timer, on the consumer all timer services share."""
+    return await _shared(nc, js, names.TIMERS_STREAM, names.TIMER_CONSUMER, names.TIMER_PREFIX, 30, 100_000)
+
+
+async def _shared(
+    nc: NATS, js: Any, stream: str, consumer: str, prefix: str, ack_wait: float, max_ack_pending: int
+) -> PullFeed:
+    """Every message under `prefix`, on the durable consumer every process of its kind shares."""
+    config = api.ConsumerConfig(
+        durable_name=consumer,
+        filter_subject=f"{prefix}.>",
+        ack_wait=ack_wait,
+        max_deliver=-1,
+        max_ack_pending=max_ack_pending,
+    )
+    await ensure_consumer(js, stream, config)
+    return PullFeed(await Puller(nc, stream, consumer).start())
 
 
 async def task_feed(nc: NATS, js: Any, task: str, ack_wait: float) -> tuple[PullFeed, float]:
@@ -100,19 +111,3 @@ async def task_feed(nc: NATS, js: Any, task: str, ack_wait: float) -> tuple[Pull
         )
     puller = await Puller(nc, names.TASKS_STREAM, names.task_consumer(task)).start()
     return PullFeed(puller), config.ack_wait or ack_wait
-
-
-async def timer_feed(nc: NATS, js: Any) -> PullFeed:
-    """Every timer, on the consumer all timer services share."""
-    await ensure_consumer(
-        js,
-        names.TIMERS_STREAM,
-        api.ConsumerConfig(
-            durable_name=names.TIMER_CONSUMER,
-            filter_subject=f"{names.TIMER_PREFIX}.>",
-            ack_wait=30,
-            max_deliver=-1,
-            max_ack_pending=100_000,
-        ),
-    )
-    return PullFeed(await Puller(nc, names.TIMERS_STREAM, names.TIMER_CONSUMER).start())

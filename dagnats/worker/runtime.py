@@ -342,36 +342,7 @@ class Runtime:
         """Record the attempt's result; `started_at` when no step.started was recorded for it."""
         ok, value, retryable = outcome
         base = f"{task.run_id}:%s:{task.step_id}:{task.attempt}"
-        event: StepCompleted | StepFailed
-        if ok:
-            event = StepCompleted(at=time.time(), step_id=task.step_id, attempt=task.attempt, output=value)
-            try:
-                size = len(msgspec.json.encode(event))
-            except (TypeError, msgspec.EncodeError) as exc:
-                event = StepFailed(
-                    at=time.time(),
-                    step_id=task.step_id,
-                    attempt=task.attempt,
-                    retryable=False,
-                    error=f"output is not JSON-serializable: {exc}",
-                )
-            else:
-                if size > MAX_EVENT_BYTES:
-                    event = StepFailed(
-                        at=time.time(),
-                        step_id=task.step_id,
-                        attempt=task.attempt,
-                        retryable=False,
-                        error=f"output of {size} bytes exceeds the {MAX_EVENT_BYTES}-byte limit",
-                    )
-        else:
-            event = StepFailed(
-                at=time.time(),
-                step_id=task.step_id,
-                attempt=task.attempt,
-                error=str(value)[:4000],
-                retryable=retryable,
-            )
+        event = _result(task, value) if ok else _failure(task, str(value)[:4000], retryable)
         if started_at is not None:
             event = msgspec.structs.replace(event, started_at=started_at, worker=self.worker.name)
         kind = "completed" if isinstance(event, StepCompleted) else "failed"
@@ -417,3 +388,21 @@ class Runtime:
             ):
                 stop("run ended")
                 return
+
+
+def _failure(task: DispatchTask, error: str, retryable: bool) -> StepFailed:
+    return StepFailed(
+        at=time.time(), step_id=task.step_id, attempt=task.attempt, error=error, retryable=retryable
+    )
+
+
+def _result(task: DispatchTask, output: Any) -> StepCompleted | StepFailed:
+    """The attempt's completion, or the failure an output that cannot be recorded causes."""
+    event = StepCompleted(at=time.time(), step_id=task.step_id, attempt=task.attempt, output=output)
+    try:
+        size = len(msgspec.json.encode(event))
+    except (TypeError, msgspec.EncodeError) as exc:
+        return _failure(task, f"output is not JSON-serializable: {exc}", False)
+    if size > MAX_EVENT_BYTES:
+        return _failure(task, f"output of {size} bytes exceeds the {MAX_EVENT_BYTES}-byte limit", False)
+    return event
