@@ -53,64 +53,13 @@ def random_definition(rng: random.Random) -> tuple[WorkflowDef, dict[str, Any]]:
     steps: list[dict[str, Any]] = []
     list_steps: list[str] = []  # echo steps whose output is a list
     for i in range(rng.randint(1, 8)):
-        sid = f"s{i}"
         earlier = [s["id"] for s in steps]
         deps = rng.sample(earlier, rng.randint(0, min(3, len(earlier))))
-        roll = rng.random()
-        if roll < 0.2:
-            step = {
-                "id": sid,
-                "type": "map",
-                "config": {
-                    "task": "echo",
-                    "concurrency": rng.choice([0, 1, 2]),
-                    "max_items": rng.choice([3, 10]),
-                },
-            }
-            if list_steps and rng.random() < 0.7:
-                step["depends_on"] = [rng.choice(list_steps)]
-            else:
-                step["depends_on"] = deps
-                step["input"] = "${input.items}"
-        elif roll < 0.4:
-            items = [rng.randint(0, 9) for _ in range(rng.randint(0, 4))]
-            step = {"id": sid, "task": "echo", "depends_on": deps, "input": items}
-            list_steps.append(sid)
-        elif roll < 0.47:
-            step = {
-                "id": sid,
-                "type": "sleep",
-                "depends_on": deps,
-                "config": {"duration": rng.choice(["1s", "1m"])},
-            }
-        elif roll < 0.6:
-            step = {"id": sid, "type": "sub_workflow", "depends_on": deps, "config": {"workflow": "child"}}
-        elif roll < 0.67:
-            config: dict[str, Any] = {"name": "go"}
-            if rng.random() < 0.5:
-                config["timeout"] = "10m"
-            step = {"id": sid, "type": "wait_for_event", "depends_on": deps, "config": config}
-        else:
-            step = {"id": sid, "task": "work", "depends_on": deps}
+        step = _random_step(rng, f"s{i}", deps, list_steps)
         if step.get("type") in (None, "map", "sub_workflow"):
-            if rng.random() < 0.7:
-                step["retry"] = {
-                    "max_attempts": rng.randint(1, 5),
-                    "backoff": rng.choice(["fixed", "exponential"]),
-                    "initial": rng.choice([0, 1, "500ms", "2s"]),
-                }
-                if rng.random() < 0.5:
-                    step["retry"]["max"] = "3s"
-            if rng.random() < 0.2:
-                step["timeout"] = "30s"
+            _add_retry_and_timeout(rng, step)
         if rng.random() < 0.2:
-            conditions: list[Any] = [
-                "${input.flag}",
-                {"ref": "input.n", "op": ">", "value": rng.randint(0, 5)},
-            ]
-            if step["depends_on"]:
-                conditions.append({"ref": f"steps.{step['depends_on'][0]}.output", "op": "exists"})
-            step[rng.choice(["when", "skip_if"])] = rng.choice(conditions)
+            _add_condition(rng, step)
         steps.append(step)
     doc: dict[str, Any] = {"name": f"prop-{rng.randint(0, 999)}", "steps": steps}
     if rng.random() < 0.1:
@@ -121,6 +70,72 @@ def random_definition(rng: random.Random) -> tuple[WorkflowDef, dict[str, Any]]:
         "items": [rng.randint(0, 9) for _ in range(rng.randint(0, 4))] if rng.random() < 0.9 else "oops",
     }
     return parse_definition(doc), run_input
+
+
+def _random_step(rng: random.Random, sid: str, deps: list[str], list_steps: list[str]) -> dict[str, Any]:
+    roll = rng.random()
+    if roll < 0.2:
+        return _random_map(rng, sid, deps, list_steps)
+    if roll < 0.4:
+        items = [rng.randint(0, 9) for _ in range(rng.randint(0, 4))]
+        list_steps.append(sid)
+        return {"id": sid, "task": "echo", "depends_on": deps, "input": items}
+    if roll < 0.47:
+        return {
+            "id": sid,
+            "type": "sleep",
+            "depends_on": deps,
+            "config": {"duration": rng.choice(["1s", "1m"])},
+        }
+    if roll < 0.6:
+        return {"id": sid, "type": "sub_workflow", "depends_on": deps, "config": {"workflow": "child"}}
+    if roll < 0.67:
+        config: dict[str, Any] = {"name": "go"}
+        if rng.random() < 0.5:
+            config["timeout"] = "10m"
+        return {"id": sid, "type": "wait_for_event", "depends_on": deps, "config": config}
+    return {"id": sid, "task": "work", "depends_on": deps}
+
+
+def _random_map(rng: random.Random, sid: str, deps: list[str], list_steps: list[str]) -> dict[str, Any]:
+    step: dict[str, Any] = {
+        "id": sid,
+        "type": "map",
+        "config": {
+            "task": "echo",
+            "concurrency": rng.choice([0, 1, 2]),
+            "max_items": rng.choice([3, 10]),
+        },
+    }
+    if list_steps and rng.random() < 0.7:
+        step["depends_on"] = [rng.choice(list_steps)]
+    else:
+        step["depends_on"] = deps
+        step["input"] = "${input.items}"
+    return step
+
+
+def _add_retry_and_timeout(rng: random.Random, step: dict[str, Any]) -> None:
+    if rng.random() < 0.7:
+        step["retry"] = {
+            "max_attempts": rng.randint(1, 5),
+            "backoff": rng.choice(["fixed", "exponential"]),
+            "initial": rng.choice([0, 1, "500ms", "2s"]),
+        }
+        if rng.random() < 0.5:
+            step["retry"]["max"] = "3s"
+    if rng.random() < 0.2:
+        step["timeout"] = "30s"
+
+
+def _add_condition(rng: random.Random, step: dict[str, Any]) -> None:
+    conditions: list[Any] = [
+        "${input.flag}",
+        {"ref": "input.n", "op": ">", "value": rng.randint(0, 5)},
+    ]
+    if step["depends_on"]:
+        conditions.append({"ref": f"steps.{step['depends_on'][0]}.output", "op": "exists"})
+    step[rng.choice(["when", "skip_if"])] = rng.choice(conditions)
 
 
 # --- a random world -------------------------------------------------------------------------
@@ -204,46 +219,55 @@ class World:
             return False
         kind = self.rng.choices([k for k, _ in options], weights=[w for _, w in options])[0]
         self.now += self.rng.choice([0.0, 0.1, 1.0, 5.0])
-        rng = self.rng
-        if kind == "engine":
-            event = next_events(self.st)[0]
-            assert next_event(self.st) == event  # the engine's shortcut asks for this one
-            _, first_only = decide(self.st, event, first_only=True)
-            _, every = decide(self.st, event)
-            append = [a for a in every if isinstance(a, AppendEvent)]
-            assert first_only == [a for a in every if not isinstance(a, AppendEvent)] + append[:1]
-            self.appended.append(event)
-            self.apply(event)
-        elif kind == "engine_redo":  # the engine crashed after appending and appends again
-            before = self.st
-            after = self.apply(rng.choice(self.appended))
-            assert after == before, "re-appending an event the engine already appended changed the run"
-        elif kind == "worker":
-            job = self.tasks.pop(rng.randrange(len(self.tasks)))
-            if isinstance(job, DispatchTask):
-                self.work(job)
-            else:
-                self.child(job)
-        elif kind == "deliver":
-            self.apply(self.inbox.pop(rng.randrange(len(self.inbox))))
-        elif kind == "timer":
-            # Mostly the earliest timer first; sometimes out of order (clock skew, redelivery).
-            self.timers.sort(key=lambda t: t.fire_at)
-            timer = self.timers.pop(0 if rng.random() < 0.8 else rng.randrange(len(self.timers)))
-            self.now = max(self.now, timer.fire_at)
-            self.fired.append(timer)
-            self.apply(TimerFired(at=self.now, kind=timer.kind, step_id=timer.step_id, attempt=timer.attempt))
-        elif kind == "stale_timer":
-            timer = rng.choice(self.fired)
-            self.apply(TimerFired(at=self.now, kind=timer.kind, step_id=timer.step_id, attempt=timer.attempt))
-        elif kind == "signal":
-            if not any(s.status == "waiting" and s.waiting_signal for s in self.st.steps.values()):
-                self.early_signals -= 1
-            self.apply(SignalReceived(at=self.now, name="go", data={"n": len(self.recorded)}))
-        elif kind == "cancel":
-            self.cancel_sent = True
-            self.apply(RunCancelRequested(at=self.now, reason="random"))
+        getattr(self, f"_do_{kind}")()
         return True
+
+    def _do_engine(self) -> None:
+        event = next_events(self.st)[0]
+        assert next_event(self.st) == event  # the engine's shortcut asks for this one
+        _, first_only = decide(self.st, event, first_only=True)
+        _, every = decide(self.st, event)
+        append = [a for a in every if isinstance(a, AppendEvent)]
+        assert first_only == [a for a in every if not isinstance(a, AppendEvent)] + append[:1]
+        self.appended.append(event)
+        self.apply(event)
+
+    def _do_engine_redo(self) -> None:  # the engine crashed after appending and appends again
+        before = self.st
+        after = self.apply(self.rng.choice(self.appended))
+        assert after == before, "re-appending an event the engine already appended changed the run"
+
+    def _do_worker(self) -> None:
+        job = self.tasks.pop(self.rng.randrange(len(self.tasks)))
+        if isinstance(job, DispatchTask):
+            self.work(job)
+        else:
+            self.child(job)
+
+    def _do_deliver(self) -> None:
+        self.apply(self.inbox.pop(self.rng.randrange(len(self.inbox))))
+
+    def _do_timer(self) -> None:
+        # Mostly the earliest timer first; sometimes out of order (clock skew, redelivery).
+        rng = self.rng
+        self.timers.sort(key=lambda t: t.fire_at)
+        timer = self.timers.pop(0 if rng.random() < 0.8 else rng.randrange(len(self.timers)))
+        self.now = max(self.now, timer.fire_at)
+        self.fired.append(timer)
+        self.apply(TimerFired(at=self.now, kind=timer.kind, step_id=timer.step_id, attempt=timer.attempt))
+
+    def _do_stale_timer(self) -> None:
+        timer = self.rng.choice(self.fired)
+        self.apply(TimerFired(at=self.now, kind=timer.kind, step_id=timer.step_id, attempt=timer.attempt))
+
+    def _do_signal(self) -> None:
+        if not any(s.status == "waiting" and s.waiting_signal for s in self.st.steps.values()):
+            self.early_signals -= 1
+        self.apply(SignalReceived(at=self.now, name="go", data={"n": len(self.recorded)}))
+
+    def _do_cancel(self) -> None:
+        self.cancel_sent = True
+        self.apply(RunCancelRequested(at=self.now, reason="random"))
 
     def work(self, task: DispatchTask) -> None:
         """A worker picks up a task: starts it, then completes, fails or hangs (timeouts only)."""
