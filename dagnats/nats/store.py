@@ -34,6 +34,7 @@ from dagnats.ports import (  # re-exported: callers import them from here too
     MAX_EVENT_BYTES,
     BatchUnsupported,
     Conflict,
+    Feed,
     Heartbeat,
     RunSummary,
     Snapshot,
@@ -42,7 +43,7 @@ from dagnats.ports import (  # re-exported: callers import them from here too
     current_of,
 )
 
-from . import names, upgrade
+from . import feed, names, upgrade
 from .heartbeat import ALIVE, Beat
 from .replies import Replies
 
@@ -373,20 +374,14 @@ class Store:
 
     # --- feeds: the durable consumers, set up in feed.py (each returns a dagnats.ports.Feed) --
 
-    async def engine_feed(self) -> Any:
-        from .feed import engine_feed
+    async def engine_feed(self) -> Feed:
+        return await feed.engine_feed(self.nc, self.js)
 
-        return await engine_feed(self.nc, self.js)
+    async def task_feed(self, task: str, ack_wait: float) -> tuple[Feed, float]:
+        return await feed.task_feed(self.nc, self.js, task, ack_wait)
 
-    async def task_feed(self, task: str, ack_wait: float) -> tuple[Any, float]:
-        from .feed import task_feed
-
-        return await task_feed(self.nc, self.js, task, ack_wait)
-
-    async def timer_feed(self) -> Any:
-        from .feed import timer_feed
-
-        return await timer_feed(self.nc, self.js)
+    async def timer_feed(self) -> Feed:
+        return await feed.timer_feed(self.nc, self.js)
 
     @property
     def reconnects(self) -> int:
