@@ -177,10 +177,16 @@ def build_parser() -> argparse.ArgumentParser:
     x.set_defaults(handler=cmd_run_signal)
     x = sub.add_parser("status", parents=[conn, js], help="what is alive: NATS, streams, engines, workers")
     x.set_defaults(handler=cmd_status)
-    x = sub.add_parser("bench", parents=[js], help="measure the engine against the JetStream ceiling")
-    x.add_argument("--quick", action="store_true", help="smaller workloads: under a minute on 2 cores")
+    x = sub.add_parser("bench", parents=[js], help="measure the engine through the public paths")
+    x.add_argument("--quick", action="store_true", help="smaller workloads: under 3 minutes on 2 cores")
     x.add_argument("--fsync", action="store_true", help="run the server with sync_interval: always")
     x.add_argument("--nats", metavar="URL", help="measure against this NATS instead of a fresh embedded one")
+    x.add_argument(
+        "--engine",
+        choices=["process", "inline"],
+        default="process",
+        help="the engine in a `dagnats serve --no-workers` process (default) or in the bench's own",
+    )
     x.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # the test suite's smoke run
     x.set_defaults(handler=cmd_bench)
     group = sub.add_parser("approval", help="what waits for an operator: list, approve, deny")
@@ -669,9 +675,18 @@ async def cmd_bench(args: argparse.Namespace) -> int:
     def say(line: str) -> None:
         print(f"bench: {line}", file=sys.stderr, flush=True)
 
-    from tui.bench import measure
+    from tui import bench as console_bench
 
-    result = await bench.run(args.quick, args.fsync, args.nats, tiny=args.tiny, say=say, console=measure)
+    result = await bench.run(
+        args.quick,
+        args.fsync,
+        args.nats,
+        tiny=args.tiny,
+        say=say,
+        console=console_bench.measure,
+        engine=args.engine,
+        first_screen=getattr(console_bench, "first_screen", None),  # scale.console_first_screen_ms
+    )
     if args.json:
         _print_json(result)
     else:
