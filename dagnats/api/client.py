@@ -6,13 +6,15 @@ snapshot, so a client never shows a state the engine would not agree with.
 
 from __future__ import annotations
 
+import asyncio
 import getpass
+import json
 import os
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any, TypeVar
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -27,6 +29,7 @@ from dagnats.errors import NotFound, UserError
 from dagnats.nats import heartbeat, names
 from dagnats.nats.connection import Endpoint, connect, resolve_endpoint
 from dagnats.nats.ordered import ResumingConsumer
+from dagnats.nats.replies import subscribe_direct
 from dagnats.nats.store import Conflict, Store, WorkflowVersion, decode_recorded
 from dagnats.ports import Heartbeat
 from dagnats.ports import RunSummary as RunSummary  # re-exported: the console imports it from here
@@ -40,6 +43,8 @@ def operator_identity() -> str:
     ssh = os.environ.get("SSH_CLIENT", "").split()
     return f"{user}@{ssh[0]}" if ssh else user
 
+
+_T = TypeVar("_T")
 
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
@@ -258,10 +263,25 @@ class Client:
         state = await self.run(run_id)
         return [PendingApproval(state.run_id, state.workflow, a) for a in state.pending_approvals()]
 
-    async def wait(self, run_id: str) -> RunState:
-        async for _ in self.follow(run_id):
-            pass
-        return await self.run(run_id)
+    async def wait(self, run_id: str, *, timeout: float | None = None) -> RunState:
+        """The run's state once it has ended (at once if it has). It costs no JetStream consumer:
+        a core subscription to the run's history says when to read the state again. Raises
+        NotFound for an unknown run, WaitTimeout (a TimeoutError) after `timeout` seconds."""
+        check_run_id(run_id)
+        return (await _Waiter(self, [run_id], timeout).run(names.history_filter(run_id)))[run_id]
+
+    async def wait_many(self, run_ids: Iterable[str], *, timeout: float | None = None) -> dict[str, RunState]:
+        """The end states of all the runs, {run_id: state}, once every one has ended. One core
+        subscription to every run's history, filtered by the run id in the subject; the runs
+        that ended already are found from the last event of each. Raises NotFound if any run
+        is unknown, WaitTimeout (a TimeoutError) after `timeout` seconds."""
+        ids = list(dict.fromkeys(run_ids))
+        for run_id in ids:
+            check_run_id(run_id)
+        if not ids:
+            return {}
+        subject = names.history_filter(ids[0]) if len(ids) == 1 else names.history_filter("*")
+        return await _Waiter(self, ids, timeout).run(subject)
 
     async def cancel(self, run_id: str, reason: str = "") -> None:
         state = await self.run(run_id)
@@ -365,6 +385,186 @@ class Client:
         await self.store.append(
             run_id, SignalReceived(at=time.time(), name=name, data=data, by=operator_identity())
         )
+
+
+class WaitTimeout(UserError, TimeoutError):
+    """`Client.wait` / `wait_many` gave up: the run (or runs) had not ended within the timeout."""
+
+
+# The events that end a run, and who records them: `run.completed`, `run.failed`, `run.continued`
+# and a run timeout's `timer.fired` by the engine and its timer service (`.e`),
+# `run.cancel_requested` by an operator (`.o`). Workers (`.w`) can never end a run.
+_ENDING = frozenset({"run.completed", "run.failed", "run.continued", "run.cancel_requested"})
+_ENDING_SOURCES = frozenset({names.SOURCE_ENGINE, names.SOURCE_OPERATOR})
+QUIET_SECONDS = 2.0  # nothing heard for this long: look again (a core message may have been lost)
+QUIET_MAX_SECONDS = 10.0  # ... doubling while it stays quiet, up to this
+_RECHECKS = (0.005, 0.02, 0.1, 0.5)  # after a hint the read did not confirm (stored a moment later)
+_TICK = 0.2  # how often a wait looks at the connection's reconnect count
+_READS_AT_ONCE = 128
+
+
+class _Kind(msgspec.Struct):
+    """An event read for its type only (msgspec skips the rest)."""
+
+    type: str = ""
+    kind: str = ""
+
+
+_kind_dec = msgspec.json.Decoder(_Kind)
+
+
+def ends_run(data: bytes) -> bool:
+    """Whether a recorded event (its JSON) is one that ends the run it belongs to."""
+    try:
+        head = _kind_dec.decode(data)
+    except msgspec.DecodeError:
+        return False
+    return head.type in _ENDING or (head.type == "timer.fired" and head.kind == "run_timeout")
+
+
+class _Waiter:
+    """Waits for runs to end over one core NATS subscription (no JetStream consumer).
+
+    The subscription only hints: a core subscriber also sees publishes the stream refused (an
+    optimistic append that lost) and misses what is published while it is disconnected. So a
+    hint is confirmed by reading the run's state, and the states are read again after a
+    reconnect and whenever nothing was heard for a while.
+    """
+
+    def __init__(self, client: Client, run_ids: list[str], timeout: float | None) -> None:
+        self.client = client
+        self.waiting = set(run_ids)
+        self.done: dict[str, RunState] = {}
+        self.hinted: set[str] = set()
+        self.recheck: dict[str, tuple[float, int]] = {}  # run -> (when, how many so far)
+        self.woken = asyncio.Event()
+        self.loop = asyncio.get_running_loop()
+        self.timeout = timeout
+        self.deadline = None if timeout is None else self.loop.time() + timeout
+        self.heard = self.loop.time()
+        self.quiet = QUIET_SECONDS
+        self.reconnects = 0
+
+    def on_msg(self, msg: Any) -> None:
+        rest, _, source = msg.subject.rpartition(".")
+        run_id = rest.rpartition(".")[2]
+        if run_id not in self.waiting:
+            return
+        self.heard = self.loop.time()
+        if source in _ENDING_SOURCES and ends_run(msg.data):
+            self.hinted.add(run_id)
+            self.woken.set()
+
+    async def run(self, subject: str) -> dict[str, RunState]:
+        sub = await subscribe_direct(self.client.nc, subject, self.on_msg)
+        try:
+            await self.first_look()
+            self.reconnects = self.client.store.reconnects
+            while self.waiting:
+                await self.sleep()
+                await self.step()
+        finally:
+            if not self.client.nc.is_closed:
+                await sub.unsubscribe()
+        return self.done
+
+    async def step(self) -> None:
+        nc = self.client.nc
+        if nc.is_closed:
+            raise UserError(
+                f"lost the connection to NATS while waiting for run {min(self.waiting)}; run again"
+            )
+        if not nc.is_connected:
+            return  # reconnecting: read again once back
+        if self.client.store.reconnects != self.reconnects:
+            self.reconnects = self.client.store.reconnects
+            await self.read_all()  # what was published while we were away was not heard
+        elif self.loop.time() - self.heard >= self.quiet:
+            await self.read_all()
+            self.quiet = min(self.quiet * 2, QUIET_MAX_SECONDS)
+        else:
+            await self.read_due()
+
+    async def first_look(self) -> None:
+        """Which runs have ended already, from the last event of each (one direct get per
+        run, all at once), reading the whole state only of those whose last event ends them."""
+        lasts = await _gather_chunked(self.last_event, sorted(self.waiting))
+        unknown = [r for r, data in lasts if data is None]
+        if unknown:
+            raise NotFound(f"unknown run {unknown[0]!r}: see `dagnats run list`")
+        self.hinted.update(r for r, data in lasts if data is not None and ends_run(data))
+        await self.read_due()
+
+    async def last_event(self, run_id: str) -> tuple[str, bytes | None]:
+        req = json.dumps({"last_by_subj": names.history_filter(run_id)}).encode()
+        msg = await self.client.store.replies.request(f"$JS.API.DIRECT.GET.{names.HISTORY_STREAM}", req)
+        status = (msg.headers or {}).get("Status")
+        if status == "404":
+            return run_id, None
+        if status:
+            raise UserError(f"cannot read run {run_id}: {(msg.headers or {}).get('Description', status)}")
+        return run_id, msg.data
+
+    async def sleep(self) -> None:
+        """Until a hint, a recheck falls due, the next tick or the deadline (WaitTimeout)."""
+        now = self.loop.time()
+        if self.deadline is not None and now >= self.deadline:
+            missing = sorted(self.waiting)
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise WaitTimeout(
+                f"run {missing[0]}{more} had not ended within the {self.timeout:g}s timeout; "
+                f"see `dagnats run show {missing[0]}`"
+            )
+        if self.hinted:
+            return
+        until = min([now + _TICK, *(when for when, _ in self.recheck.values())])
+        if self.deadline is not None:
+            until = min(until, self.deadline)
+        self.woken.clear()
+        handle = self.loop.call_at(until, self.woken.set)
+        try:
+            await self.woken.wait()
+        finally:
+            handle.cancel()
+
+    async def read_due(self) -> None:
+        now = self.loop.time()
+        hinted = (self.hinted | {r for r, (when, _) in self.recheck.items() if when <= now}) & self.waiting
+        await self.read(hinted, hinted)
+
+    async def read_all(self) -> None:
+        self.heard = self.loop.time()
+        await self.read(set(self.waiting), self.hinted & self.waiting)
+
+    async def read(self, run_ids: set[str], hinted: set[str]) -> None:
+        """Read the runs' states; keep those that ended. A `hinted` run that has not (yet) is
+        read again a little later: the stream may store the event just after we heard it, or
+        may have refused it (an append that lost its race is still heard)."""
+        self.hinted -= run_ids
+        if not run_ids:
+            return
+        states = await _gather_chunked(self._state, sorted(run_ids))
+        now = self.loop.time()
+        for run_id, state in states:
+            if state is not None and state.terminal:
+                self.done[run_id] = state
+                self.waiting.discard(run_id)
+                self.recheck.pop(run_id, None)
+            elif run_id in hinted:
+                _, count = self.recheck.pop(run_id, (0.0, 0))
+                if count < len(_RECHECKS):
+                    self.recheck[run_id] = (now + _RECHECKS[count], count + 1)
+
+    async def _state(self, run_id: str) -> tuple[str, RunState | None]:
+        return run_id, await self.client.store.current_state(run_id)
+
+
+async def _gather_chunked(read: Callable[[str], Awaitable[_T]], run_ids: list[str]) -> list[_T]:
+    """`read` of every run, at most `_READS_AT_ONCE` at a time (pipelined on one connection)."""
+    out: list[_T] = []
+    for i in range(0, len(run_ids), _READS_AT_ONCE):
+        out += await asyncio.gather(*(read(r) for r in run_ids[i : i + _READS_AT_ONCE]))
+    return out
 
 
 class _Listing(msgspec.Struct, frozen=True):

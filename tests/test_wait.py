@@ -1,0 +1,131 @@
+"""Client.wait and wait_many (no JetStream consumer), `serve --fsync` and `dagnats.embedded`."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from dagnats.api.client import Client, WaitTimeout
+from dagnats.errors import NotFound, UserError
+from dagnats.nats import names
+
+ECHO = {"name": "quick", "steps": [{"id": "a", "task": "echo"}]}
+GATE = {"name": "gate", "steps": [{"id": "gate", "type": "approval", "config": {"prompt": "go?"}}]}
+
+
+async def _consumers(client: Client) -> int:
+    info = await client.nc.jetstream().stream_info(names.HISTORY_STREAM)
+    return info.state.consumer_count
+
+
+async def _until_waiting(client: Client, run_id: str) -> None:
+    for _ in range(400):
+        if (await client.run(run_id)).pending_approvals():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"run {run_id} never asked for its approval")
+
+
+async def _gated(stack, n: int = 1) -> list[str]:
+    await stack.register(GATE)
+    ids = [await stack.client.start("gate") for _ in range(n)]
+    for run_id in ids:
+        await _until_waiting(stack.client, run_id)
+    return ids
+
+
+async def test_wait_on_a_finished_run_returns_its_end_state(stack):
+    await stack.start()
+    await stack.register(ECHO)
+    run_id = await stack.client.start("quick", {"x": 1})
+    first = await stack.client.wait(run_id, timeout=20)
+    again = await stack.client.wait(run_id, timeout=20)
+    assert first.status == again.status == "completed"
+    assert again.output == first.output and again.run_id == run_id
+
+
+async def test_wait_returns_when_the_run_ends_and_costs_no_consumer(stack):
+    await stack.start()
+    [run_id] = await _gated(stack)
+    before = await _consumers(stack.client)
+    waiting = asyncio.create_task(stack.client.wait(run_id, timeout=30))
+    await asyncio.sleep(0.3)
+    assert not waiting.done()
+    assert await _consumers(stack.client) == before  # the engine's own, nothing of the wait's
+    await stack.client.decide(run_id, "gate", approved=True)
+    state = await waiting
+    assert state.status == "completed" and state.steps["gate"].status == "completed"
+
+
+async def test_wait_many_over_runs_some_finished_already(stack):
+    await stack.start()
+    await stack.register(ECHO)
+    done = [await stack.client.start("quick", i) for i in range(10)]
+    await stack.client.wait_many(done, timeout=30)
+    gated = await _gated(stack, 20)
+    before = await _consumers(stack.client)
+    waiting = asyncio.create_task(stack.client.wait_many([*done, *gated, done[0]], timeout=60))
+    await asyncio.sleep(0.3)
+    assert not waiting.done()
+    assert await _consumers(stack.client) == before
+    for run_id in gated[:10]:
+        await stack.client.decide(run_id, "gate", approved=True)
+    for run_id in gated[10:]:
+        await stack.client.cancel(run_id, "enough")  # an operator's event ends these
+    states = await waiting
+    assert sorted(states) == sorted(done + gated)
+    assert {r for r, s in states.items() if s.status == "completed"} == set(done + gated[:10])
+    assert all(states[r].status == "cancelled" for r in gated[10:])
+
+
+async def test_wait_survives_a_nats_server_restart(stack):
+    await stack.start()
+    [run_id] = await _gated(stack)
+    client = await Client.connect(endpoint=stack.endpoint)
+    client.nc.options["max_reconnect_attempts"] = 200  # bounded: ~100 s of 0.5 s tries
+    client.nc.options["reconnect_time_wait"] = 0.5
+    try:
+        waiting = asyncio.create_task(client.wait(run_id, timeout=60))
+        await asyncio.sleep(0.3)
+        stack.server.stop()
+        stack.server.start()
+        # Decide at once, on a fresh connection: the waiting client may not be back yet, so it
+        # may never hear the end; it must find it by reading again after it reconnects.
+        async with await Client.connect(endpoint=stack.endpoint) as other:
+            for _ in range(200):
+                try:
+                    await other.decide(run_id, "gate", approved=True)
+                    break
+                except UserError:
+                    raise
+                except Exception:
+                    await asyncio.sleep(0.05)
+        state = await waiting
+        assert state.status == "completed"
+        assert client.store.reconnects >= 1
+    finally:
+        await client.close()
+
+
+async def test_wait_on_an_unknown_run_is_not_found(stack):
+    await stack.start()
+    with pytest.raises(NotFound, match="unknown run 'nosuchrun'"):
+        await stack.client.wait("nosuchrun", timeout=5)
+    await stack.register(ECHO)
+    known = await stack.client.start("quick")
+    with pytest.raises(NotFound, match="nosuchrun"):
+        await stack.client.wait_many([known, "nosuchrun"], timeout=5)
+    with pytest.raises(NotFound):
+        await stack.client.wait("not.a.run", timeout=5)
+
+
+async def test_wait_timeout_names_the_run(stack):
+    await stack.start()
+    [run_id] = await _gated(stack)
+    with pytest.raises(WaitTimeout, match=f"run {run_id} had not ended within the 0.3s timeout") as exc:
+        await stack.client.wait(run_id, timeout=0.3)
+    assert isinstance(exc.value, TimeoutError) and isinstance(exc.value, UserError)
+    with pytest.raises(TimeoutError, match="and 1 more"):
+        await stack.client.wait_many([run_id, *await _gated(stack)], timeout=0.3)
+    assert await stack.client.wait_many([]) == {}
