@@ -118,7 +118,6 @@ class Bench:
             result["setup"] = self._setup()
             result["ceiling"] = await self._ceiling()
             result.update(await self._figures())
-            result["setup"]["w2_wait"] = result["w2"].pop("waited_with")
             result["recovery"] = await self._recovery()
             result["scale"] = await self._scale()
             result["ratios"] = _ratios(result)
@@ -140,6 +139,7 @@ class Bench:
             "engine_mode": self.engine,
             "tasks": f"dagnats worker {TASKS} (task {NOOP}, a no-op)",
             "w1_wait": "Client.wait",
+            "w2_wait": "Client.wait_many",
             "nats": "external: " + self.endpoint.url if self.server is None else "embedded nats-server",
         }
 
@@ -334,14 +334,13 @@ class Bench:
         await _register(client, "bench-three", [_noop("a", []), _noop("b", ["a"]), _noop("c", ["b"])])
         t0 = time.perf_counter()
         run_ids = list(await asyncio.gather(*(client.start("bench-three", i) for i in range(n))))
-        states, waited_with = await _wait_all(client, run_ids, timeout=300)
+        states = await client.wait_many(run_ids, timeout=300)
         elapsed = time.perf_counter() - t0
         for state in states.values():
             _completed(state)
         return {
             "steps_per_s": round(3 * n / elapsed),
             "runs_per_s": round(n / elapsed, 1),
-            "waited_with": waited_with,
         }
 
     async def _w3(self, client: Client) -> dict[str, float]:
@@ -372,7 +371,7 @@ class Bench:
             t0 = time.time()
             await client.decide(run_id, "ok", approved=True)
             samples.append((await queued) - t0)
-            await asyncio.wait_for(client.wait(run_id), 120)
+            await client.wait(run_id, timeout=120)
         return {"ms_p50": _ms(statistics.median(samples))}
 
     async def _agent_history(self, client: Client) -> dict[str, float]:
@@ -406,30 +405,42 @@ class Bench:
 
     async def _scale(self) -> dict[str, Any]:
         """The map's items/s at two sizes and the listings over many stored runs, from
-        dagnats/app/bench_map.py and bench_scale.py; a figure whose measure is missing is None."""
-        s = self.sizes
+        dagnats/app/bench_map.py and bench_scale.py. A figure whose measure is missing, or
+        failed (said, and kept in `errors`), is None: never a guess."""
         out: dict[str, Any] = dict.fromkeys(SCALE_KEYS)
+        out["errors"] = []
         async with self._deployment() as (client, _pid):
-            await self._guarded(_run_and_wait(client, "bench-chain"))  # the processes are up
-            measure_map = _measure("bench_map", "measure_map", self.say)
-            if measure_map is not None:
-                small = await measure_map(client, items=s.map_items_small, task=NOOP, say=self.say)
-                big = await measure_map(client, items=s.map_items, task=NOOP, say=self.say)
-                out.update(map_items_per_s=big, map_items_per_s_small=small)
-                out["map_linearity"] = round(big / small, 3) if small else None
-            measure_listing = _measure("bench_scale", "measure_listing", self.say)
-            if measure_listing is not None:
-                listing = await measure_listing(
-                    client,
-                    runs=s.listing_runs,
-                    approvals=s.listing_approvals,
-                    say=self.say,
-                    first_screen=self.first_screen,
-                )
-                out.update(
-                    {k: listing.get(k) for k in ("list_ms", "approvals_ms", "console_first_screen_ms")}
-                )
+            await _register(client, "bench-ready", [_noop("s0", [])])
+            await self._guarded(_run_and_wait(client, "bench-ready"))  # the processes are up
+            for part in (self._map, self._listing):
+                try:
+                    out.update(await part(client))
+                except Exception as exc:  # one measure's failure leaves the others' figures
+                    self.say(f"scale: {part.__name__.strip('_')} failed: {type(exc).__name__}: {exc}")
+                    out["errors"].append(f"{part.__name__.strip('_')}: {type(exc).__name__}: {exc}")
         return out
+
+    async def _map(self, client: Client) -> dict[str, Any]:
+        measure_map = _measure("bench_map", "measure_map", self.say)
+        if measure_map is None:
+            return {}
+        small = await measure_map(client, items=self.sizes.map_items_small, task=NOOP, say=self.say)
+        big = await measure_map(client, items=self.sizes.map_items, task=NOOP, say=self.say)
+        linearity = round(big / small, 3) if small else None
+        return {"map_items_per_s": big, "map_items_per_s_small": small, "map_linearity": linearity}
+
+    async def _listing(self, client: Client) -> dict[str, Any]:
+        measure_listing = _measure("bench_scale", "measure_listing", self.say)
+        if measure_listing is None:
+            return {}
+        listing = await measure_listing(
+            client,
+            runs=self.sizes.listing_runs,
+            approvals=self.sizes.listing_approvals,
+            say=self.say,
+            first_screen=self.first_screen,
+        )
+        return {k: listing.get(k) for k in ("list_ms", "approvals_ms", "console_first_screen_ms")}
 
     # --- recovery: the engine killed, then the whole machine -----------------------------------
 
@@ -576,19 +587,8 @@ def _completed(state: RunState) -> RunState:
 async def _run_and_wait(client: Client, workflow: str, timeout: float = 120) -> str:
     """Start a run and wait for its end with `Client.wait`, as a user's program does."""
     run_id = await client.start(workflow)
-    _completed(await asyncio.wait_for(client.wait(run_id), timeout))
+    _completed(await client.wait(run_id, timeout=timeout))
     return run_id
-
-
-async def _wait_all(client: Client, run_ids: list[str], timeout: float) -> tuple[dict[str, RunState], str]:
-    """The runs' end states from `Client.wait_many` (one subscription for them all), or, on a
-    client that lacks it, from one `Client.wait` each, all at once; and which of the two."""
-    wait_many = getattr(client, "wait_many", None)
-    if wait_many is not None:
-        states: dict[str, RunState] = await asyncio.wait_for(wait_many(run_ids), timeout)
-        return states, "Client.wait_many"
-    each = await asyncio.wait_for(asyncio.gather(*(client.wait(r) for r in run_ids)), timeout)
-    return dict(zip(run_ids, each)), "Client.wait per run (no wait_many yet)"
 
 
 def _measure(module: str, name: str, say: Callable[[str], None]) -> Callable[..., Awaitable[Any]] | None:
