@@ -59,7 +59,6 @@ from .events import (
 )
 from .plan import next_event, next_events
 from .state import (
-    BUSY,
     STEP_TERMINAL,
     Approval,
     RunState,
@@ -73,6 +72,7 @@ from .state import (
     item_id,
     step_phase,
 )
+from .tally import keep, moved, tally
 
 replace = msgspec.structs.replace
 
@@ -108,6 +108,7 @@ def chain(
     illegal event (recorded alone, and skipped)."""
     out: list[tuple[Event, RunState, list[Action]]] = []
     size = 0
+    keep(state.steps)  # the pass starts from `state` again if its append loses a race
     while upcoming and len(out) < max_events:
         event = upcoming[0]
         encoded = len(encode_event(event))
@@ -677,22 +678,20 @@ def _end(
     return replace(state, status=status, output=output, error=error, finished_at=at, steps=steps)
 
 
-_WAITING = frozenset({StepStatus.WAITING})
-
-
 def _settle(state: RunState, at: float) -> RunState:
-    """Bookkeeping after every change: event count, last time, running vs waiting."""
+    """Bookkeeping after every change: event count, last time, running vs waiting (from the
+    steps' tally, not a scan: see core/tally.py)."""
     status = state.status
     if not state.terminal:
-        busy = any(s.status in BUSY for s in state.steps.values())
-        waiting = any(s.status in _WAITING for s in state.steps.values())
-        status = RunStatus.WAITING if waiting and not busy else RunStatus.RUNNING
+        counts = tally(state.steps)
+        status = RunStatus.WAITING if counts.waiting and not counts.busy else RunStatus.RUNNING
     return replace(state, status=status, updated_at=at, events=state.events + 1)
 
 
 def _put(state: RunState, sid: str, step: StepState) -> RunState:
     steps = dict(state.steps)
     steps[sid] = step
+    moved(state.steps, steps, sid)  # the tally follows the one step that changed
     return replace(state, steps=steps)
 
 

@@ -14,14 +14,16 @@ import logging
 import os
 import time
 import traceback
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 import msgspec
 
 from dagnats.core.actions import DispatchTask
+from dagnats.core.decide import fold
 from dagnats.core.events import StepCompleted, StepFailed, StepStarted
-from dagnats.core.state import RUN_TERMINAL, attempt_superseded
+from dagnats.core.state import RUN_TERMINAL, RunState, attempt_superseded
 from dagnats.nats.store import MAX_EVENT_BYTES, Store, decode_task
 from dagnats.ports import Delivery, Feed
 
@@ -114,6 +116,40 @@ class _StepStarted:
             )
 
 
+class _KnownRuns:
+    """The states of the runs this worker checked lately, each with the last history sequence
+    it includes, so the next check reads and folds only the events recorded since (one check
+    at a time per run). The same answer as `Store.current` (the history only grows), without
+    reading a big run's snapshot and tail again for each of its tasks: a map of 10,000 items,
+    whose snapshot holds no state, was replayed whole for every task that waited in the queue."""
+
+    HELD = 64
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.runs: OrderedDict[str, tuple[RunState | None, int]] = OrderedDict()
+        self.locks: dict[str, asyncio.Lock] = {}
+
+    async def current(self, run_id: str) -> RunState | None:
+        async with self.locks.setdefault(run_id, asyncio.Lock()):
+            return await self._read(run_id)
+
+    async def _read(self, run_id: str) -> RunState | None:
+        known = self.runs.pop(run_id, None)
+        if known is None:
+            state, last = await self.store.current(run_id)
+        else:
+            state, last = known
+            for seq, event in await self.store.read_history(run_id, after=last):
+                state, last = fold(state, event), seq
+        self.runs[run_id] = (state, last)
+        while len(self.runs) > self.HELD:
+            gone, _ = self.runs.popitem(last=False)
+            if not self.locks[gone].locked():
+                del self.locks[gone]
+        return state
+
+
 class Runtime:
     def __init__(self, worker: Worker, store: Store, concurrency: int) -> None:
         self.worker = worker
@@ -125,6 +161,7 @@ class Runtime:
         self.ack_waits: dict[str, float] = {}  # what each task's consumer actually uses
         self.running: set[tuple[str, str, int]] = set()  # (run, step, attempt) in hand here
         self.connected = (time.time(), -1)  # when this connection (re)connected, as far as seen
+        self.known = _KnownRuns(store)  # the states stale checks read, kept to read only what is new
 
     def _connected_at(self) -> float:
         """When the connection to the server last began: at start, or the first time a task
@@ -352,7 +389,7 @@ class Runtime:
         """True if the run ended or this attempt already has a result or a successor: skip it
         without running. Read from the history, not the snapshot alone: a snapshot of progress
         is saved a moment later, and a result recorded just before a crash may not be in it."""
-        state = await self.store.current_state(task.run_id)
+        state = await self.known.current(task.run_id)
         stale = state is not None and attempt_superseded(state, task.step_id, task.attempt)
         if stale:
             assert state is not None
