@@ -556,7 +556,16 @@ class _Waiter:
                     self.recheck[run_id] = (now + _RECHECKS[count], count + 1)
 
     async def _state(self, run_id: str) -> tuple[str, RunState | None]:
-        return run_id, await self.client.store.current_state(run_id)
+        """`Store.current_state`, but a snapshot of an ended run is taken as it is: an ended
+        run's state never changes (the fold ignores what follows), so its tail needs no read."""
+        store = self.client.store
+        snap, _ = await store.load_snapshot(run_id)
+        state, last = (snap.state, snap.applied) if snap and snap.state else (None, 0)
+        if state is not None and state.terminal:
+            return run_id, state
+        for _, event in await store.read_history(run_id, after=last):
+            state = fold(state, event)
+        return run_id, state
 
 
 async def _gather_chunked(read: Callable[[str], Awaitable[_T]], run_ids: list[str]) -> list[_T]:
