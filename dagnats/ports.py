@@ -28,7 +28,7 @@ from dagnats.core.actions import DispatchTask, StartTimer
 from dagnats.core.decide import fold
 from dagnats.core.definition import WorkflowDef
 from dagnats.core.events import Event
-from dagnats.core.state import RunState
+from dagnats.core.state import RUN_TERMINAL, Approval, RunState
 from dagnats.errors import UserError
 
 MAX_EVENT_BYTES = 900_000  # an encoded event, at most (one NATS message, with room for headers)
@@ -94,6 +94,40 @@ class Snapshot(msgspec.Struct, frozen=True, omit_defaults=True):
     applied: int
     summary: RunSummary
     state: RunState | None = None
+
+
+class ActiveRun(msgspec.Struct, frozen=True, omit_defaults=True):
+    """An unfinished run as the index of unfinished runs holds it: its summary and what it asks
+    of an operator, as of history sequence `applied`. A cache of the history like a snapshot:
+    the engine writes it with every snapshot of an unfinished run and removes it once the run's
+    final snapshot is saved. `approvals_left_out`: they did not fit; read the run instead."""
+
+    applied: int
+    summary: RunSummary
+    approvals: list[Approval] = []
+    approvals_left_out: bool = False
+
+    @classmethod
+    def of(cls, applied: int, state: RunState) -> ActiveRun:
+        return cls(applied=applied, summary=RunSummary.of(state), approvals=state.pending_approvals())
+
+    @property
+    def finished(self) -> bool:
+        return self.summary.status in RUN_TERMINAL
+
+    def same_listing(self, other: ActiveRun | None) -> bool:
+        """Whether both list the same (the sequence they were taken at aside)."""
+        return other is not None and (self.summary, self.approvals) == (other.summary, other.approvals)
+
+
+class Listing(msgspec.Struct, frozen=True):
+    """The newest runs that matched, newest first; `older`: older runs that may match exist
+    and are not in it (it stopped at the limit); `position`: where the snapshots' changes
+    stood when it was read (a watch carries on after it)."""
+
+    summaries: list[RunSummary]
+    older: bool
+    position: int = 0
 
 
 class WorkflowVersion(msgspec.Struct, frozen=True):
@@ -208,7 +242,21 @@ class Snapshots(Protocol):
     async def save_snapshot(self, applied: int, state: RunState, revision: int) -> int | None:
         """Compare-and-set; the new revision, or None if someone else saved first."""
 
-    async def all_snapshots(self) -> list[Snapshot]: ...
+    async def all_snapshots(self) -> list[Snapshot]:
+        """Every run's snapshot: a read that grows with every run ever stored (upgrades only)."""
+
+    async def newest_runs(self, limit: int | None, keep: Callable[[RunSummary], bool]) -> Listing:
+        """The `limit` newest (by `created_at`) run summaries that `keep` accepts, newest first,
+        read from the newest snapshots back, only as far as it takes (all of them if None)."""
+
+    async def active_runs(self) -> list[ActiveRun] | None:
+        """Every entry of the index of unfinished runs (None: no index was built here yet)."""
+
+    async def save_active(self, entry: ActiveRun) -> None:
+        """Put a run's entry in the index of unfinished runs."""
+
+    async def drop_active(self, run_id: str) -> None:
+        """Take a run out of the index (it finished), leaving no marker behind."""
 
     async def current(self, run_id: str) -> tuple[RunState | None, int]:
         """The run's state now (snapshot plus newer history) and the last sequence it includes."""

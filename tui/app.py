@@ -18,7 +18,7 @@ from textual import work
 from textual.app import App
 from textual.screen import ModalScreen, Screen
 
-from dagnats.api.client import Client, PendingApproval, RunSummary
+from dagnats.api.client import Client, Listed, PendingApproval, RunSummary
 from dagnats.errors import UserError
 from tui.bindings import bindings
 from tui.messages import AnswerApproval, CancelRun, ForkRun, OpenRun, RunDrawn
@@ -29,6 +29,8 @@ from tui.widgets import DagView
 if TYPE_CHECKING:
     from dagnats.app.serve import LocalStack
 from tui.widgets.dialogs import Confirm, ForkRequest, Reason, Start, StartRequest
+
+NEWEST = 500  # finished runs the console lists (every unfinished one too); `run list` has the rest
 
 
 class ConsoleApp(App[None]):
@@ -74,20 +76,35 @@ class ConsoleApp(App[None]):
         assert self.client is not None
         delay = 0.5
         while True:  # a failed watch (no buckets yet, a timeout) is tried again, not given up
+            stored: list[RunSummary] | None = []  # what was stored, until the watch has given it
             try:
-                async for summary in self.client.watch_runs():
+                async for item in self.client.watch_runs(newest=NEWEST):
                     delay = 0.5
-                    if summary is None:
-                        self.loaded = True
-                        self.set_connection("connected")
-                        self.schedule()
+                    if isinstance(item, Listed):
+                        self.listed(stored or [], item)
+                        stored = None
+                    elif stored is not None:
+                        stored.append(item)
                     else:
-                        self.runs_changed([summary])
+                        self.runs_changed([item])
             except Exception as exc:
                 if self.connection == "connected":  # the status bar already says it is away
                     self.notify(f"run list: {exc}; trying again", severity="warning", timeout=4)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
+
+    def listed(self, stored: list[RunSummary], listed: Listed) -> None:
+        """The newest runs, every unfinished one and what waits for an operator, as stored when
+        the watch began: shown at once, with the inbox as the index of unfinished runs has it."""
+        self.model.update(stored)
+        self.model.older = listed.older
+        by_run: dict[str, list[PendingApproval]] = {}
+        for p in listed.pending:
+            by_run.setdefault(p.run_id, []).append(p)
+        self.inbox.by_run = by_run
+        self.loaded = True
+        self.set_connection("connected")
+        self.schedule()
 
     def runs_changed(self, summaries: list[RunSummary]) -> None:
         """Take new summaries; runs whose approvals may have changed get their inbox entries

@@ -159,3 +159,21 @@ def _pct(values: list[float], q: float) -> float | None:
         return None
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def first_screen(client: Client) -> float:
+    """Seconds from opening a headless console to its first screen with the stored runs and the
+    inbox drawn (what `dagnats tui` shows first)."""
+    app = ConsoleApp(client)
+    shown = asyncio.Event()
+
+    def on_rendered(what: str) -> None:
+        if app.loaded:
+            shown.set()
+
+    app.on_rendered = on_rendered
+    t0 = time.perf_counter()
+    async with app.run_test(headless=True, size=(120, 40)):
+        await asyncio.wait_for(shown.wait(), 60)
+        took = time.perf_counter() - t0
+    return took

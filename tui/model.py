@@ -47,6 +47,7 @@ class RunsModel:
 
     def __init__(self) -> None:
         self.runs: dict[str, RunSummary] = {}
+        self.older = False  # older runs exist than the console was given (`dagnats run list`)
         self.tab = "all"
         self.filter_text = ""
         self._view: list[str] | None = None

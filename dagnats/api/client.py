@@ -14,6 +14,7 @@ import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import msgspec
@@ -31,7 +32,7 @@ from dagnats.nats.connection import Endpoint, connect, resolve_endpoint
 from dagnats.nats.ordered import ResumingConsumer
 from dagnats.nats.replies import subscribe_direct
 from dagnats.nats.store import Conflict, Store, WorkflowVersion, decode_recorded
-from dagnats.ports import Heartbeat
+from dagnats.ports import ActiveRun, Heartbeat, Listing
 from dagnats.ports import RunSummary as RunSummary  # re-exported: the console imports it from here
 
 from . import views
@@ -157,20 +158,40 @@ class Client:
     async def runs(
         self, status: str | None = None, workflow: str | None = None, limit: int | None = None
     ) -> list[RunSummary]:
-        """Run summaries, newest first. Unfinished runs are brought up to date from their history,
-        since a snapshot may lag it by a few events."""
-        summaries = []
-        for snap in await self.store.all_snapshots():
-            summary = snap.summary
-            if summary.status not in RUN_TERMINAL:
-                summary = RunSummary.of(await self.run(summary.run_id))
-            summaries.append(summary)
-        if status:
-            summaries = [s for s in summaries if s.status == status]
-        if workflow:
-            summaries = [s for s in summaries if s.workflow == workflow]
-        summaries.sort(key=lambda s: s.created_at, reverse=True)
-        return summaries[:limit] if limit else summaries
+        """Run summaries, newest first (see `listing`)."""
+        return (await self.listing(status, workflow, limit)).summaries
+
+    async def listing(
+        self, status: str | None = None, workflow: str | None = None, limit: int | None = None
+    ) -> Listing:
+        """The newest runs, read from the newest snapshots back only as far as `limit` needs
+        (an unfinished status is looked up in the index of unfinished runs instead). Unfinished
+        runs are brought up to date from their history, since a snapshot may lag a few events."""
+
+        def keep(s: RunSummary) -> bool:
+            return (not status or s.status == status) and (not workflow or s.workflow == workflow)
+
+        found: Listing | None = None
+        if status and status not in RUN_TERMINAL:
+            found = await self._active_listing(keep, limit)
+        if found is None:
+            found = await self.store.newest_runs(limit, keep)
+        fresh = await asyncio.gather(*(self._fresh(s) for s in found.summaries))
+        return msgspec.structs.replace(found, summaries=[s for s in fresh if keep(s)])
+
+    async def _active_listing(self, keep: Callable[[RunSummary], bool], limit: int | None) -> Listing | None:
+        active = await self.store.active_runs()
+        if active is None:
+            return None
+        ordered = sorted((a.summary for a in active if keep(a.summary)), key=_newest_first)
+        chosen = ordered[:limit] if limit else ordered
+        return Listing(chosen, older=len(chosen) < len(ordered))
+
+    async def _fresh(self, summary: RunSummary) -> RunSummary:
+        if summary.status in RUN_TERMINAL:
+            return summary
+        state = await self.store.current_state(summary.run_id)
+        return summary if state is None else RunSummary.of(state)
 
     async def events(self, run_id: str) -> list[tuple[int, Event]]:
         check_run_id(run_id)
@@ -214,32 +235,37 @@ class Client:
         finally:
             await consumer.close()
 
-    async def watch_runs(self) -> AsyncIterator[RunSummary | None]:
-        """Every run's summary, then each change as the engine records it, for as long as the
-        caller iterates. `None` marks the moment the existing runs have all been delivered.
+    async def watch_runs(self, newest: int = 500) -> AsyncIterator[RunSummary | Listed]:
+        """The `newest` runs' summaries and every unfinished run's, then a `Listed` (falsy, so
+        `if item` tells summaries from it), then each change as the engine records it, for as
+        long as the caller iterates.
 
-        It reads the snapshot bucket's stream directly (last value per run, then new ones),
-        decoding only the summaries, so a list of thousands of runs stays cheap to follow.
+        What is stored is read from the newest snapshots back and from the index of unfinished
+        runs, so it costs the same however many finished runs there are; the changes come from
+        the snapshot bucket's stream, from where that read began, decoding only the summaries.
         """
         await self.store.require()
+        found = await self.store.newest_runs(newest, lambda s: True)
+        active = await self.store.active_runs()
+        listed = {s.run_id for s in found.summaries}
+        for summary in found.summaries:
+            yield summary
+        for entry in active or []:
+            if entry.summary.run_id not in listed and not entry.finished:
+                yield entry.summary
+        pending = await self._pending_of(active) if active is not None else await self.approvals()
+        yield Listed(older=found.older, pending=pending)
         prefix = f"$KV.{names.RUNS_BUCKET}."
         consumer = ResumingConsumer(
-            self.nc, f"KV_{names.RUNS_BUCKET}", prefix + ">", last_per_subject=True, inactive_threshold=30.0
+            self.nc, f"KV_{names.RUNS_BUCKET}", prefix + ">", after=found.position, inactive_threshold=30.0
         )
         await consumer.open()
         try:
-            caught_up = await consumer.pending() == 0
-            if caught_up:
-                yield None
             while True:
                 msg = await consumer.next(timeout=5.0)
-                if msg is None:
-                    continue
-                if (msg.headers or {}).get("KV-Operation") not in ("DEL", "PURGE") and msg.data:
-                    yield _listing_dec.decode(msg.data).summary
-                if not caught_up and msg.metadata.num_pending == 0:
-                    caught_up = True
-                    yield None
+                if msg is not None and (msg.headers or {}).get("KV-Operation") not in ("DEL", "PURGE"):
+                    if msg.data:
+                        yield _listing_dec.decode(msg.data).summary
         finally:
             await consumer.close()
 
@@ -329,16 +355,28 @@ class Client:
         return new_id
 
     async def approvals(self) -> list[PendingApproval]:
-        """Everything waiting for an operator, across all unfinished runs, oldest first."""
-        pending = []
+        """Everything waiting for an operator, across all unfinished runs, oldest first: read
+        from the index of unfinished runs, which carries each run's pending approvals as of its
+        last snapshot (a cache: `decide` checks the digest against the run's real state)."""
+        active = await self.store.active_runs()
+        if active is not None:
+            return await self._pending_of(active)
+        pending = []  # a server from before the index: every snapshot, every unfinished run read
         for snap in await self.store.all_snapshots():
-            if snap.summary.status in RUN_TERMINAL:
+            if snap.summary.status not in RUN_TERMINAL:
+                pending += await self.approvals_of(snap.summary.run_id)
+        return sorted(pending, key=lambda p: p.approval.requested_at)
+
+    async def _pending_of(self, active: list[ActiveRun]) -> list[PendingApproval]:
+        pending = []
+        for entry in active:
+            s = entry.summary
+            if entry.finished or not s.approvals:
                 continue
-            state = await self.store.current_state(snap.summary.run_id)
-            if state is not None:
-                pending += [
-                    PendingApproval(state.run_id, state.workflow, a) for a in state.pending_approvals()
-                ]
+            if entry.approvals_left_out:  # too big for the index
+                pending += await self.approvals_of(s.run_id)
+            else:
+                pending += [PendingApproval(s.run_id, s.workflow, a) for a in entry.approvals]
         return sorted(pending, key=lambda p: p.approval.requested_at)
 
     async def decide(
@@ -585,6 +623,10 @@ class _Listing(msgspec.Struct, frozen=True):
 _listing_dec = msgspec.json.Decoder(_Listing)
 
 
+def _newest_first(s: RunSummary) -> tuple[float, str]:
+    return (-s.created_at, s.run_id)
+
+
 class PendingApproval(msgspec.Struct, frozen=True):
     run_id: str
     workflow: str
@@ -632,3 +674,16 @@ def parse_workflow_ref(ref: str) -> tuple[str, int | None]:
     if not version.isdigit():
         raise UserError(f"bad workflow reference {ref!r}: use NAME or NAME@VERSION")
     return name, int(version)
+
+
+@dataclass(frozen=True)
+class Listed:
+    """Where `watch_runs` has given what was stored: whether older runs exist that it left out
+    (`dagnats run list` shows them), and what waits for an operator now. Falsy, as the None
+    that marked this point before."""
+
+    older: bool
+    pending: list[PendingApproval] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return False

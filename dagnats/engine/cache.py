@@ -8,8 +8,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from dagnats.core.state import RunState
-from dagnats.ports import Snapshots
+from dagnats.core.state import RUN_TERMINAL, RunState
+from dagnats.ports import ActiveRun, Snapshot, Snapshots
 
 log = logging.getLogger("dagnats.engine.cache")
 CACHE_SIZE = 4096
@@ -97,19 +97,61 @@ class SnapshotCache:
         self._on_due(run_id)
 
     async def _write(self, run_id: str, entry: Cached) -> None:
-        """Save the entry's state with compare-and-set; give up the entry if another engine is ahead."""
+        """Save the entry's state with compare-and-set, and its entry in the index of unfinished
+        runs: an unfinished run's together with the snapshot (both before any of its messages
+        is acked, so the start-up sweep finds every run with unfinished business), a finished
+        run's removed once its final snapshot is saved. Give up the entry if another engine is
+        ahead, and index what that engine saved."""
+        state = entry.state
+        assert state is not None
+        was_finished = entry.saved is not None and entry.saved.terminal
+        if state.terminal:
+            theirs = await self._save(run_id, entry)
+        else:
+            theirs, _ = await asyncio.gather(
+                self._save(run_id, entry), self.store.save_active(ActiveRun.of(entry.applied, state))
+            )
+        if theirs is not None and not state.terminal:  # our index entry may have landed after theirs
+            await self._index(theirs)
+        elif state.terminal and not was_finished and run_id in self._entries:
+            await self.store.drop_active(run_id)
+
+    async def _save(self, run_id: str, entry: Cached) -> Snapshot | None:
+        """The compare-and-set itself; the newer snapshot found instead, if another engine is ahead."""
         assert entry.state is not None
         revision = entry.revision
         for _ in range(5):
             new_rev = await self.store.save_snapshot(entry.applied, entry.state, revision)
             if new_rev is not None:
                 entry.revision, entry.saved, entry.saved_applied = new_rev, entry.state, entry.applied
-                return
+                return None
             theirs, revision = await self.store.load_snapshot(run_id)
             if theirs is not None and theirs.applied >= entry.applied:
                 self._entries.pop(run_id, None)  # another engine is ahead; reload next time
-                return
+                return theirs
         self._entries.pop(run_id, None)
+        return None
+
+    async def _index(self, snap: Snapshot) -> None:
+        """Index a run as the snapshot another engine saved says (ours may have landed after)."""
+        if snap.summary.status in RUN_TERMINAL:
+            await self.store.drop_active(snap.summary.run_id)
+        elif snap.state is not None:
+            await self.store.save_active(ActiveRun.of(snap.applied, snap.state))
+
+    async def repair(self, run_id: str, listed: ActiveRun) -> None:
+        """After the start-up sweep's pass over a run the index lists: make its entry say what
+        the run's state says (a crash or a race may have left it stale), or remove it if the
+        run has finished. A run whose pass failed keeps its entry for the next start."""
+        entry = self._entries.get(run_id)
+        if entry is None or entry.state is None:
+            return
+        if entry.state.terminal:
+            await self.store.drop_active(run_id)
+            return
+        now = ActiveRun.of(entry.applied, entry.state)
+        if not now.same_listing(listed):
+            await self.store.save_active(now)
 
     def _remember(self, run_id: str, cached: Cached) -> None:
         self._entries[run_id] = cached
@@ -119,10 +161,12 @@ class SnapshotCache:
 
 
 def shows_news(saved: RunState | None, state: RunState) -> bool:
-    """Whether listing the run would show something new: it appears, changes status, or waits
-    for an operator. Progress alone (steps done) is saved within SAVE_DELAY."""
-    return (
-        saved is None
-        or state.status != saved.status
-        or len(state.pending_approvals()) != len(saved.pending_approvals())
-    )
+    """Whether listing the run would show something new: it appears, changes status, or starts,
+    stops or changes what it waits for an operator to decide. Progress alone (steps done) is
+    saved within SAVE_DELAY."""
+    return saved is None or state.status != saved.status or _asks(state) != _asks(saved)
+
+
+def _asks(state: RunState) -> list[tuple[str, str]]:
+    """What the run asks of an operator: its pending approvals, as the index lists them."""
+    return [(a.approval_id, a.digest) for a in state.pending_approvals()]

@@ -16,7 +16,7 @@ import asyncio
 import logging
 
 from dagnats.core.state import RUN_TERMINAL
-from dagnats.ports import Delivery, Feed, Store
+from dagnats.ports import ActiveRun, Delivery, Feed, Store
 
 from .cache import Cached, SnapshotCache
 from .delivery import DeliveryTracker, by_run, delivered_tail, starts_run
@@ -27,8 +27,9 @@ from .queues import RunQueues
 log = logging.getLogger("dagnats.engine.loop")
 
 # What a run's job is handed: its delivered events with the delivery epoch they all came in
-# (-1 if not), or None to save its snapshot.
-Job = tuple[list[Delivery], int] | None
+# (-1 if not), None to save its snapshot, or the run's index entry for the start-up sweep to
+# bring the run up to date and check that entry.
+Job = tuple[list[Delivery], int] | ActiveRun | None
 
 
 class Engine:
@@ -87,21 +88,32 @@ class Engine:
 
     async def _sweep(self) -> None:
         """At start, bring every unfinished run up to date at once, rather than waiting for the
-        messages a dead engine held to be redelivered."""
+        messages a dead engine held to be redelivered, and repair its entry in the index of
+        unfinished runs. The index lists every run with unfinished business (an entry is
+        written before any of the run's messages is acked); without one, read every snapshot."""
         try:
-            snapshots = await self.store.all_snapshots()
+            listed = await self.store.active_runs()
+            if listed is None:
+                snapshots = await self.store.all_snapshots()
+                listed = [
+                    ActiveRun(s.applied, s.summary) for s in snapshots if s.summary.status not in RUN_TERMINAL
+                ]
         except Exception as exc:
             log.warning("start-up sweep skipped: %r", exc)
             return
-        for snap in snapshots:
-            if snap.summary.status in RUN_TERMINAL:
-                continue
-            await self._queues.submit(snap.summary.run_id, ([], -1))
+        for entry in listed:  # a finished run among them is a stale entry: its repair removes it
+            await self._queues.submit(entry.summary.run_id, entry)
 
     async def _work(self, run_id: str, job: Job) -> None:
         """One item of the run's job (one job per run keeps its passes in delivery order)."""
         if job is None:
             await self._cache.flush(run_id)
+        elif isinstance(job, ActiveRun):
+            await self._handle(run_id, [], -1)
+            try:
+                await self._cache.repair(run_id, job)
+            except Exception as exc:  # the entry stays as it is until the next start
+                log.warning("run %s: repairing its index entry failed: %r", run_id, exc)
         else:
             await self._handle(run_id, *job)
 

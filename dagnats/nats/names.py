@@ -12,6 +12,10 @@ WORKFLOWS_BUCKET = "dagnats_workflows"
 RUNS_BUCKET = "dagnats_runs"
 HEARTBEATS_BUCKET = "dagnats_heartbeats"
 LIVE_PREFIX = "dagnats.live"
+# The index of unfinished runs: one message per run (the last kept), removed when it ends.
+ACTIVE_STREAM = "DAGNATS_ACTIVE"
+ACTIVE_PREFIX = "dagnats.active"
+ACTIVE_BUILT = "dagnats.active.built.v1"  # two tokens: never a run's subject; says it was built
 
 ENGINE_CONSUMER = "dagnats_engine"
 TIMER_CONSUMER = "dagnats_timers"
@@ -47,6 +51,15 @@ def run_of_history_subject(subject: str) -> str:
 
 def source_of_history_subject(subject: str) -> str:
     return subject.rsplit(".", 1)[1]
+
+
+def active_subject(run_id: str) -> str:
+    return f"{ACTIVE_PREFIX}.{run_id}"
+
+
+def active_filter() -> str:
+    """Every run's entry in the index of unfinished runs (not the `built` mark)."""
+    return f"{ACTIVE_PREFIX}.*"
 
 
 def task_subject(task: str, run_id: str) -> str:

@@ -16,6 +16,7 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.errors import NoRespondersError
 from nats.js import api
 from nats.js.errors import (
     APIError,
@@ -32,10 +33,12 @@ from dagnats.core.state import RunState
 from dagnats.errors import NotFound, UserError
 from dagnats.ports import (  # re-exported: callers import them from here too
     MAX_EVENT_BYTES,
+    ActiveRun,
     BatchUnsupported,
     Conflict,
     Feed,
     Heartbeat,
+    Listing,
     RunSummary,
     Snapshot,
     TooLarge,
@@ -43,7 +46,7 @@ from dagnats.ports import (  # re-exported: callers import them from here too
     current_of,
 )
 
-from . import feed, names, upgrade
+from . import feed, listing, names, upgrade
 from .heartbeat import ALIVE, Beat
 from .replies import Replies
 
@@ -63,6 +66,7 @@ __all__ = [
 ]
 
 WRONG_LAST_SEQUENCE = 10071
+NO_MESSAGE = 10057  # JetStream: "no message found" (a delete of a message already gone)
 
 _snap_dec = msgspec.json.Decoder(Snapshot)
 # Tasks and timers travel as the core actions that asked for them.
@@ -262,6 +266,61 @@ class Store:
         """Every run's snapshot (the basis of `run list`)."""
         await self._buckets()
         return [_snap_dec.decode(e.value) for e in await _dump(self._runs, ">") if e.value]
+
+    async def newest_runs(self, limit: int | None, keep: Callable[[RunSummary], bool]) -> Listing:
+        """The newest matching run summaries, read from the runs bucket's tail (listing.py)."""
+        await self._buckets()
+        stream = f"KV_{names.RUNS_BUCKET}"
+        state = (await self.js.stream_info(stream)).state
+        span = (state.first_seq, state.last_seq)
+        return await listing.newest(self.nc, stream, f"$KV.{names.RUNS_BUCKET}.>", span, limit, keep)
+
+    # --- the index of unfinished runs (a stream keeping one message per run) ----------------
+
+    async def active_runs(self) -> list[ActiveRun] | None:
+        """Every unfinished run's index entry; None if the index was never built here (a
+        server from before it, with no `dagnats serve` of this version started since)."""
+        try:
+            built = await self._last_of(names.ACTIVE_STREAM, names.ACTIVE_BUILT)
+        except NoRespondersError:  # no such stream
+            return None
+        if built is None:
+            return None
+        return await listing.index_entries(self.nc, names.ACTIVE_STREAM, names.active_filter())
+
+    async def save_active(self, entry: ActiveRun) -> None:
+        data = _enc.encode(entry)
+        if len(data) > MAX_EVENT_BYTES:
+            data = _enc.encode(msgspec.structs.replace(entry, approvals=[], approvals_left_out=True))
+        await self.replies.publish(names.active_subject(entry.summary.run_id), data)
+
+    async def drop_active(self, run_id: str) -> None:
+        """Delete the run's entry message itself (a KV delete would leave a marker per run)."""
+        found = await self._last_of(names.ACTIVE_STREAM, names.active_subject(run_id))
+        if found is None:
+            return
+        req = _enc.encode({"seq": found[1], "no_erase": True})
+        msg = await self.replies.request(f"$JS.API.STREAM.MSG.DELETE.{names.ACTIVE_STREAM}", req)
+        reply = json.loads(msg.data or b"{}")
+        error = reply.get("error") or {}
+        if error and error.get("err_code") != NO_MESSAGE:  # gone already: replaced, or deleted
+            raise APIError(code=error.get("code"), description=error.get("description", ""))
+
+    async def mark_active_built(self) -> None:
+        await self.replies.publish(names.ACTIVE_BUILT, b"1")
+
+    async def _last_of(self, stream: str, subject: str) -> tuple[bytes, int] | None:
+        """The last message on a subject and its sequence, or None: one direct get."""
+        msg = await self.replies.request(f"$JS.API.DIRECT.GET.{stream}.{subject}", b"")
+        headers = msg.headers or {}
+        status = headers.get("Status")
+        if status == "503":
+            raise NoRespondersError
+        if status:
+            if status != "404":
+                raise APIError(code=int(status), description=headers.get("Description", ""))
+            return None
+        return msg.data, int(headers["Nats-Sequence"])
 
     # --- workflows ---------------------------------------------------------------------------
 
@@ -487,6 +546,14 @@ _STREAMS = [
         duplicate_window=names.HISTORY_DEDUP_SECONDS,
         allow_direct=True,
         allow_atomic=True,  # several events of one run appended all-or-nothing
+    ),
+    api.StreamConfig(
+        name=names.ACTIVE_STREAM,
+        subjects=[f"{names.ACTIVE_PREFIX}.>"],
+        storage=api.StorageType.FILE,
+        retention=api.RetentionPolicy.LIMITS,
+        max_msgs_per_subject=1,
+        allow_direct=True,
     ),
     api.StreamConfig(
         name=names.TASKS_STREAM,

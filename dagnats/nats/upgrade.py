@@ -11,6 +11,9 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from dagnats.core.state import RUN_TERMINAL
+from dagnats.ports import ActiveRun, Snapshot
+
 from . import names
 
 if TYPE_CHECKING:
@@ -22,6 +25,7 @@ async def run(store: Store) -> None:
     await atomic_history(store)
     await direct_buckets(store)
     await workflow_pointers(store)
+    await active_index(store)
 
 
 async def atomic_history(store: Store) -> None:
@@ -55,3 +59,21 @@ async def workflow_pointers(store: Store) -> None:
             newest[name] = max(newest.get(name, 0), int(last))
     for name in sorted(newest.keys() - pointed):
         await store._advance_latest(name, newest[name])
+
+
+async def active_index(store: Store) -> None:
+    """A data dir from before the index of unfinished runs: build it from the snapshots, once
+    (the last time every snapshot is read); then mark it built. A crash before the mark builds
+    it again; entries an engine changed meanwhile are checked by the start-up sweep that follows."""
+    if await store._last_of(names.ACTIVE_STREAM, names.ACTIVE_BUILT) is not None:
+        return
+    for snap in await store.all_snapshots():
+        if snap.summary.status not in RUN_TERMINAL:
+            await store.save_active(_entry_of(snap))
+    await store.mark_active_built()
+
+
+def _entry_of(snap: Snapshot) -> ActiveRun:
+    if snap.state is None:  # too big to hold its state: readers read the run for its approvals
+        return ActiveRun(snap.applied, snap.summary, approvals_left_out=snap.summary.approvals > 0)
+    return ActiveRun.of(snap.applied, snap.state)

@@ -25,9 +25,11 @@ from dagnats.core.state import RunState
 from dagnats.errors import NotFound
 from dagnats.ports import (
     MAX_EVENT_BYTES,
+    ActiveRun,
     Conflict,
     Feed,
     Heartbeat,
+    Listing,
     RunSummary,
     Snapshot,
     TooLarge,
@@ -64,6 +66,7 @@ class _Data:
     run_seqs: dict[str, list[int]] = field(default_factory=dict)  # each run's history sequences
     snapshots: dict[str, tuple[bytes, int]] = field(default_factory=dict)  # run -> (snapshot, revision)
     snapshot_revision: int = 0  # one sequence over all keys, as a KV bucket's stream has
+    active: dict[str, ActiveRun] = field(default_factory=dict)  # the index of unfinished runs
     workflows: dict[str, list[WorkflowVersion]] = field(default_factory=dict)  # versions 1..n
     consumers: dict[str, Consumer] = field(default_factory=dict)
     beats: dict[str, tuple[Heartbeat, Callable[[], int]]] = field(default_factory=dict)
@@ -159,6 +162,21 @@ class MemoryStore:
 
     async def all_snapshots(self) -> list[Snapshot]:
         return [_snap_dec.decode(data) for data, _ in self._data.snapshots.values()]
+
+    async def newest_runs(self, limit: int | None, keep: Callable[[RunSummary], bool]) -> Listing:
+        summaries = [s.summary for s in await self.all_snapshots()]
+        ordered = sorted(filter(keep, summaries), key=lambda s: (-s.created_at, s.run_id))
+        chosen = ordered[:limit] if limit else ordered
+        return Listing(chosen, older=len(chosen) < len(ordered), position=self._data.snapshot_revision)
+
+    async def active_runs(self) -> list[ActiveRun] | None:
+        return list(self._data.active.values())
+
+    async def save_active(self, entry: ActiveRun) -> None:
+        self._data.active[entry.summary.run_id] = entry
+
+    async def drop_active(self, run_id: str) -> None:
+        self._data.active.pop(run_id, None)
 
     async def current(self, run_id: str) -> tuple[RunState | None, int]:
         return await current_of(self, self, run_id)

@@ -19,6 +19,8 @@ from tui.model import TABS
 from tui.screens.base import Base
 from tui.widgets import RunsHeader, RunsTable, StatusBar
 
+OLDER = "newest runs and every unfinished one; older runs: dagnats run list --limit N"
+
 
 class RunsScreen(Base):
     BINDINGS = bindings("runs")
@@ -33,6 +35,7 @@ class RunsScreen(Base):
         yield Input(
             placeholder="filter runs: words in the id, workflow or status (escape clears)", id="filter"
         )
+        yield Static(OLDER, id="older")
         yield RunsHeader()
         yield Static("no runs yet: press s to start one", id="empty")
         yield RunsTable(self.console.model, now=self.console.now, id="runs")
@@ -53,6 +56,7 @@ class RunsScreen(Base):
         counts = model.counts()
         for i, (tab, title) in enumerate(TABS.items(), 1):
             self.query_one(f"#tab-{tab}", Tab).label = f"{i} {title} {counts[tab]}"
+        self.query_one("#older", Static).set_class(model.older, "shown")
         empty = self.query_one("#empty", Static)
         empty.set_class(not model.view, "shown")
         if not self.console.loaded:
