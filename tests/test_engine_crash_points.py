@@ -148,5 +148,9 @@ async def test_crash_around_an_atomic_batch_loses_and_duplicates_nothing(stack, 
     assert calls == Counter({sid: 1 for sid in ["a", "p0", "p1", "p2", "p3", "z", "q0", "q1", "q2"]})
     events = [e for _, e in await stack.client.events(state.run_id)]
     queued = Counter(e.step_id for e in events if isinstance(e, StepQueued))
-    assert set(queued.values()) == {1} and len(queued) == 9
+    # A crash before the batch lands may leave the fan-out's tasks sent without their
+    # step.queued (they go out together, engine/passes.py); their results then stand for it.
+    assert set(queued.values()) == {1}
+    done = Counter(e.step_id for e in events if isinstance(e, StepCompleted))
+    assert done == Counter({sid: 1 for sid in calls})
     assert sum(isinstance(e, RunCompleted) for e in events) == 1

@@ -612,10 +612,35 @@ _BUSY: dict[str, Move] = {
     "timer.step_timeout": _time_out,
 }
 
+
+def _sent_before_queued(move: Move) -> Move:
+    """A worker's report on the attempt after the step's last one, before its `step.queued`.
+
+    The engine sends a task at the same time as it appends the task's `step.queued`
+    (engine/passes.py: one write less on every step's critical path). When that append loses a
+    race (another event of the run landed first), the task is out, and its worker may report
+    before the engine records the `step.queued` again. The report proves the attempt was
+    dispatched, so it counts as queued (its input, carried only by `step.queued`, is then not
+    in the state), and the engine, seeing the step under way, does not queue it again."""
+
+    def early(state: RunState, step: StepState, ev: Any) -> RunState:
+        if state.step_def(ev.step_id).type not in WORKER_KINDS:
+            return state
+        queued = replace(step, status=StepStatus.QUEUED, attempts=ev.attempt, queued_at=ev.at, error=None)
+        return move(state, queued, ev)
+
+    return early
+
+
 STEP_TRANSITIONS: dict[StepPhase, dict[str, Move]] = {
     StepPhase.PENDING: {
         "step.queued": _queue,
-        "step.failed": _fail,  # the engine could not start it (a bad template, a bound)
+        # the engine could not start it (a bad template, a bound), or a worker's attempt failed
+        # before its step.queued was recorded (see _sent_before_queued)
+        "step.failed": _fail,
+        "step.started": _sent_before_queued(_start_attempt),
+        "step.completed": _sent_before_queued(_complete),
+        "plan.proposed": _sent_before_queued(_take_plan),
         "step.waiting": _wait,
         "step.skipped": _skip,
         "map.expanded": _expand_map,

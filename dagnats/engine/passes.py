@@ -9,7 +9,9 @@ folded events call for are queued on the pass and done once it has caught up (`P
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 import msgspec
 
@@ -41,6 +43,9 @@ class Pass:
         # (state after the event, effect, whether this pass recorded the event itself)
         self.effects: list[tuple[RunState, Action, bool]] = []
         self.folded = 0  # events folded (illegal ones skipped)
+        # (step, attempt) of tasks sent with a step.queued whose append lost its race: sent
+        # again, they are checked by their worker (the first copy may have run already)
+        self.sent_unrecorded: set[tuple[str, int]] = set()
 
     def apply(self, event: Event, seq: int, *, ours: bool = False) -> None:
         """Fold one event; queue its effects (done together, before the pass acknowledges).
@@ -76,7 +81,9 @@ class Pass:
         for state, action, ours in effects:
             if not still_due(self.state, action):
                 continue
-            if isinstance(action, DispatchTask) and not ours:
+            if isinstance(action, DispatchTask) and (
+                not ours or (action.step_id, action.attempt) in self.sent_unrecorded
+            ):
                 action = msgspec.structs.replace(action, recheck=True)
             out.append((state, action))
         return out
@@ -85,9 +92,15 @@ class Pass:
 class Recorder:
     """Brings passes up to date against the event log (one run's pass at a time on each run's job)."""
 
-    def __init__(self, events: EventLog, deliveries: DeliveryTracker) -> None:
+    def __init__(
+        self,
+        events: EventLog,
+        deliveries: DeliveryTracker,
+        dispatch: Callable[[DispatchTask], Awaitable[None]] | None = None,
+    ) -> None:
         self.events = events
         self.deliveries = deliveries
+        self.dispatch = dispatch  # tasks go out together with their step.queued, if given
         self.batching = events.atomic_batches  # append a pass's chain of events in one batch
 
     async def advance(self, run_id: str, pass_: Pass, delivered: list[Delivery] | None) -> None:
@@ -139,14 +152,12 @@ class Recorder:
     async def _append_chain(
         self, run_id: str, pass_: Pass, links: list[tuple[Event, RunState, list[Action]]]
     ) -> None:
+        events = [event for event, _, _ in links]
+        sends = self._sends(pass_, links)
         try:
-            events = [event for event, _, _ in links]
-            seqs = (
-                [await self.events.append(run_id, events[0], expected_last=pass_.last)]
-                if len(events) == 1
-                else await self.events.append_batch(run_id, events, expected_last=pass_.last)
-            )
+            seqs, sent = await self._append_sending(run_id, events, pass_.last, sends)
         except Conflict:
+            pass_.sent_unrecorded.update((a.step_id, a.attempt) for a in sends)
             await self.fold_tail(run_id, pass_)
             return
         except BatchUnsupported as exc:
@@ -154,7 +165,48 @@ class Recorder:
             self.batching = False
             return
         for (_, new, actions), seq in zip(links, seqs):
-            pass_.record(seq, new, actions, ours=True)
+            pass_.record(seq, new, [a for a in actions if id(a) not in sent], ours=True)
+
+    def _sends(self, pass_: Pass, links: list[tuple[Event, RunState, list[Action]]]) -> list[DispatchTask]:
+        """The tasks the chain's events dispatch, to send while the events are appended. A
+        task already sent once in this pass with a step.queued that was not recorded is left
+        to the pass's effects, which ask its worker to check it."""
+        if self.dispatch is None:
+            return []
+        return [
+            a
+            for _, _, actions in links
+            for a in actions
+            if isinstance(a, DispatchTask) and (a.step_id, a.attempt) not in pass_.sent_unrecorded
+        ]
+
+    async def _append_sending(
+        self, run_id: str, events: list[Event], last: int, sends: list[DispatchTask]
+    ) -> tuple[list[int], set[int]]:
+        """Append the events (optimistically, after `last`) and send the tasks at the same time:
+        one round trip on the step's critical path instead of two. Returns the sequences and
+        the ids of the tasks sent (one that failed to go is left to the pass's effects).
+
+        A task may thus be out while its step.queued loses its race; its worker's report is
+        then taken as the step's queueing (core/decide.py `_sent_before_queued`), and a second
+        copy is checked by its worker (`Pass.sent_unrecorded`). docs/architecture.md, "One write
+        per dispatch", has the argument and the tests."""
+        if not sends:
+            return await self._append(run_id, events, last), set()
+        assert self.dispatch is not None
+        appended, *results = await asyncio.gather(
+            self._append(run_id, events, last), *(self.dispatch(a) for a in sends), return_exceptions=True
+        )
+        if isinstance(appended, BaseException):
+            raise appended
+        assert isinstance(appended, list)
+        sent = {id(a) for a, r in zip(sends, results) if not isinstance(r, BaseException)}
+        return appended, sent
+
+    async def _append(self, run_id: str, events: list[Event], last: int) -> list[int]:
+        if len(events) == 1:
+            return [await self.events.append(run_id, events[0], expected_last=last)]
+        return await self.events.append_batch(run_id, events, expected_last=last)
 
     async def _append_one(self, run_id: str, pass_: Pass, event: Event) -> None:
         try:

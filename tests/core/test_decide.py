@@ -873,3 +873,30 @@ def test_a_decision_while_the_step_waits_for_its_retry_is_recorded_but_does_not_
     assert not [a for a in actions if isinstance(a, DispatchTask)]
     state, _ = decide(state, TimerFired(at=T0 + 11, kind="retry", step_id="a", attempt=1))
     assert state.steps["a"].status == "pending"
+
+
+def _pending_run() -> RunState:
+    wf = flow({"id": "a", "task": "t"}, {"id": "ok", "type": "approval", "config": {"prompt": "go?"}})
+    state, _ = decide(None, RunStarted(at=T0, run_id="r1", workflow="flow", version=1, definition=wf))
+    return state
+
+
+def test_a_workers_report_before_the_step_queued_it_answers_counts_as_the_queueing():
+    """The engine sends a task while it appends its step.queued; when the append loses a race,
+    the worker's report may come first. It proves the attempt was dispatched (engine/passes.py)."""
+    state = _pending_run()
+    done, actions = decide(state, StepCompleted(at=T0 + 1, step_id="a", attempt=1, output=7))
+    assert (done.steps["a"].status, done.steps["a"].attempts, done.steps["a"].output) == ("completed", 1, 7)
+    assert not [a for a in actions if isinstance(a, DispatchTask)]  # nothing sent again
+    running, actions = decide(state, StepStarted(at=T0 + 1, step_id="a", attempt=1, worker="w"))
+    assert (running.steps["a"].status, running.steps["a"].attempts) == ("running", 1)
+    failed, _ = decide(state, StepFailed(at=T0 + 1, step_id="a", attempt=1, error="boom", retryable=False))
+    assert failed.steps["a"].status == "failed"
+
+
+def test_a_report_for_an_attempt_never_sent_or_a_step_no_worker_runs_changes_nothing():
+    state = _pending_run()
+    later, _ = decide(state, StepCompleted(at=T0 + 1, step_id="a", attempt=2, output=7))
+    assert later.steps["a"].status == "pending"
+    approval, _ = decide(state, StepCompleted(at=T0 + 1, step_id="ok", attempt=1, output=7))
+    assert approval.steps["ok"].status == "pending"

@@ -11,6 +11,7 @@ from dagnats.core.events import (
     RunStarted,
     StepCompleted,
     StepFailed,
+    SignalReceived,
     StepQueued,
     encode_event,
 )
@@ -179,3 +180,93 @@ async def test_a_tail_read_while_deliveries_are_live_leaves_the_pass_complete_in
     pass_ = Pass(None, 0, -1)
     await recorder.fold_tail("r1", pass_)
     assert pass_.epoch == tracker.epoch == 0
+
+
+# --- tasks sent together with their step.queued ---------------------------------------------
+
+CHAIN = parse_definition(
+    {"name": "chain", "steps": [{"id": "a", "task": "echo"}, {"id": "b", "task": "echo", "depends_on": ["a"]}]}
+)
+
+
+def chain_started() -> RunStarted:
+    return RunStarted(at=1.0, run_id="r1", workflow="chain", version=1, definition=CHAIN, input=None)
+
+
+class Sender:
+    """Where a recorder sends tasks; `then` runs as each is sent (a worker, another writer)."""
+
+    def __init__(self, then=None) -> None:
+        self.sent: list[DispatchTask] = []
+        self.then = then
+
+    async def __call__(self, task: DispatchTask) -> None:
+        self.sent.append(task)
+        if self.then is not None:
+            await self.then(task)
+
+
+async def test_a_task_goes_out_with_its_step_queued_and_is_not_sent_again_by_the_effects():
+    log = Log()
+    await log.append("r1", chain_started())
+    sender = Sender()
+    pass_ = Pass(None, 0, -1)
+    await Recorder(log, DeliveryTracker(), sender).advance("r1", pass_, None)
+    assert kinds(log.of()) == ["RunStarted:", "StepQueued:a"]
+    assert [t.step_id for t in sender.sent] == ["a"]
+    assert [a for _, a in pass_.due() if isinstance(a, DispatchTask)] == []
+
+
+class RivalLog(Log):
+    """A log where another writer's event lands just before the first step.queued."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rival = True
+
+    async def append(self, run_id, event, *, expected_last=None, msg_id=None):  # type: ignore[no-untyped-def]
+        if self.rival and isinstance(event, StepQueued):
+            self.rival = False
+            await super().append(run_id, SignalReceived(at=2.0, name="poke"))
+        return await super().append(run_id, event, expected_last=expected_last, msg_id=msg_id)
+
+
+async def test_a_task_whose_step_queued_lost_its_race_and_ran_at_once_counts_as_queued():
+    """The worst order: another event lands first (the append conflicts), and the task's
+    worker reports before the engine reads the tail again. The step is done, in effect queued
+    once, and never sent again."""
+    log = RivalLog()
+    await log.append("r1", chain_started())
+
+    async def work(task: DispatchTask) -> None:
+        result = StepCompleted(at=3.0, step_id=task.step_id, attempt=task.attempt, output={"ok": task.step_id})
+        await log.append("r1", result)
+
+    sender = Sender(work)
+    pass_ = Pass(None, 0, -1)
+    await Recorder(log, DeliveryTracker(), sender).advance("r1", pass_, None)
+    assert pass_.state is not None
+    assert kinds(log.of()) == [
+        "RunStarted:",
+        "SignalReceived:",
+        "StepCompleted:a",  # the race lost: the result came before any step.queued of a
+        "StepQueued:b",
+        "StepCompleted:b",  # b's own result, which the next pass folds
+    ]
+    assert pass_.state.steps["a"].status == "completed" and pass_.state.steps["a"].attempts == 1
+    assert [t.step_id for t in sender.sent] == ["a", "b"]
+
+
+async def test_a_task_sent_again_after_its_step_queued_lost_a_race_is_checked_by_its_worker():
+    """The race lost, but the worker has not reported yet: the step is queued again, and its
+    second copy (absorbed by de-duplication unless the server forgot the first) is marked for
+    its worker to check against the run's state."""
+    log = RivalLog()
+    await log.append("r1", chain_started())
+    sender = Sender()
+    pass_ = Pass(None, 0, -1)
+    await Recorder(log, DeliveryTracker(), sender).advance("r1", pass_, None)
+    assert kinds(log.of()) == ["RunStarted:", "SignalReceived:", "StepQueued:a"]
+    again = [a for _, a in pass_.due() if isinstance(a, DispatchTask)]
+    assert [(t.step_id, t.recheck) for t in sender.sent] == [("a", False)]
+    assert [(t.step_id, t.recheck) for t in again] == [("a", True)]
