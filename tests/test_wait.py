@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from pathlib import Path
 
 import pytest
 
 from dagnats.api.client import Client, WaitTimeout
 from dagnats.errors import NotFound, UserError
 from dagnats.nats import names
+
+from conftest import ServeProcess, dagnats, dagnats_json
 
 ECHO = {"name": "quick", "steps": [{"id": "a", "task": "echo"}]}
 GATE = {"name": "gate", "steps": [{"id": "gate", "type": "approval", "config": {"prompt": "go?"}}]}
@@ -129,3 +133,31 @@ async def test_wait_timeout_names_the_run(stack):
     with pytest.raises(TimeoutError, match="and 1 more"):
         await stack.client.wait_many([run_id, *await _gated(stack)], timeout=0.3)
     assert await stack.client.wait_many([]) == {}
+
+
+def test_serve_fsync_with_an_external_nats_is_one_line(data_dir):
+    proc = dagnats("serve", "--fsync", "--nats", "nats://127.0.0.1:1", data_dir=data_dir, timeout=30)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--fsync" in lines[0] and "sync_interval: always" in lines[0], proc.stderr
+
+
+def test_serve_fsync_runs_the_embedded_server_with_sync_always(data_dir):
+    server = ServeProcess(data_dir, args=("--fsync",)).start()
+    try:
+        assert "sync_interval: always" in (data_dir / "nats-server.conf").read_text()
+        assert "fsync on every write" in server.log()
+        doc = dagnats_json("status", data_dir=data_dir)
+        assert doc["server"]["fsync"] is True
+        assert "fsync on every write" in dagnats("status", data_dir=data_dir).stdout
+        assert dagnats("workflow", "register", str(_quick_file(data_dir)), data_dir=data_dir).returncode == 0
+        done = dagnats_json("run", "start", "quick", "--wait", data_dir=data_dir)
+        assert done["status"] == "completed"
+    finally:
+        server.stop()
+
+
+def _quick_file(data_dir: Path) -> Path:
+    path = data_dir.parent / "quick.json"
+    path.write_text(json.dumps(ECHO))
+    return path

@@ -95,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="run the engine and timers only; tasks are left to `dagnats worker` processes",
     )
+    s.add_argument(
+        "--fsync",
+        action="store_true",
+        help="the embedded server fsyncs every write (sync_interval: always); slower, survives power loss",
+    )
     s.add_argument("-v", "--verbose", action="store_true")
     s.set_defaults(handler=cmd_serve)
 
@@ -249,6 +254,11 @@ def cmd_serve(args: argparse.Namespace) -> Any:
 
     from .serve import serve
 
+    if args.fsync and args.nats:
+        raise UserError(
+            f"--fsync applies to the embedded server only; the sync setting of the NATS at {args.nats} "
+            "is its own: set `jetstream { sync_interval: always }` in that server's config, or drop --nats"
+        )
     workers = [_as_worker(load_object(spec), spec, Worker) for spec in args.worker]
     return serve(
         data_dir=args.data_dir,
@@ -257,6 +267,7 @@ def cmd_serve(args: argparse.Namespace) -> Any:
         workers=workers,
         concurrency=args.concurrency,
         builtins=args.builtins,
+        fsync=args.fsync,
     )
 
 
@@ -503,12 +514,9 @@ async def cmd_run_start(args: argparse.Namespace) -> int:
             print(run_id, flush=True)
         warner = asyncio.create_task(_warn_unserved(client, run_id))
         try:
-            async for _seq, event in client.follow(run_id):
-                if not args.json and (line := views.progress_line(event)):
-                    print(line, file=sys.stderr, flush=True)
+            state = await _until_end(client, run_id, progress=not args.json)
         finally:
             warner.cancel()
-        state = await client.run(run_id)
         if args.json:
             _print_json(
                 {"run_id": run_id, "status": state.status, "output": state.output, "error": state.error}
@@ -518,6 +526,17 @@ async def cmd_run_start(args: argparse.Namespace) -> int:
         return 0 if state.status == "completed" else 1
 
     return await _with_client(args, go)
+
+
+async def _until_end(client: Any, run_id: str, *, progress: bool) -> Any:
+    """The run's end state; with `progress`, a line on stderr for each step as it goes (that
+    takes a consumer; without it, `Client.wait` takes none)."""
+    if not progress:
+        return await client.wait(run_id)
+    async for _seq, event in client.follow(run_id):
+        if line := views.progress_line(event):
+            print(line, file=sys.stderr, flush=True)
+    return await client.run(run_id)
 
 
 async def _warn_unserved(client: Any, run_id: str, every: float = 1.0) -> None:
@@ -664,6 +683,10 @@ async def cmd_status(args: argparse.Namespace) -> int:
 
     async def go(client: Any) -> None:
         doc = await status.collect(client)
+        if not (args.nats or os.environ.get("DAGNATS_NATS_URL")):  # the data dir's own server
+            from .serve import embedded_fsync
+
+            doc["server"]["fsync"] = embedded_fsync(args.data_dir)
         _print_json(doc) if args.json else print(status.text(doc))
 
     return await _with_client(args, go)

@@ -15,7 +15,7 @@ from dagnats.errors import UserError
 from dagnats.nats import datadir, names
 from dagnats.nats.connection import Endpoint, connect, resolve_endpoint
 from dagnats.nats.connection import close as _close
-from dagnats.nats.embedded import EmbeddedServer
+from dagnats.nats.embedded import CONFIG_FILE, EmbeddedServer
 from dagnats.nats.heartbeat import Beat
 from dagnats.nats.store import Store
 from dagnats.worker import Worker
@@ -25,6 +25,16 @@ from .stack import Stack, combine
 
 log = logging.getLogger("dagnats.app.serve")
 DRAIN_SECONDS = 3.0  # for the tasks in hand at a stop: with the closing, a stop takes under 5 s
+
+
+def embedded_fsync(data_dir: str | os.PathLike[str] | None) -> bool | None:
+    """Whether the embedded server of `data_dir` fsyncs every write (`serve --fsync`), from
+    the config it was started with; None when that data dir has no embedded server."""
+    try:
+        conf = (datadir.resolve(data_dir) / CONFIG_FILE).read_text()
+    except OSError:
+        return None
+    return "sync_interval: always" in conf
 
 
 class DataDirLock:
@@ -63,6 +73,7 @@ async def serve(
     workers: list[Worker],
     concurrency: int = 16,
     builtins: bool = True,
+    fsync: bool = False,
 ) -> None:
     stack = LocalStack(
         data_dir=data_dir,
@@ -71,6 +82,7 @@ async def serve(
         workers=workers,
         concurrency=concurrency,
         builtins=builtins,
+        fsync=fsync,
     )
     await stack.start()
     stop = asyncio.Event()
@@ -86,6 +98,7 @@ async def serve(
     try:
         where = (
             f"embedded NATS at {stack.endpoint.url}, data in {stack.path}"
+            + (" (fsync on every write)" if stack.fsync else "")
             if stack.server
             else f"NATS at {stack.endpoint.url}"
         )
@@ -113,6 +126,7 @@ class LocalStack:
         workers: list[Worker] | None = None,
         concurrency: int = 16,
         builtins: bool = True,  # run the built-in workers (and agents) in this process
+        fsync: bool = False,  # the embedded server fsyncs every write (sync_interval: always)
     ) -> None:
         self.path = datadir.resolve(data_dir)
         self.builtins = builtins
@@ -120,6 +134,7 @@ class LocalStack:
         self.nats_url = nats_url
         self.workers = workers or []
         self.concurrency = concurrency
+        self.fsync = fsync
         self.server: EmbeddedServer | None = None
         self.endpoint = Endpoint(url=nats_url or "")
         self._lock: DataDirLock | None = None
@@ -137,7 +152,7 @@ class LocalStack:
             self._lock = DataDirLock(self.path)
             self._lock.acquire()
             creds = datadir.load_or_create_credentials(self.path)
-            self.server = EmbeddedServer(self.path, self.port, creds)
+            self.server = EmbeddedServer(self.path, self.port, creds, sync_always=self.fsync)
             try:
                 self.server.start()
             except BaseException:

@@ -110,7 +110,8 @@ def text(doc: dict[str, Any], now: float | None = None) -> str:
     cluster = f"cluster {server['cluster']}, " if server["cluster"] else ""
     lines = [
         f"NATS {server['url']}  nats-server {server['version']}  "
-        f"({cluster}{len(nodes)} node{'s' if len(nodes) != 1 else ''})",
+        f"({cluster}{len(nodes)} node{'s' if len(nodes) != 1 else ''})"
+        + ("  fsync on every write" if server.get("fsync") else ""),
         "",
     ]
     rows = [
