@@ -708,7 +708,7 @@ async def cmd_bench(args: argparse.Namespace) -> int:
         say=say,
         console=console_bench.measure,
         engine=args.engine,
-        first_screen=getattr(console_bench, "first_screen", None),  # scale.console_first_screen_ms
+        first_screen=console_bench.first_screen,  # scale.console_first_screen_ms
     )
     if args.json:
         _print_json(result)
