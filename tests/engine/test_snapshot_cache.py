@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
+import msgspec
+
 from dagnats.core.decide import fold
 from dagnats.core.definition import parse_definition
 from dagnats.core.events import RunCancelRequested, RunStarted, StepQueued
 from dagnats.core.state import RunState
 from dagnats.engine.cache import Cached, SnapshotCache, shows_news
-from dagnats.ports import RunSummary, Snapshot
+from dagnats.ports import ActiveRun, RunSummary, Snapshot
 
 WF = parse_definition({"name": "w", "steps": [{"id": "a", "task": "echo"}]})
 
@@ -33,6 +35,7 @@ class Snapshots:
         self.stored: dict[str, tuple[Snapshot, int]] = {}
         self.revision = 0
         self.saves: list[tuple[str, int]] = []  # (run, applied) of each successful save
+        self.active: dict[str, ActiveRun] = {}  # the index of unfinished runs
 
     async def load_snapshot(self, run_id: str) -> tuple[Snapshot | None, int]:
         return self.stored.get(run_id, (None, 0))
@@ -45,6 +48,12 @@ class Snapshots:
         self.stored[state.run_id] = (snap, self.revision)
         self.saves.append((state.run_id, applied))
         return self.revision
+
+    async def save_active(self, entry: ActiveRun) -> None:
+        self.active[entry.summary.run_id] = entry
+
+    async def drop_active(self, run_id: str) -> None:
+        self.active.pop(run_id, None)
 
 
 def cache_over(store: Snapshots, due: list[str] | None = None, size: int = 4096) -> SnapshotCache:
@@ -151,3 +160,35 @@ def test_listing_shows_news_when_a_run_appears_or_changes_status():
 
 def test_an_entry_is_complete_in_no_epoch_unless_told():
     assert Cached(state=None, applied=0, revision=0).epoch == -1
+
+
+async def test_an_unfinished_run_is_indexed_with_its_snapshot_and_leaves_the_index_when_it_ends():
+    store = Snapshots()
+    cache = cache_over(store)
+    state = started()
+    await cache.save("r1", await cache.load("r1"), state, 1, epoch=0)
+    assert store.active["r1"] == ActiveRun.of(1, state)
+    cancelled = fold(state, RunCancelRequested(at=3.0, reason="x", by="cli"))
+    assert cancelled is not None and cancelled.terminal
+    await cache.save("r1", await cache.load("r1"), cancelled, 2, epoch=0)
+    assert store.stored["r1"][0].applied == 2 and "r1" not in store.active
+
+
+async def test_the_sweeps_repair_makes_an_entry_say_what_the_state_says():
+    store = Snapshots()
+    cache = cache_over(store)
+    state = started()
+    await cache.save("r1", await cache.load("r1"), state, 1, epoch=0)
+    stale = ActiveRun(1, msgspec.structs.replace(RunSummary.of(state), status="waiting"))
+    store.active["r1"] = stale
+    await cache.repair("r1", stale)
+    assert store.active["r1"] == ActiveRun.of(1, state)
+    cancelled = fold(state, RunCancelRequested(at=3.0, reason="x", by="cli"))
+    assert cancelled is not None
+    cache.forget("r1")
+    await store.save_snapshot(2, cancelled, store.stored["r1"][1])  # finished; entry left behind
+    loaded = await cache.load("r1")  # the sweep's pass: nothing new to fold
+    assert loaded.state is not None
+    await cache.save("r1", loaded, loaded.state, loaded.applied, epoch=0)
+    await cache.repair("r1", store.active["r1"])
+    assert "r1" not in store.active
