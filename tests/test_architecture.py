@@ -44,7 +44,7 @@ LAYERS = {
     "api": {"core", "errors", "ports", "nats"},
     "testing": {"core", "errors", "ports", "engine", "worker", "api"},
     "app": {"core", "errors", "ports", "nats", "engine", "worker", "agent", "api", "processes", "app"},
-    "__init__": {"worker"},
+    "__init__": {"worker", "api", "app"},  # the public names; Client and embedded() load lazily
     "__main__": {"app"},
 }
 

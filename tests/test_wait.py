@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ from dagnats.api.client import Client, WaitTimeout
 from dagnats.errors import NotFound, UserError
 from dagnats.nats import names
 
-from conftest import ServeProcess, dagnats, dagnats_json
+from conftest import ServeProcess, cli_env, dagnats, dagnats_json
 
 ECHO = {"name": "quick", "steps": [{"id": "a", "task": "echo"}]}
 GATE = {"name": "gate", "steps": [{"id": "gate", "type": "approval", "config": {"prompt": "go?"}}]}
@@ -161,3 +163,48 @@ def _quick_file(data_dir: Path) -> Path:
     path = data_dir.parent / "quick.json"
     path.write_text(json.dumps(ECHO))
     return path
+
+
+USER_PROGRAM = """
+import asyncio, sys
+
+import dagnats
+from dagnats.core.definition import parse_definition
+
+worker = dagnats.Worker()
+
+
+@worker.task("greet")
+async def greet(ctx: dagnats.TaskContext) -> dict:
+    return {"greeting": f"hello, {ctx.input['name']}"}
+
+
+async def main() -> None:
+    data_dir = sys.argv[1] if len(sys.argv) > 1 else None
+    async with dagnats.embedded(data_dir=data_dir, workers=[worker], fsync=data_dir is not None) as client:
+        assert isinstance(client, dagnats.Client)
+        await client.register(parse_definition({"name": "hello", "steps": [{"id": "greet", "task": "greet"}]}))
+        state = await client.wait(await client.start("hello", {"name": "Ada"}), timeout=30)
+        print(state.status, state.output["greeting"])
+        ids = [await client.start("hello", {"name": n}) for n in ("Bo", "Cy")]
+        print(sorted(s.output["greeting"] for s in (await client.wait_many(ids, timeout=30)).values()))
+
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("own_dir", [False, True])
+def test_embedded_runs_a_users_program_in_one_process(tmp_path, own_dir):
+    script = tmp_path / "app.py"
+    script.write_text(USER_PROGRAM)
+    data_dir = tmp_path / "keep"
+    args = [str(data_dir)] if own_dir else []
+    proc = subprocess.run(
+        [sys.executable, str(script), *args], capture_output=True, text=True, timeout=60, env=cli_env()
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["completed hello, Ada", "['hello, Bo', 'hello, Cy']"]
+    if own_dir:
+        assert "sync_interval: always" in (data_dir / "nats-server.conf").read_text()
+        assert not (data_dir / "server.json").exists()  # stopped cleanly
