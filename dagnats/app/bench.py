@@ -834,6 +834,7 @@ def table(result: dict[str, Any]) -> str:
         shown = "n/a" if value is None else str(value)
         lines.append(f"{section + '.' + key:<38} {shown:>10}  {target:<22} {met}")
     lines.append("")
+    lines += [f"scale: a measure failed, its figures n/a: {e}" for e in result["scale"].get("errors", [])]
     lines.append("targets: issue #12's, for a full run; (…) with --fsync; * the bench's own")
     if result["sizes"] != FULL.__dict__:
         lines.append("this run is smaller than a full one (--quick or --tiny): its figures only indicate")
