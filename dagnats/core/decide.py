@@ -72,6 +72,7 @@ from .state import (
     item_id,
     step_phase,
 )
+from .steps import with_step
 from .tally import keep, moved, tally
 
 replace = msgspec.structs.replace
@@ -714,8 +715,7 @@ def _settle(state: RunState, at: float) -> RunState:
 
 
 def _put(state: RunState, sid: str, step: StepState) -> RunState:
-    steps = dict(state.steps)
-    steps[sid] = step
+    steps = with_step(state.steps, sid, step)  # shared with `state`'s, for a big run
     moved(state.steps, steps, sid)  # the tally follows the one step that changed
     return replace(state, steps=steps)
 

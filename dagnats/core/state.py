@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any
 
@@ -183,7 +184,7 @@ class RunState(msgspec.Struct, frozen=True, omit_defaults=True):
     chain_start: str = ""
     forked_from: str | None = None
     fork_step: str | None = None
-    steps: dict[str, StepState] = {}
+    steps: Mapping[str, StepState] = {}  # a dict, or for a big run a shared table (core/steps.py)
     signals: list[Signal] = []
     approvals: dict[str, Approval] = {}
     dynamic: dict[str, StepDef] = {}  # steps added by planners, by namespaced id

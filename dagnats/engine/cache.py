@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from dagnats.core.state import RUN_TERMINAL, RunState
+from dagnats.core.steps import encodable
 from dagnats.ports import ActiveRun, Snapshot, Snapshots
 
 log = logging.getLogger("dagnats.engine.cache")
@@ -121,7 +122,7 @@ class SnapshotCache:
         assert entry.state is not None
         revision = entry.revision
         for _ in range(5):
-            new_rev = await self.store.save_snapshot(entry.applied, entry.state, revision)
+            new_rev = await self.store.save_snapshot(entry.applied, encodable(entry.state), revision)
             if new_rev is not None:
                 entry.revision, entry.saved, entry.saved_applied = new_rev, entry.state, entry.applied
                 return None
