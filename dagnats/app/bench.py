@@ -641,10 +641,13 @@ class _Peak:
     def report(self) -> dict[str, Any]:
         parts = {f"{name}_rss_mb": self.peak.get(name) for name in [*self.pids, *self.missing]}
         known = [v for v in parts.values() if v is not None]
+        how = "VmHWM reset at W2's start" if all(self.reset.values()) else "VmRSS sampled every 20 ms"
+        if self.missing:  # an external nats-server (--nats) is not the bench's to measure
+            how += f"; not counted: {', '.join(self.missing)} (not a process of the bench)"
         return {
             "peak_rss_mb": round(sum(known), 1),  # the engine's and nats-server's together
             **parts,
-            "how": "VmHWM reset at W2's start" if all(self.reset.values()) else "VmRSS sampled every 20 ms",
+            "how": how,
         }
 
 
