@@ -52,3 +52,9 @@ def test_bench_reports_every_figure():
     assert result["memory"]["peak_rss_mb"] == round(
         result["memory"]["engine_rss_mb"] + result["memory"]["nats_rss_mb"], 1
     )
+
+
+def test_bench_refuses_fsync_for_a_server_not_its_own():
+    proc = dagnats("bench", "--tiny", "--fsync", "--nats", "nats://127.0.0.1:1", timeout=60)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().count("\n") == 0 and "--fsync applies to the bench's own server" in proc.stderr

@@ -97,6 +97,11 @@ class Bench:
     ) -> None:
         if engine not in ENGINES:
             raise UserError(f"bench: --engine {engine!r} is not one of {', '.join(ENGINES)}")
+        if fsync and nats_url:
+            raise UserError(
+                f"bench: --fsync applies to the bench's own server only; the NATS at {nats_url} syncs "
+                "as its config says (`jetstream { sync_interval: always }`): drop --fsync or --nats"
+            )
         self.console = console
         self.first_screen = first_screen
         self.engine = engine
