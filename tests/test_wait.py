@@ -6,11 +6,14 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from nats.js.errors import APIError
 
 from dagnats.api.client import Client, WaitTimeout
+from dagnats.core.events import RunCompleted, encode_event
 from dagnats.errors import NotFound, UserError
 from dagnats.nats import names
 
@@ -64,6 +67,27 @@ async def test_wait_returns_when_the_run_ends_and_costs_no_consumer(stack):
     assert state.status == "completed" and state.steps["gate"].status == "completed"
 
 
+async def test_a_refused_publish_heard_by_the_wait_does_not_end_it(stack):
+    """A core subscriber hears publishes the stream refuses: a wait that trusted what it heard
+    would report this run completed."""
+    await stack.start()
+    [run_id] = await _gated(stack)
+    waiting = asyncio.create_task(stack.client.wait(run_id, timeout=30))
+    await asyncio.sleep(0.2)
+    forged = encode_event(RunCompleted(at=time.time(), output="forged"))
+    with pytest.raises(APIError):  # wrong last sequence: the stream refuses it
+        await stack.client.nc.jetstream().publish(
+            names.history_subject(run_id, names.SOURCE_OPERATOR),
+            forged,
+            headers={"Nats-Expected-Last-Subject-Sequence": "0"},  # it has run.started
+        )
+    await asyncio.sleep(1.0)  # the hint's re-reads (5 ms .. 500 ms) are over
+    assert not waiting.done()
+    await stack.client.decide(run_id, "gate", approved=True)
+    state = await waiting
+    assert state.status == "completed" and state.output != "forged"
+
+
 async def test_wait_many_over_runs_some_finished_already(stack):
     await stack.start()
     await stack.register(ECHO)
@@ -89,15 +113,16 @@ async def test_wait_survives_a_nats_server_restart(stack):
     await stack.start()
     [run_id] = await _gated(stack)
     client = await Client.connect(endpoint=stack.endpoint)
-    client.nc.options["max_reconnect_attempts"] = 200  # bounded: ~100 s of 0.5 s tries
-    client.nc.options["reconnect_time_wait"] = 0.5
+    # Bounded reconnects, and slower than the engine's (0.5 s): the run ends while this
+    # client is still away, so it never hears the end and must read it after reconnecting.
+    client.nc.options["max_reconnect_attempts"] = 30
+    client.nc.options["reconnect_time_wait"] = 2.0
     try:
         waiting = asyncio.create_task(client.wait(run_id, timeout=60))
         await asyncio.sleep(0.3)
         stack.server.stop()
         stack.server.start()
-        # Decide at once, on a fresh connection: the waiting client may not be back yet, so it
-        # may never hear the end; it must find it by reading again after it reconnects.
+        # Decide at once, on a fresh connection.
         async with await Client.connect(endpoint=stack.endpoint) as other:
             for _ in range(200):
                 try:
