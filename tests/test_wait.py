@@ -13,7 +13,7 @@ import pytest
 from nats.js.errors import APIError
 
 from dagnats.api.client import Client, WaitTimeout
-from dagnats.core.events import RunCompleted, encode_event
+from dagnats.core.events import RunCompleted, SignalReceived, encode_event
 from dagnats.errors import NotFound, UserError
 from dagnats.nats import names
 
@@ -86,6 +86,24 @@ async def test_a_refused_publish_heard_by_the_wait_does_not_end_it(stack):
     await stack.client.decide(run_id, "gate", approved=True)
     state = await waiting
     assert state.status == "completed" and state.output != "forged"
+
+
+async def test_wait_finds_an_ended_run_whose_last_event_came_after_its_end(stack):
+    """The first look sees a last event that does not end the run; the look after a quiet
+    spell finds the end in the run's snapshot."""
+    await stack.start()
+    await stack.register(ECHO)
+    run_id = await stack.client.start("quick")
+    await stack.client.wait(run_id, timeout=20)
+    for _ in range(200):  # the engine saves the ended run's snapshot
+        snap, _ = await stack.client.store.load_snapshot(run_id)
+        if snap is not None and snap.summary.status == "completed":
+            break
+        await asyncio.sleep(0.02)
+    late = SignalReceived(at=time.time(), name="late", by="test")  # the fold ignores it
+    await stack.client.store.append(run_id, late)
+    states = await stack.client.wait_many([run_id], timeout=30)
+    assert states[run_id].status == "completed"
 
 
 async def test_wait_many_over_runs_some_finished_already(stack):

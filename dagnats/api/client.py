@@ -516,9 +516,9 @@ class _Waiter:
             return  # reconnecting: read again once back
         if self.client.store.reconnects != self.reconnects:
             self.reconnects = self.client.store.reconnects
-            await self.read_all()  # what was published while we were away was not heard
+            await self.look_again()  # what was published while we were away was not heard
         elif self.loop.time() - self.heard >= self.quiet:
-            await self.read_all()
+            await self.look_again()
             self.quiet = min(self.quiet * 2, QUIET_MAX_SECONDS)
         else:
             await self.read_due()
@@ -570,9 +570,28 @@ class _Waiter:
         hinted = (self.hinted | {r for r, (when, _) in self.recheck.items() if when <= now}) & self.waiting
         await self.read(hinted, hinted)
 
-    async def read_all(self) -> None:
+    async def look_again(self) -> None:
+        """In case a message was lost: hint every run whose last event ends it, or whose
+        snapshot says it ended (a late event may follow the end; the engine saves an ended
+        run's snapshot at once). Two direct gets per run, all at once; no history is read."""
         self.heard = self.loop.time()
-        await self.read(set(self.waiting), self.hinted & self.waiting)
+        ids = sorted(self.waiting)
+        lasts = await _gather_chunked(self.last_event, ids)
+        self.hinted.update(r for r, data in lasts if data is not None and ends_run(data))
+        ended = await _gather_chunked(self.snapshot_ended, ids)
+        self.hinted.update(r for r, yes in ended if yes)
+        await self.read_due()
+
+    async def snapshot_ended(self, run_id: str) -> tuple[str, bool]:
+        """Whether the run's snapshot says it ended (decoding its summary only)."""
+        bucket = names.RUNS_BUCKET
+        msg = await self.client.store.replies.request(
+            f"$JS.API.DIRECT.GET.KV_{bucket}.$KV.{bucket}.{run_id}", b""
+        )
+        headers = msg.headers or {}
+        if headers.get("Status") or headers.get("KV-Operation") in ("DEL", "PURGE") or not msg.data:
+            return run_id, False
+        return run_id, _listing_dec.decode(msg.data).summary.status in RUN_TERMINAL
 
     async def read(self, run_ids: set[str], hinted: set[str]) -> None:
         """Read the runs' states; keep those that ended. A `hinted` run that has not (yet) is
