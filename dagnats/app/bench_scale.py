@@ -41,7 +41,7 @@ WAITING: dict[str, Any] = {
     "description": "waits for an operator's approval",
     "steps": [{"id": "ok", "type": "approval", "config": {"prompt": "ship it?"}}],
 }
-CHUNK = 2000  # finished runs seeded per round of pipelined publishes
+CHUNK = 1000  # finished runs seeded per round of pipelined publishes
 TEMPLATE_ID = "template-run-id"
 CALLS = 5
 
@@ -118,30 +118,23 @@ def finished_run(version: int, definition: Any, at: float) -> tuple[list[tuple[s
 async def _seed_chunk(
     client: Client, ids: list[str], events: list[tuple[str, Event]], state: RunState
 ) -> None:
-    """Each run's history as one atomic batch (its commit's ack gives the run's last sequence,
-    the snapshot's `applied`), then its snapshot; all of them pipelined."""
-    nc, replies = client.nc, client.store.replies
+    """Each run's history, then its snapshot, all pipelined (every publish acknowledged, so
+    the server is never handed more than a chunk at a time): the ack of a run's last event
+    gives its last sequence, the snapshot's `applied`."""
+    replies = client.store.replies
     datas = [(source, encode_event(e), e) for source, e in events]
     started = events[0][1]
     assert isinstance(started, RunStarted)
-    commits = []
+    sends = []
     for rid in ids:
-        batch = f"seed-{rid}"
-        for i, (source, data, event) in enumerate(datas, 1):
-            if i == 1:
+        for i, (source, data, event) in enumerate(datas):
+            if i == 0:
                 data = encode_event(msgspec.structs.replace(started, run_id=rid))
-            headers = {"Nats-Batch-Id": batch, "Nats-Batch-Sequence": str(i)}
-            if source == names.SOURCE_WORKER:
-                headers.update(_worker_id(rid, event))
-            subject = names.history_subject(rid, source)
-            if i < len(datas):
-                await nc.publish(subject, data, headers=headers)
-            else:
-                headers["Nats-Batch-Commit"] = "1"
-                commits.append(replies.publish(subject, data, headers))
-    acks = await asyncio.gather(*commits)
+            headers = _worker_id(rid, event) if source == names.SOURCE_WORKER else None
+            sends.append(replies.publish(names.history_subject(rid, source), data, headers))
+    commits = (await asyncio.gather(*sends))[len(datas) - 1 :: len(datas)]
     snaps = []
-    for rid, ack in zip(ids, acks, strict=True):
+    for rid, ack in zip(ids, commits, strict=True):
         run_state = msgspec.structs.replace(state, run_id=rid, root_run_id=rid, chain_start=rid)
         snap = Snapshot(applied=ack.seq, summary=RunSummary.of(run_state), state=run_state)
         subject = f"$KV.{names.RUNS_BUCKET}.{rid}"
