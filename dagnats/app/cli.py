@@ -683,10 +683,10 @@ async def cmd_status(args: argparse.Namespace) -> int:
 
     async def go(client: Any) -> None:
         doc = await status.collect(client)
-        if not (args.nats or os.environ.get("DAGNATS_NATS_URL")):  # the data dir's own server
-            from .serve import embedded_fsync
+        from .serve import embedded_fsync
 
-            doc["server"]["fsync"] = embedded_fsync(args.data_dir)
+        external = args.nats or os.environ.get("DAGNATS_NATS_URL")  # else the data dir's own server
+        doc["server"]["fsync"] = None if external else embedded_fsync(args.data_dir)
         _print_json(doc) if args.json else print(status.text(doc))
 
     return await _with_client(args, go)
