@@ -17,7 +17,12 @@ from dagnats.core.definition import parse_definition
 
 def map_workflow(name: str, task: str, items: int) -> dict[str, object]:
     """A workflow whose only step maps `task` over the run's input (a list of `items`)."""
-    step = {"id": "each", "type": "map", "input": "${input}", "config": {"task": task, "max_items": items, "concurrency": 0}}
+    step = {
+        "id": "each",
+        "type": "map",
+        "input": "${input}",
+        "config": {"task": task, "max_items": items, "concurrency": 0},
+    }
     return {"name": name, "steps": [step]}
 
 
