@@ -59,7 +59,8 @@ class MapTally:
 
     def pending_in_order(self) -> Iterator[int]:
         """The pending items, smallest index first, found as they are asked for (not sorted
-        whole: the engine asks for the first one after every event)."""
+        whole: the engine asks for the first one after every event). Read it before folding
+        the next event: the tally is then carried over to the next table, in place."""
         heap, pending = self._heap, self.pending
         while heap and heap[0] not in pending:  # no longer pending: drop from the top
             heapq.heappop(heap)
