@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 from nats.js.errors import APIError
 
-from dagnats.api.client import Client, WaitTimeout
+from dagnats.api.client import Client, WaitTimeout, _history_after
 from dagnats.core.events import RunCompleted, SignalReceived, encode_event
 from dagnats.errors import NotFound, UserError
 from dagnats.nats import names
+from dagnats.nats.store import decode_recorded
 
 from conftest import ServeProcess, cli_env, dagnats, dagnats_json
 
@@ -251,3 +252,18 @@ def test_embedded_runs_a_users_program_in_one_process(tmp_path, own_dir):
     if own_dir:
         assert "sync_interval: always" in (data_dir / "nats-server.conf").read_text()
         assert not (data_dir / "server.json").exists()  # stopped cleanly
+
+
+async def test_the_waits_history_read_matches_the_stores_across_batches(stack):
+    """`_history_after` (the wait's tail read) reads what `Store.read_history` does, past the
+    512 events of one batched direct get."""
+    await stack.start()
+    [run_id] = await _gated(stack)
+    await asyncio.gather(
+        *(stack.client.store.append(run_id, SignalReceived(at=time.time(), name=f"s{i}")) for i in range(600))
+    )
+    theirs = await stack.client.store.read_history(run_id)
+    assert len(theirs) > 600
+    for after in (0, theirs[100][0], theirs[-1][0]):
+        ours = await _history_after(stack.client.nc, run_id, after)
+        assert [decode_recorded(s, d) for s, d in ours] == [e for seq, e in theirs if seq > after]

@@ -620,9 +620,46 @@ class _Waiter:
         state, last = (snap.state, snap.applied) if snap and snap.state else (None, 0)
         if state is not None and state.terminal:
             return run_id, state
-        for _, event in await store.read_history(run_id, after=last):
-            state = fold(state, event)
+        for subject, data in await _history_after(self.client.nc, run_id, last):
+            state = fold(state, decode_recorded(subject, data))
         return run_id, state
+
+
+async def _history_after(nc: NATS, run_id: str, after: int) -> list[tuple[str, bytes]]:
+    """The run's recorded events after stream sequence `after`, as (subject, JSON): batched
+    direct gets like `Store.read_history`, but each reply is taken as the connection reads it
+    (no `next_msg` per message), which is most of the cost of a short tail."""
+    loop = asyncio.get_running_loop()
+    out: list[tuple[str, bytes]] = []
+    batch: dict[str, Any] = {}
+
+    def on_reply(msg: Any) -> None:
+        headers = msg.headers or {}
+        status = headers.get("Status")
+        if not status:
+            batch["seq"] = int(headers["Nats-Sequence"])
+            out.append((headers["Nats-Subject"], msg.data))
+            return
+        pending = int(headers.get("Nats-Num-Pending", "0") or 0) if status == "204" else 0
+        if not batch["done"].done():
+            batch["done"].set_result(pending)
+
+    inbox = nc.new_inbox()
+    sub = await subscribe_direct(nc, inbox, on_reply)
+    try:
+        seq = after + 1
+        while True:
+            batch.update(done=loop.create_future(), seq=None)
+            req = {"seq": seq, "next_by_subj": names.history_filter(run_id), "batch": 512}
+            await nc.publish(
+                f"$JS.API.DIRECT.GET.{names.HISTORY_STREAM}", json.dumps(req).encode(), reply=inbox
+            )
+            pending = await asyncio.wait_for(batch["done"], 5.0)
+            if batch["seq"] is None or pending == 0:
+                return out
+            seq = batch["seq"] + 1
+    finally:
+        await sub.unsubscribe()
 
 
 async def _gather_chunked(read: Callable[[str], Awaitable[_T]], run_ids: list[str]) -> list[_T]:
