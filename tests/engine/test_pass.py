@@ -9,9 +9,9 @@ from dagnats.core.definition import parse_definition
 from dagnats.core.events import (
     Event,
     RunStarted,
+    SignalReceived,
     StepCompleted,
     StepFailed,
-    SignalReceived,
     StepQueued,
     encode_event,
 )
@@ -185,7 +185,10 @@ async def test_a_tail_read_while_deliveries_are_live_leaves_the_pass_complete_in
 # --- tasks sent together with their step.queued ---------------------------------------------
 
 CHAIN = parse_definition(
-    {"name": "chain", "steps": [{"id": "a", "task": "echo"}, {"id": "b", "task": "echo", "depends_on": ["a"]}]}
+    {
+        "name": "chain",
+        "steps": [{"id": "a", "task": "echo"}, {"id": "b", "task": "echo", "depends_on": ["a"]}],
+    }
 )
 
 
@@ -239,7 +242,9 @@ async def test_a_task_whose_step_queued_lost_its_race_and_ran_at_once_counts_as_
     await log.append("r1", chain_started())
 
     async def work(task: DispatchTask) -> None:
-        result = StepCompleted(at=3.0, step_id=task.step_id, attempt=task.attempt, output={"ok": task.step_id})
+        result = StepCompleted(
+            at=3.0, step_id=task.step_id, attempt=task.attempt, output={"ok": task.step_id}
+        )
         await log.append("r1", result)
 
     sender = Sender(work)
