@@ -231,6 +231,9 @@ class EventLog(Protocol):
     async def read_history(self, run_id: str, after: int = 0) -> list[tuple[int, Event]]:
         """Every event of the run with sequence > `after`, in order."""
 
+    async def last_sequence(self, run_id: str) -> int:
+        """The sequence of the run's last event (0: it has none): one read, whatever its length."""
+
     async def engine_feed(self) -> Feed:
         """Every recorded event of every run, in order, shared among all engines."""
 

@@ -106,6 +106,8 @@ async def test_the_index_holds_unfinished_runs_and_their_approvals_only(stack):
         assert await client.approvals_of(p.run_id) == [p]
 
     await client.decide(ids[0], "ok", approved=True, digest=pending[0].digest)
+    # read at once, before the engine saved anything: as fresh as the history
+    assert ids[0] not in {p.run_id for p in await client.approvals()}
     await asyncio.wait_for(client.wait(ids[0]), 20)
 
     async def gone() -> bool:

@@ -368,16 +368,28 @@ class Client:
         return sorted(pending, key=lambda p: p.approval.requested_at)
 
     async def _pending_of(self, active: list[ActiveRun]) -> list[PendingApproval]:
-        pending = []
-        for entry in active:
-            s = entry.summary
-            if entry.finished or not s.approvals:
-                continue
-            if entry.approvals_left_out:  # too big for the index
-                pending += await self.approvals_of(s.run_id)
-            else:
-                pending += [PendingApproval(s.run_id, s.workflow, a) for a in entry.approvals]
+        """The entries' pending approvals, as fresh as the history: an entry whose run has
+        events after it (a decision or a request the engine has not saved yet) is read again."""
+        entries = [e for e in active if not e.finished]
+        lasts = await asyncio.gather(*(self.store.last_sequence(e.summary.run_id) for e in entries))
+        moved = [
+            e for e, last in zip(entries, lasts, strict=True) if last > e.applied or e.approvals_left_out
+        ]
+        pending = [
+            PendingApproval(e.summary.run_id, e.summary.workflow, a)
+            for e, last in zip(entries, lasts, strict=True)
+            if last <= e.applied and not e.approvals_left_out
+            for a in e.approvals
+        ]
+        for again in await asyncio.gather(*(self._approvals_now(e.summary.run_id) for e in moved)):
+            pending += again
         return sorted(pending, key=lambda p: p.approval.requested_at)
+
+    async def _approvals_now(self, run_id: str) -> list[PendingApproval]:
+        state = await self.store.current_state(run_id)
+        if state is None:
+            return []
+        return [PendingApproval(state.run_id, state.workflow, a) for a in state.pending_approvals()]
 
     async def decide(
         self,

@@ -213,6 +213,17 @@ class Store:
         finally:
             await sub.unsubscribe()
 
+    async def last_sequence(self, run_id: str) -> int:
+        req = _enc.encode({"last_by_subj": names.history_filter(run_id)})
+        msg = await self.replies.request(f"$JS.API.DIRECT.GET.{names.HISTORY_STREAM}", req)
+        headers = msg.headers or {}
+        status = headers.get("Status")
+        if status:
+            if status != "404":
+                raise APIError(code=int(status), description=headers.get("Description", ""))
+            return 0
+        return int(headers["Nats-Sequence"])
+
     # --- snapshots ---------------------------------------------------------------------------
 
     async def load_snapshot(self, run_id: str) -> tuple[Snapshot | None, int]:

@@ -131,6 +131,10 @@ class MemoryStore:
                 out.append((seq, msgspec.structs.replace(event, source=source)))
         return out
 
+    async def last_sequence(self, run_id: str) -> int:
+        seqs = self._data.run_seqs.get(run_id)
+        return seqs[-1] if seqs else 0
+
     async def engine_feed(self) -> Feed:
         return ConsumerFeed(self._consumer("engine", self._data.history, lambda s: True, ENGINE_ACK_WAIT))
 
