@@ -294,11 +294,13 @@ class Client:
         a core subscription to the run's history says when to read the state again. Raises
         NotFound for an unknown run, WaitTimeout (a TimeoutError) after `timeout` seconds."""
         check_run_id(run_id)
-        return (await _Waiter(self, [run_id], timeout).run(names.history_filter(run_id)))[run_id]
+        return (await _Waiter(self, [run_id], timeout).run(_ending_subjects(run_id)))[run_id]
 
     async def wait_many(self, run_ids: Iterable[str], *, timeout: float | None = None) -> dict[str, RunState]:
         """The end states of all the runs, {run_id: state}, once every one has ended. One core
-        subscription to every run's history, filtered by the run id in the subject; the runs
+        subscription for the engine's and one for operators' history subjects of every run
+        (workers cannot end a run), whatever the number of runs, filtered by the run id in
+        the subject; the runs
         that ended already are found from the last event of each. Raises NotFound if any run
         is unknown, WaitTimeout (a TimeoutError) after `timeout` seconds."""
         ids = list(dict.fromkeys(run_ids))
@@ -306,8 +308,7 @@ class Client:
             check_run_id(run_id)
         if not ids:
             return {}
-        subject = names.history_filter(ids[0]) if len(ids) == 1 else names.history_filter("*")
-        return await _Waiter(self, ids, timeout).run(subject)
+        return await _Waiter(self, ids, timeout).run(_ending_subjects(ids[0] if len(ids) == 1 else "*"))
 
     async def cancel(self, run_id: str, reason: str = "") -> None:
         state = await self.run(run_id)
@@ -446,6 +447,14 @@ class WaitTimeout(UserError, TimeoutError):
 # `run.cancel_requested` by an operator (`.o`). Workers (`.w`) can never end a run.
 _ENDING = frozenset({"run.completed", "run.failed", "run.continued", "run.cancel_requested"})
 _ENDING_SOURCES = frozenset({names.SOURCE_ENGINE, names.SOURCE_OPERATOR})
+
+
+def _ending_subjects(run: str) -> list[str]:
+    """The history subjects of `run` (or `*`) whose writers can end a run: not the workers',
+    which carry most of a run's events (a waiter for many runs need not parse them)."""
+    return [names.history_subject(run, source) for source in sorted(_ENDING_SOURCES)]
+
+
 QUIET_SECONDS = 2.0  # nothing heard for this long: look again (a core message may have been lost)
 QUIET_MAX_SECONDS = 10.0  # ... doubling while it stays quiet, up to this
 _RECHECKS = (0.005, 0.02, 0.1, 0.5)  # after a hint the read did not confirm (stored a moment later)
@@ -505,8 +514,8 @@ class _Waiter:
             self.hinted.add(run_id)
             self.woken.set()
 
-    async def run(self, subject: str) -> dict[str, RunState]:
-        sub = await subscribe_direct(self.client.nc, subject, self.on_msg)
+    async def run(self, subjects: list[str]) -> dict[str, RunState]:
+        subs = [await subscribe_direct(self.client.nc, subject, self.on_msg) for subject in subjects]
         try:
             await self.first_look()
             self.reconnects = self.client.store.reconnects
@@ -515,7 +524,8 @@ class _Waiter:
                 await self.step()
         finally:
             if not self.client.nc.is_closed:
-                await sub.unsubscribe()
+                for sub in subs:
+                    await sub.unsubscribe()
         return self.done
 
     async def step(self) -> None:
