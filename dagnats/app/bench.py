@@ -429,6 +429,7 @@ class Bench:
         measure_map = _measure("bench_map", "measure_map", self.say)
         if measure_map is None:
             return {}
+        await measure_map(client, items=100, task=NOOP, say=self.say)  # warm-up: its first map run
         small = await measure_map(client, items=self.sizes.map_items_small, task=NOOP, say=self.say)
         big = await measure_map(client, items=self.sizes.map_items, task=NOOP, say=self.say)
         linearity = round(big / small, 3) if small else None
