@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cluster import Cluster
 
 from dagnats import Worker
 from dagnats.api.client import Client
@@ -138,6 +139,13 @@ class ServeProcess:
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """A real three-node JetStream cluster on loopback (tests/cluster.py), with a meta leader."""
+    with Cluster(tmp_path / "cluster") as nodes:
+        yield nodes
 
 
 @pytest.fixture
