@@ -22,6 +22,7 @@ import socket
 import subprocess
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -192,46 +193,56 @@ class Cluster:
 
     # -- inspection (monitoring endpoints of live nodes) ----------------------------------
 
-    def _jsz(self, query: str) -> list[dict[str, Any]]:
-        answers = []
+    def _jsz(self, query: str) -> dict[str, dict[str, Any]]:
+        """Each live node's answer to /jsz?query, by node name."""
+        answers = {}
         for node in self.alive():
             try:
-                answers.append(node.monitor(f"jsz?{query}"))
+                answers[node.name] = node.monitor(f"jsz?{query}")
             except OSError:
                 continue
         return answers
 
-    def meta_leader(self) -> str | None:
-        """The name of the JetStream meta leader as a live node sees it, or None."""
+    def _majority(self, claims: list[str | None]) -> str | None:
+        """The live node that a majority of the whole cluster names: a node that just restarted
+        briefly believes what it knew before it died, so no single answer is trusted."""
         alive = {n.name for n in self.alive()}
-        for doc in self._jsz("leader-only=false"):
-            leader = (doc.get("meta_cluster") or {}).get("leader")
-            if leader in alive:
-                return str(leader)
+        for name, votes in Counter(c for c in claims if c in alive).items():
+            if votes > len(self.nodes) // 2:
+                return name
         return None
+
+    def meta_leader(self) -> str | None:
+        """The JetStream meta leader, as a majority of the cluster sees it; None without one."""
+        docs = self._jsz("leader-only=false").values()
+        return self._majority([(doc.get("meta_cluster") or {}).get("leader") for doc in docs])
 
     def wait_meta_leader(self, timeout: float = 30.0) -> str:
         return str(_until(self.meta_leader, timeout, "a JetStream meta leader"))
 
-    def stream(self, name: str) -> dict[str, Any] | None:
-        """The stream's details as a live node reports them ("cluster": leader, replicas)."""
-        for doc in self._jsz("accounts=true&streams=true"):
+    def _stream_views(self, name: str) -> dict[str, dict[str, Any]]:
+        views = {}
+        for node, doc in self._jsz("accounts=true&streams=true&config=true").items():
             for account in doc.get("account_details") or []:
                 for stream in account.get("stream_detail") or []:
                     if stream.get("name") == name:
-                        return dict(stream)
-        return None
+                        views[node] = dict(stream)
+        return views
 
     def stream_leader(self, name: str) -> str | None:
-        """The node leading stream `name` (a live one), or None while it has no leader."""
-        alive = {n.name for n in self.alive()}
-        for doc in self._jsz("accounts=true&streams=true&leader-only=true"):
-            for account in doc.get("account_details") or []:
-                for stream in account.get("stream_detail") or []:
-                    leader = (stream.get("cluster") or {}).get("leader")
-                    if stream.get("name") == name and leader in alive:
-                        return str(leader)
-        return None
+        """The node leading stream `name`, as a majority of the cluster sees it; None while the
+        stream has no leader (no quorum, or an election under way)."""
+        views = self._stream_views(name).values()
+        return self._majority([(v.get("cluster") or {}).get("leader") for v in views])
+
+    def stream(self, name: str) -> dict[str, Any] | None:
+        """The stream as its leader reports it ("config", "state", "cluster": leader and
+        replicas with `current`), else as any live node last knew it; None if none knows it."""
+        views = self._stream_views(name)
+        leader = self.stream_leader(name)
+        if leader in views:
+            return views[leader]
+        return next(iter(views.values()), None)
 
     def wait_stream_leader(self, name: str, timeout: float = 30.0, other_than: str | None = None) -> str:
         def found() -> str | None:
@@ -242,8 +253,9 @@ class Cluster:
 
     def stream_current(self, name: str, replicas: int | None = None) -> bool:
         """Whether the stream has a live leader and every other replica is caught up with it."""
-        stream = self.stream(name)
-        if stream is None or self.stream_leader(name) is None:
+        views = self._stream_views(name)
+        stream = views.get(self.stream_leader(name) or "")
+        if stream is None:
             return False
         peers = (stream.get("cluster") or {}).get("replicas") or []
         want = (replicas or self.stream_replicas(name)) - 1
