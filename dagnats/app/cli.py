@@ -14,12 +14,36 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from nats import errors as nats_errors
+from nats.js import errors as js_errors
 
 from dagnats.api import views
 from dagnats.errors import UserError
 from dagnats.nats import names
 
 from .output import exit_by_deadline, say, silence_broken
+
+LOST = (nats_errors.ConnectionClosedError, nats_errors.NoServersError, nats_errors.StaleConnectionError)
+# JetStream's 503s: a stream (or the cluster's meta leader) without a leader right now.
+UNAVAILABLE = (
+    js_errors.ServiceUnavailableError,
+    js_errors.NoStreamResponseError,
+    nats_errors.NoRespondersError,
+)
+
+
+def _nats_trouble(exc: Exception) -> str:
+    """The one line for a NATS failure no command handled itself."""
+    if isinstance(exc, LOST):
+        return "lost the connection to NATS: is `dagnats serve` still running?"
+    if isinstance(exc, UNAVAILABLE):  # a stream with no leader: never "no data"
+        from dagnats.nats.store import Unavailable
+
+        return str(Unavailable())
+    return (
+        "NATS did not answer in time: check that the server is up (on a cluster, that the streams "
+        "have a leader: `dagnats status`) and that these credentials may do this (a worker's may not "
+        "approve, cancel or start runs)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,15 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `dagnats run list | head`: the reader has all it wanted
         silence_broken()
         return 0
-    except (nats_errors.ConnectionClosedError, nats_errors.NoServersError, nats_errors.StaleConnectionError):
-        print("error: lost the connection to NATS: is `dagnats serve` still running?", file=sys.stderr)
-        return 1
-    except nats_errors.TimeoutError:
-        print(
-            "error: NATS did not answer in time: check that the server is up and that these credentials "
-            "may do this (a worker's may not approve, cancel or start runs)",
-            file=sys.stderr,
-        )
+    except (*LOST, *UNAVAILABLE, nats_errors.TimeoutError) as exc:
+        print(f"error: {_nats_trouble(exc)}", file=sys.stderr)
         return 1
     except Exception as exc:
         if os.environ.get("DAGNATS_DEBUG"):
@@ -70,7 +87,10 @@ def main(argv: list[str] | None = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     conn = argparse.ArgumentParser(add_help=False)
     conn.add_argument(
-        "--nats", metavar="URL", help="NATS URL (default: $DAGNATS_NATS_URL, else the local server)"
+        "--nats",
+        metavar="URL[,URL...]",
+        help="NATS URL, or several nodes of a cluster comma-separated (default: $DAGNATS_NATS_URL, "
+        "else the local server)",
     )
     conn.add_argument(
         "--data-dir",
@@ -99,6 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--fsync",
         action="store_true",
         help="the embedded server fsyncs every write (sync_interval: always); slower, survives power loss",
+    )
+    s.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        metavar="N",
+        help="copies of every stream and bucket on a NATS cluster (with --nats; default 1); "
+        "existing ones with fewer are raised",
     )
     s.add_argument("-v", "--verbose", action="store_true")
     s.set_defaults(handler=cmd_serve)
@@ -268,6 +296,7 @@ def cmd_serve(args: argparse.Namespace) -> Any:
         concurrency=args.concurrency,
         builtins=args.builtins,
         fsync=args.fsync,
+        replicas=args.replicas,
     )
 
 

@@ -74,6 +74,7 @@ async def serve(
     concurrency: int = 16,
     builtins: bool = True,
     fsync: bool = False,
+    replicas: int = 1,
 ) -> None:
     stack = LocalStack(
         data_dir=data_dir,
@@ -83,6 +84,7 @@ async def serve(
         concurrency=concurrency,
         builtins=builtins,
         fsync=fsync,
+        replicas=replicas,
     )
     await stack.start()
     stop = asyncio.Event()
@@ -101,6 +103,7 @@ async def serve(
             + (" (fsync on every write)" if stack.fsync else "")
             if stack.server
             else f"NATS at {stack.endpoint.url}"
+            + (f" ({stack.replicas} replicas)" if stack.replicas > 1 else "")
         )
         tasks = ", ".join(stack.task_names) or "none (engine and timers only)"
         say(f"dagnats serve: {where}; tasks: {tasks}. Ctrl-C to stop.")
@@ -127,6 +130,7 @@ class LocalStack:
         concurrency: int = 16,
         builtins: bool = True,  # run the built-in workers (and agents) in this process
         fsync: bool = False,  # the embedded server fsyncs every write (sync_interval: always)
+        replicas: int = 1,  # copies of every stream and bucket (a NATS cluster: `--nats URLS`)
     ) -> None:
         self.path = datadir.resolve(data_dir)
         self.builtins = builtins
@@ -135,6 +139,7 @@ class LocalStack:
         self.workers = workers or []
         self.concurrency = concurrency
         self.fsync = fsync
+        self.replicas = replicas
         self.server: EmbeddedServer | None = None
         self.endpoint = Endpoint(url=nats_url or "")
         self._lock: DataDirLock | None = None
@@ -145,6 +150,11 @@ class LocalStack:
         self._beat: Beat | None = None
 
     async def start(self) -> None:
+        if self.replicas > 1 and not self.nats_url:
+            raise UserError(
+                f"--replicas {self.replicas} needs a NATS cluster: the embedded server is a single node; "
+                "run a cluster and give `--nats URL[,URL...]`, or drop --replicas"
+            )
         if self.nats_url:
             self.endpoint = worker_endpoint = resolve_endpoint(self.nats_url)
         else:
@@ -163,7 +173,7 @@ class LocalStack:
         try:
             nc = await connect(self.endpoint, name="dagnats-serve", long_lived=True)
             self._conns.append(nc)
-            store = Store(nc)
+            store = Store(nc, replicas=self.replicas)
             await store.ensure()
             # The built-in workers (and, with them, agents and their tools) get a worker's
             # connection: they can report on their tasks but never approve, cancel or signal.

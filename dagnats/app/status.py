@@ -12,7 +12,7 @@ from dagnats.api import views
 from dagnats.api.client import Client
 from dagnats.errors import UserError
 from dagnats.nats import heartbeat, names
-from dagnats.nats.store import Store
+from dagnats.nats.store import NO_DATA, UNAVAILABLE_ERRORS, Store, Unavailable
 from dagnats.ports import Heartbeat
 
 # The streams dagnats owns: its own, and those behind its KV buckets and object stores.
@@ -24,9 +24,12 @@ async def collect(client: Client) -> dict[str, Any]:
     server = store.server()
     # A lone server leads every stream; a cluster names each stream's leader.
     lone = None if server["cluster"] else server["name"] or server["id"]
-    streams = await _streams(store, lone)
+    try:
+        streams = await _streams(store, lone)
+    except UNAVAILABLE_ERRORS:  # the cluster's meta leader is gone: no stream can be listed
+        raise Unavailable() from None
     if not any(s["name"] == names.TASKS_STREAM for s in streams):
-        raise UserError("this NATS has no dagnats data yet: start `dagnats serve` against it first")
+        raise UserError(NO_DATA)
     beats = await store.heartbeats()
     return {
         "server": _server(server, streams),
@@ -46,13 +49,24 @@ async def _streams(store: Store, lone: str | None) -> list[dict[str, Any]]:
             continue
         kind, _, bucket = name.partition("_") if not name.startswith("DAGNATS_") else ("stream", "", name)
         cluster = info.cluster
+        followers = (cluster.replicas or []) if cluster else []
         out.append(
             {
                 "name": bucket,
                 "kind": {"KV": "kv", "OBJ": "object store"}.get(kind, kind),
                 "replicas": info.config.num_replicas or 1,
                 "leader": (cluster.leader if cluster else None) or lone,
-                "peers": [r.name for r in (cluster.replicas or [])] if cluster else [],
+                "peers": [r.name for r in followers],
+                # each copy but the leader's: caught up (`current`), how far behind, offline
+                "followers": [
+                    {
+                        "name": r.name,
+                        "current": bool(r.current),
+                        "lag": r.lag or 0,
+                        "offline": bool(r.offline),
+                    }
+                    for r in followers
+                ],
                 "messages": info.state.messages,
                 "bytes": info.state.bytes,
                 "consumers": info.state.consumer_count,
@@ -62,6 +76,8 @@ async def _streams(store: Store, lone: str | None) -> list[dict[str, Any]]:
 
 
 def _server(server: dict[str, Any], streams: list[dict[str, Any]]) -> dict[str, Any]:
+    """`name` is the node this client talks to; `nodes` every node a stream lives on (and that
+    one); `urls` the client URLs of the nodes up now, as the server advertises them."""
     nodes = {server["name"] or server["id"]}
     for s in streams:
         nodes.update(n for n in (s["leader"], *s["peers"]) if n)
@@ -71,6 +87,7 @@ def _server(server: dict[str, Any], streams: list[dict[str, Any]]) -> dict[str, 
         "version": server["version"],
         "cluster": server["cluster"],
         "nodes": sorted(n for n in nodes if n),
+        "urls": server.get("urls") or [],
     }
 
 
@@ -108,8 +125,9 @@ def text(doc: dict[str, Any], now: float | None = None) -> str:
     server = doc["server"]
     nodes = server["nodes"]
     cluster = f"cluster {server['cluster']}, " if server["cluster"] else ""
+    talking = f"  via {server['name']}" if server["cluster"] and server.get("name") else ""
     lines = [
-        f"NATS {server['url']}  nats-server {server['version']}  "
+        f"NATS {server['url']}{talking}  nats-server {server['version']}  "
         f"({cluster}{len(nodes)} node{'s' if len(nodes) != 1 else ''})"
         + ("  fsync on every write" if server.get("fsync") else ""),
         "",
@@ -119,13 +137,15 @@ def text(doc: dict[str, Any], now: float | None = None) -> str:
             s["name"],
             s["kind"],
             str(s["replicas"]),
-            _short_node(s["leader"]),
+            _short_node(s["leader"]) if s["leader"] else "none",
             str(s["messages"]),
             _size(s["bytes"]),
+            _behind(s.get("followers") or []),
         ]
         for s in doc["streams"]
     ]
-    lines += [views.table(rows, ["stream / bucket", "kind", "replicas", "leader", "messages", "bytes"]), ""]
+    headers = ["stream / bucket", "kind", "replicas", "leader", "messages", "bytes", ""]
+    lines += [views.table(rows, headers), ""]
     procs = [("engine", b) for b in doc["engines"]] + [("worker", b) for b in doc["workers"]]
     if not doc["heartbeats"]:
         lines.append("no heartbeats on this NATS: restart `dagnats serve` to create their bucket")
@@ -164,6 +184,16 @@ def text(doc: dict[str, Any], now: float | None = None) -> str:
     else:
         lines.append("no tasks queued or served")
     return "\n".join(lines)
+
+
+def _behind(followers: list[dict[str, Any]]) -> str:
+    """The copies not caught up with the leader, e.g. `n3 offline, n2 lag 12`."""
+    notes = [
+        f"{f['name']} offline" if f["offline"] else f"{f['name']} lag {f['lag']}"
+        for f in followers
+        if f["offline"] or not f["current"]
+    ]
+    return ", ".join(notes)
 
 
 def _short_node(name: str | None) -> str:

@@ -23,11 +23,23 @@ class Endpoint:
     user: str | None = None
     password: str | None = None
 
+    @property
+    def servers(self) -> list[str]:
+        """The URLs in `url` (a comma-separated list names several nodes of one cluster)."""
+        return split_urls(self.url)
+
+
+def split_urls(url: str) -> list[str]:
+    """`nats://a:4222, nats://b:4222` -> both; blanks dropped."""
+    return [u.strip() for u in url.split(",") if u.strip()]
+
 
 def resolve_endpoint(
     nats_url: str | None = None, data_dir: str | os.PathLike[str] | None = None, role: str = "operator"
 ) -> Endpoint:
-    """--nats / DAGNATS_NATS_URL first, else the local server recorded in the data dir.
+    """--nats / DAGNATS_NATS_URL first, else the local server recorded in the data dir. The URL
+    may be a comma-separated list of a cluster's nodes: the client connects to any that answers
+    and fails over to the others.
 
     `role` picks the credentials: "operator" (server.json) or "worker" (worker.json). For an
     external NATS they come from DAGNATS_NATS_TOKEN or DAGNATS_NATS_USER/DAGNATS_NATS_PASSWORD.
@@ -56,6 +68,9 @@ async def connect(
     """Connect, failing within about `timeout` seconds with a UserError instead of hanging.
 
     `on_disconnect` / `on_reconnect` are called when a live connection drops and comes back.
+    Every URL of the endpoint (and every node the cluster advertises) is tried: a short-lived
+    client tries each about twice, a `long_lived` one (serve, worker, console) keeps trying them
+    once connected, so it rides out the loss of its node.
     """
     seen: list[Exception] = []
 
@@ -65,7 +80,7 @@ async def connect(
     try:
         nc = await asyncio.wait_for(
             nats.connect(
-                endpoint.url,
+                endpoint.servers or [endpoint.url],
                 token=endpoint.token,
                 user=endpoint.user,
                 password=endpoint.password,
@@ -79,12 +94,13 @@ async def connect(
                 **({"disconnected_cb": on_disconnect} if on_disconnect else {}),
                 **({"reconnected_cb": on_reconnect} if on_reconnect else {}),
             ),
-            timeout + 1.0,
+            timeout * max(1, len(endpoint.servers)) + 1.0,
         )
     except Exception as exc:  # nats-py raises several unrelated types here
         raise UserError(_explain(endpoint, [*seen, exc])) from None
     if long_lived:
-        # Once connected, a long-lived process rides out server restarts instead of exiting.
+        # Once connected, a long-lived process rides out server restarts (and, on a cluster, the
+        # loss of its node: nats-py moves to another of the pool) instead of exiting.
         nc.options["max_reconnect_attempts"] = -1
         nc.options["reconnect_time_wait"] = 0.5
     return nc

@@ -10,6 +10,7 @@ import json
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import msgspec
@@ -17,13 +18,16 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
 from nats.js import api
 from nats.js.errors import (
     APIError,
     BadRequestError,
     BucketNotFoundError,
     KeyNotFoundError,
+    NoStreamResponseError,
     NotFoundError,
+    ServiceUnavailableError,
 )
 
 from dagnats.core.actions import DispatchTask, StartTimer
@@ -80,9 +84,12 @@ _enc = msgspec.json.Encoder()
 class Store:
     """The `dagnats.ports` store interfaces (and `Presence`) on JetStream, over one connection."""
 
-    def __init__(self, nc: NATS, source: str = names.SOURCE_ENGINE) -> None:
+    def __init__(self, nc: NATS, source: str = names.SOURCE_ENGINE, *, replicas: int = 1) -> None:
         self.nc = nc
         self.source = source  # the history subject token this store writes under
+        # How many copies of every stream, bucket and object store `ensure` creates or raises
+        # existing ones to (`serve --replicas`): the one place the replica count is set.
+        self.replicas = replicas
         self.js = nc.jetstream()
         self.replies = Replies(nc)  # the hot path's publishes and reads
         self._runs: Any = None
@@ -92,12 +99,16 @@ class Store:
     # --- setup -------------------------------------------------------------------------------
 
     async def ensure(self) -> None:
-        """Create every stream and bucket if missing and bring older ones up to date
-        (idempotent; safe with several engines)."""
-        for stream in _STREAMS:
-            await _create_stream(self.js, stream)
-        for bucket in _BUCKETS:
-            await _create_bucket(self.js, bucket)
+        """Create every stream and bucket if missing, with `self.replicas` replicas, and bring
+        older ones up to date, fewer replicas included (idempotent; safe with several engines)."""
+        check_replicas(self.nc, self.replicas)
+        try:
+            for stream in _STREAMS:
+                await _create_stream(self.js, replace(stream, num_replicas=self.replicas))
+            for bucket in _BUCKETS:
+                await _create_bucket(self.js, replace(bucket, replicas=self.replicas))
+        except APIError as exc:
+            raise replicas_refused(self.nc, self.replicas, exc) from None
         await upgrade.run(self)
         await self._buckets()
 
@@ -117,6 +128,8 @@ class Store:
             await self.js.stream_info(names.TASKS_STREAM)
         except NotFoundError:
             raise UserError(NO_DATA) from None
+        except UNAVAILABLE_ERRORS:
+            raise Unavailable(names.TASKS_STREAM) from None
         await self._buckets()
 
     async def _buckets(self) -> None:
@@ -125,6 +138,8 @@ class Store:
         try:
             workflows = await self.js.key_value(names.WORKFLOWS_BUCKET)
             self._runs = await self.js.key_value(names.RUNS_BUCKET)
+        except UNAVAILABLE_ERRORS:  # there, but without a leader (a cluster short of quorum)
+            raise Unavailable(f"KV_{names.WORKFLOWS_BUCKET}") from None
         except Exception:  # missing, or not readable with these permissions
             raise UserError(NO_DATA) from None
         self._workflows = workflows
@@ -505,6 +520,7 @@ class Store:
             "id": info.get("server_id"),
             "version": info.get("version"),
             "cluster": info.get("cluster"),
+            "urls": sorted(set(info.get("connect_urls") or [])),  # a cluster's nodes up now
         }
 
     async def streams(self) -> list[api.StreamInfo]:
@@ -547,6 +563,75 @@ class ToolRequests:
 
 
 NO_DATA = "this NATS has no dagnats data yet: start `dagnats serve` against it first"
+
+# What nats-py raises when a stream exists but cannot answer: JetStream's 503 (10008 "JetStream
+# system temporarily unavailable": the meta leader or the stream's leader is gone), no
+# responders to a publish (the stream has no leader to store it), and a request nobody
+# answered in time (a leader being elected). `NotFoundError` alone means "does not exist".
+UNAVAILABLE_ERRORS = (ServiceUnavailableError, NoStreamResponseError, NoRespondersError, NatsTimeout)
+
+
+class Unavailable(UserError):
+    """A dagnats stream exists but has no leader right now: never reported as "no data"."""
+
+    def __init__(self, stream: str = "") -> None:
+        what = f"stream {stream}" if stream else "a dagnats stream"
+        super().__init__(
+            f"{what} is unavailable: it has no leader (NATS cluster nodes are down, too few for a "
+            "quorum, or a leader is being elected); serve and workers wait and retry on their own: "
+            "try again shortly, and check that the cluster's nodes are up"
+        )
+
+
+def cluster_size(nc: NATS) -> int:
+    """How many nodes the server says its cluster has up (1 when not clustered): the client
+    URLs it advertises, which list the nodes it is routed to now."""
+    info = nc._server_info
+    if not info.get("cluster"):
+        return 1
+    return max(1, len(set(info.get("connect_urls") or [])))
+
+
+NO_PEERS = 10005  # JetStream: "no suitable peers for placement" (fewer nodes up than replicas)
+
+
+def check_replicas(nc: NATS, replicas: int) -> None:
+    """`--replicas N` the server can never hold, refused in one line before anything is made.
+    A cluster with nodes down is left to the server: what already has N copies keeps them."""
+    if replicas < 1:
+        raise UserError(f"--replicas {replicas}: give 1 or more")
+    if replicas > 1 and not nc._server_info.get("cluster"):
+        raise UserError(
+            f"--replicas {replicas}: the NATS at {_url(nc)} is a single server, not a cluster; "
+            "give --nats the URLs of a JetStream cluster, or drop --replicas"
+        )
+
+
+def replicas_refused(nc: NATS, replicas: int, exc: Exception, stream: str | None = None) -> UserError:
+    """Creating the streams (or raising `stream`) with `replicas` copies, refused by the
+    server: one line that says why and what to do."""
+    why = (getattr(exc, "description", None) or str(exc) or type(exc).__name__).strip()
+    if getattr(exc, "err_code", None) == NO_PEERS:
+        up = cluster_size(nc)
+        return UserError(
+            f"--replicas {replicas}: the NATS cluster at {_url(nc)} has {up} node{'s' if up != 1 else ''} up "
+            f"({why}); give --replicas {up} at most, or start the missing nodes"
+        )
+    if stream is None:
+        return UserError(
+            f"NATS at {_url(nc)} refused to create the dagnats streams with {replicas} replicas ({why})"
+        )
+    return UserError(
+        f"NATS at {_url(nc)} refused to raise stream {stream} to {replicas} replicas ({why}); do it by "
+        f"hand with `nats stream edit {stream} --replicas {replicas}` (natscli) once the cluster is "
+        "healthy, then start serve again"
+    )
+
+
+def _url(nc: NATS) -> str:
+    url = nc.connected_url
+    return str(url.geturl()) if url else "?"
+
 
 _STREAMS = [
     api.StreamConfig(
@@ -606,7 +691,9 @@ async def _create_stream(js: Any, config: api.StreamConfig) -> None:
         try:
             await js.add_stream(config)
         except BadRequestError:
-            pass  # another process created it meanwhile
+            if not await _exists(js, config.name):  # refused (too few nodes for the replicas)
+                raise
+            # else another process created it meanwhile
 
 
 async def _create_bucket(js: Any, config: api.KeyValueConfig) -> None:
@@ -617,7 +704,16 @@ async def _create_bucket(js: Any, config: api.KeyValueConfig) -> None:
         try:
             await js.create_key_value(config)
         except BadRequestError:
-            pass  # another process created it meanwhile
+            if not await _exists(js, f"KV_{config.bucket}"):
+                raise
+
+
+async def _exists(js: Any, stream: str) -> bool:
+    try:
+        await js.stream_info(stream)
+    except NotFoundError:
+        return False
+    return True
 
 
 async def _dump(kv: Any, keys: str, meta_only: bool = False) -> list[Any]:

@@ -22,10 +22,36 @@ if TYPE_CHECKING:
 
 async def run(store: Store) -> None:
     """Every upgrade, in order: stream settings first, then the layouts that read through them."""
+    await replicas(store)
     await atomic_history(store)
     await direct_buckets(store)
     await workflow_pointers(store)
     await active_index(store)
+
+
+# dagnats' streams: its own, and those behind its KV buckets and object stores.
+OWN_PREFIXES = ("DAGNATS_", "KV_dagnats_", "OBJ_dagnats_")
+
+
+async def replicas(store: Store) -> None:
+    """Streams, buckets and object stores with fewer replicas than `store.replicas` (made by an
+    earlier `serve`, or before `--replicas` existed): raise them. Never lowered: a `serve`
+    started without `--replicas` on a replicated cluster leaves the copies as they are."""
+    from .store import UNAVAILABLE_ERRORS, Unavailable, replicas_refused
+
+    if store.replicas <= 1:
+        return
+    try:
+        infos = [i for i in await store.js.streams_info() if (i.config.name or "").startswith(OWN_PREFIXES)]
+    except UNAVAILABLE_ERRORS:
+        raise Unavailable() from None
+    for info in infos:
+        if (info.config.num_replicas or 1) >= store.replicas:
+            continue
+        try:
+            await store.js.update_stream(replace(info.config, num_replicas=store.replicas))
+        except Exception as exc:  # noqa: BLE001 - the server's reason goes into the message
+            raise replicas_refused(store.nc, store.replicas, exc, info.config.name) from None
 
 
 async def atomic_history(store: Store) -> None:
