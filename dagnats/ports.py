@@ -20,7 +20,7 @@ import re
 import secrets
 import socket
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 
@@ -28,9 +28,19 @@ from dagnats.core.actions import DispatchTask, StartTimer
 from dagnats.core.decide import fold
 from dagnats.core.definition import WorkflowDef
 from dagnats.core.events import Event
-from dagnats.core.state import RUN_TERMINAL, Approval, RunState
+from dagnats.core.state import RUN_TERMINAL, Approval, RunState, StepState
+from dagnats.core.values import (
+    MAX_VALUE_BYTES,
+    MAX_VALUE_TEXT,
+    REF_KEY,
+    is_ref,
+    ref_of,
+    refs_in,
+    replace_refs,
+)
 from dagnats.errors import UserError
 
+_enc = msgspec.json.Encoder()
 MAX_EVENT_BYTES = 900_000  # an encoded event, at most (one NATS message, with room for headers)
 
 
@@ -295,8 +305,20 @@ class TaskQueue(Protocol):
     async def timer_feed(self) -> Feed: ...
 
 
-class Store(EventLog, Snapshots, Registry, TaskQueue, Protocol):
-    """All four, as one object: what `dagnats serve` and the client hold."""
+class Values(Protocol):
+    """Values too big for an event, kept by content (`core/values.py`): the JetStream object
+    store on NATS. Nothing here deletes one (retention of values is not done yet)."""
+
+    async def put_value(self, name: str, data: bytes) -> None:
+        """Store `data` under `name` (its sha256, `ref_of`) and return once it is stored; a
+        name already stored is not written again (a redo after a crash writes nothing new)."""
+
+    async def get_value(self, name: str) -> bytes:
+        """The stored bytes; NotFound if there is no such value."""
+
+
+class Store(EventLog, Snapshots, Registry, TaskQueue, Values, Protocol):
+    """All of them, as one object: what `dagnats serve` and the client hold."""
 
 
 async def current_of(log: EventLog, snapshots: Snapshots, run_id: str) -> tuple[RunState | None, int]:
@@ -306,6 +328,93 @@ async def current_of(log: EventLog, snapshots: Snapshots, run_id: str) -> tuple[
     for seq, event in await log.read_history(run_id, after=last):
         state, last = fold(state, event), seq
     return state, last
+
+
+class ValueTooLarge(UserError):
+    """A value over MAX_VALUE_BYTES: too big even for the object store."""
+
+    def __init__(self, what: str, size: int) -> None:
+        super().__init__(
+            f"{what} of {size} bytes exceeds the {MAX_VALUE_TEXT} ({MAX_VALUE_BYTES}-byte) limit of a value"
+        )
+        self.size = size
+
+
+OFFLOADED = ("input", "output")  # the event fields a value is offloaded from
+_OFFLOAD_FROM = 1024  # a field smaller than this stays in its event whatever the event's size
+
+
+_E = TypeVar("_E", bound=Event)
+
+
+async def offload_event(values: Values, event: _E, what: str = "") -> _E:
+    """`event` with its large `input`/`output` written to `values` first (awaited: §9, a
+    reference never names a value not stored) and referenced: for an event too big for one
+    message. `what` names the event in a ValueTooLarge (raised when a field is over 64 MB)."""
+    changes: dict[str, Any] = {}
+    for field in OFFLOADED:
+        value = getattr(event, field, None)
+        if value is None or is_ref(value):
+            continue
+        data = _enc.encode(value)
+        if len(data) < _OFFLOAD_FROM:
+            continue
+        if len(data) > MAX_VALUE_BYTES:
+            raise ValueTooLarge(what or field, len(data))
+        ref = ref_of(data)
+        await values.put_value(ref[REF_KEY], data)
+        changes[field] = ref
+    return msgspec.structs.replace(event, **changes) if changes else event
+
+
+async def load_values(values: Values, value: Any, cache: dict[str, Any] | None = None) -> Any:
+    """`value` with every reference inside it read back from `values` (unchanged if none)."""
+    refs = refs_in(value)
+    if not refs:
+        return value
+    found = {} if cache is None else cache
+    for ref in refs:
+        name = ref[REF_KEY]
+        if name not in found:
+            found[name] = msgspec.json.decode(await values.get_value(name))
+    return replace_refs(value, found)
+
+
+async def resolve_event(values: Values, event: _E, cache: dict[str, Any] | None = None) -> _E:
+    """The event as it was before its values were offloaded."""
+    changes: dict[str, Any] = {}
+    for field in OFFLOADED:
+        value = getattr(event, field, None)
+        loaded = await load_values(values, value, cache)
+        if loaded is not value:
+            changes[field] = loaded
+    return msgspec.structs.replace(event, **changes) if changes else event
+
+
+async def resolve_state(values: Values, state: RunState) -> RunState:
+    """The run's state with every referenced value read back: the run's input and output,
+    each step's input and output (what readers show; the core keeps the references)."""
+    cache: dict[str, Any] = {}
+    steps: dict[str, StepState] | None = None
+    for sid, step in state.steps.items():
+        changes = {}
+        for field in OFFLOADED:
+            value = getattr(step, field)
+            loaded = await load_values(values, value, cache)
+            if loaded is not value:
+                changes[field] = loaded
+        if changes:
+            steps = dict(state.steps) if steps is None else steps
+            steps[sid] = msgspec.structs.replace(step, **changes)
+    run = {}
+    for field in OFFLOADED:
+        value = getattr(state, field)
+        loaded = await load_values(values, value, cache)
+        if loaded is not value:
+            run[field] = loaded
+    if steps is not None:
+        run["steps"] = steps
+    return msgspec.structs.replace(state, **run) if run else state
 
 
 class Beating(Protocol):

@@ -24,7 +24,15 @@ from nats.errors import TimeoutError as NatsTimeout
 from dagnats.core import schema
 from dagnats.core.decide import fold
 from dagnats.core.definition import WorkflowDef
-from dagnats.core.events import ApprovalDecided, Event, ForkOf, RunCancelRequested, RunStarted, SignalReceived
+from dagnats.core.events import (
+    ApprovalDecided,
+    Event,
+    ForkOf,
+    RunCancelRequested,
+    RunStarted,
+    SignalReceived,
+    encode_event,
+)
 from dagnats.core.state import RUN_TERMINAL, Approval, RunState, fork_keeps
 from dagnats.errors import NotFound, UserError
 from dagnats.nats import heartbeat, names
@@ -32,7 +40,15 @@ from dagnats.nats.connection import Endpoint, connect, resolve_endpoint
 from dagnats.nats.ordered import ResumingConsumer
 from dagnats.nats.replies import subscribe_direct
 from dagnats.nats.store import Conflict, Store, WorkflowVersion, decode_recorded
-from dagnats.ports import ActiveRun, Heartbeat, Listing
+from dagnats.ports import (
+    MAX_EVENT_BYTES,
+    ActiveRun,
+    Heartbeat,
+    Listing,
+    offload_event,
+    resolve_event,
+    resolve_state,
+)
 from dagnats.ports import RunSummary as RunSummary  # re-exported: the console imports it from here
 
 from . import views
@@ -118,7 +134,7 @@ class Client:
             if problem:
                 raise UserError(f"input does not match {name}'s input_schema: {problem}")
         run_id = run_id or new_run_id()
-        event = RunStarted(
+        event: Event = RunStarted(
             at=time.time(),
             run_id=run_id,
             workflow=wfv.name,
@@ -127,19 +143,23 @@ class Client:
             input=input,
             by=operator_identity(),
         )
+        if len(encode_event(event)) > MAX_EVENT_BYTES:  # the input goes to the object store first
+            event = await offload_event(self.store, event, "run input")
         try:
             await self.store.append(run_id, event, expected_last=0)
         except Conflict:
             raise UserError(f"run {run_id} already exists") from None
         return run_id
 
-    async def run(self, run_id: str) -> RunState:
-        """The run's current state: the engine's snapshot plus a replay of newer events."""
+    async def run(self, run_id: str, *, values: bool = True) -> RunState:
+        """The run's current state: the engine's snapshot plus a replay of newer events. Values
+        kept in the object store are read back (`values=False`: left as references, as the
+        core holds them)."""
         check_run_id(run_id)
         state = await self.store.current_state(run_id)
         if state is None:
             raise NotFound(f"unknown run {run_id!r}: see `dagnats run list`")
-        return state
+        return await resolve_state(self.store, state) if values else state
 
     async def heartbeats(self) -> list[Heartbeat] | None:
         """The engines and workers heard from lately (None: this NATS keeps no heartbeats)."""
@@ -198,13 +218,15 @@ class Client:
         events = await self.store.read_history(run_id)
         if not events:
             raise NotFound(f"unknown run {run_id!r}: see `dagnats run list`")
-        return events
+        cache: dict[str, Any] = {}
+        return [(seq, await resolve_event(self.store, event, cache)) for seq, event in events]
 
     async def follow(
         self, run_id: str, *, until_terminal: bool = True, after: int = 0
     ) -> AsyncIterator[tuple[int, Event]]:
-        """Yield the run's events (those after stream sequence `after`), live, until the run ends.
-        A server restart or failover only pauses it: it carries on from the last event given."""
+        """Yield the run's events (those after stream sequence `after`), live, until the run ends,
+        with their values in the object store read back. A server restart or failover only
+        pauses it: it carries on from the last event given."""
         check_run_id(run_id)
         consumer = ResumingConsumer(
             self.nc, names.HISTORY_STREAM, names.history_filter(run_id), after=after, inactive_threshold=5.0
@@ -223,13 +245,13 @@ class Client:
                 msg = await consumer.next(timeout=1.0)
                 if msg is None:
                     if not known and self.nc.is_connected:
-                        await self.run(run_id)  # raises NotFound for an unknown run
+                        await self.run(run_id, values=False)  # raises NotFound for an unknown run
                         known = True
                     continue
                 known = True
                 event = decode_recorded(msg.subject, msg.data)
                 state = fold(state, event)
-                yield msg.metadata.sequence.stream, event
+                yield msg.metadata.sequence.stream, await resolve_event(self.store, event)
                 if until_terminal and state is not None and state.terminal:
                     return
         finally:
@@ -294,7 +316,8 @@ class Client:
         a core subscription to the run's history says when to read the state again. Raises
         NotFound for an unknown run, WaitTimeout (a TimeoutError) after `timeout` seconds."""
         check_run_id(run_id)
-        return (await _Waiter(self, [run_id], timeout).run(_ending_subjects(run_id)))[run_id]
+        state = (await _Waiter(self, [run_id], timeout).run(_ending_subjects(run_id)))[run_id]
+        return await resolve_state(self.store, state)
 
     async def wait_many(self, run_ids: Iterable[str], *, timeout: float | None = None) -> dict[str, RunState]:
         """The end states of all the runs, {run_id: state}, once every one has ended. One core
@@ -308,10 +331,11 @@ class Client:
             check_run_id(run_id)
         if not ids:
             return {}
-        return await _Waiter(self, ids, timeout).run(_ending_subjects(ids[0] if len(ids) == 1 else "*"))
+        done = await _Waiter(self, ids, timeout).run(_ending_subjects(ids[0] if len(ids) == 1 else "*"))
+        return {run_id: await resolve_state(self.store, state) for run_id, state in done.items()}
 
     async def cancel(self, run_id: str, reason: str = "") -> None:
-        state = await self.run(run_id)
+        state = await self.run(run_id, values=False)
         if state.terminal:
             raise UserError(f"run {run_id} is already {state.status}; nothing to cancel")
         await self.store.append(
@@ -323,7 +347,7 @@ class Client:
     ) -> str:
         """A new run of the same definition version that keeps what lies upstream of `from_step`
         and runs `from_step` (with a new input, if given) and everything after it again."""
-        state = await self.run(run_id)
+        state = await self.run(run_id, values=False)  # the fork keeps the references
         wf = state.definition
         if from_step not in state.static_ids():
             raise NotFound(f"run {run_id} has no step {from_step!r} (steps: {', '.join(state.static_ids())})")
@@ -430,7 +454,7 @@ class Client:
         raise UserError(f"run {run_id} is too busy to decide on right now; try again")
 
     async def signal(self, run_id: str, name: str, data: Any = None) -> None:
-        state = await self.run(run_id)
+        state = await self.run(run_id, values=False)
         if state.terminal:
             raise UserError(f"run {run_id} is {state.status}; it cannot receive signals")
         await self.store.append(
@@ -575,7 +599,7 @@ class _Waiter:
                 f"run {missing[0]}{more} had not ended within the {self.timeout:g}s timeout; "
                 f"see `dagnats run show {missing[0]}`"
             )
-        if self.hinted:
+        if self.hinted:  # REVERTED
             return
         until = min([now + _TICK, *(when for when, _ in self.recheck.values())])
         if self.deadline is not None:

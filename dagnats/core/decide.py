@@ -128,9 +128,10 @@ def chain(
     return out
 
 
-def too_large(event: Event, size: int) -> Event:
+def too_large(event: Event, size: int, error: str = "") -> Event:
     """What to record instead of an engine event of `size` bytes that does not fit in a
-    message: the failure it causes, of its step or else of the run."""
+    message (even with its value in the object store): the failure it causes, of its step or
+    else of the run. `error` says why, if not the message limit."""
     step_id = getattr(event, "step_id", "")
     what = type(event).__name__
     if step_id:
@@ -139,9 +140,9 @@ def too_large(event: Event, size: int) -> Event:
             step_id=step_id,
             attempt=getattr(event, "attempt", 1),
             retryable=False,
-            error=f"{what} of {size} bytes exceeds the message limit (input or output too large)",
+            error=error or f"{what} of {size} bytes exceeds the message limit (input or output too large)",
         )
-    return RunFailed(at=event.at, error=f"run output of {size} bytes exceeds the message limit")
+    return RunFailed(at=event.at, error=error or f"run output of {size} bytes exceeds the message limit")
 
 
 def replay(events: Iterable[Event]) -> RunState | None:

@@ -20,6 +20,7 @@ import msgspec
 from . import schema as input_schema
 from . import template
 from .durations import parse_duration
+from .values import is_ref
 
 Duration = str | int | float
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -428,6 +429,8 @@ _CONFIG_CHECKS: dict[type, Callable[[Any, StepDef, str], None]] = {
 def check_plan(fragment: Any, planner: StepDef) -> list[StepDef] | str:
     """The plan's steps with ids namespaced `<planner>.<id>`, or why the plan is refused."""
     cfg = msgspec.convert(planner.config, PlannerConfig)
+    if is_ref(fragment):  # the worker kept it in the object store: a plan must fit in an event
+        return f"a plan of {fragment['size']} bytes is over the message limit (plans are not kept in the object store)"
     if not isinstance(fragment, dict) or not isinstance(fragment.get("steps"), list):
         return 'a plan must be an object {"steps": [...]}'
     if not fragment["steps"]:

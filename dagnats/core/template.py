@@ -12,6 +12,8 @@ import json
 import re
 from typing import Any
 
+from .values import is_ref, refs_in
+
 _REF = re.compile(r"(?<!\$)\$\{\s*([^}]*?)\s*\}")  # "$${" is a literal "${" (for shell commands)
 ROOTS = ("input", "steps", "run")
 
@@ -89,6 +91,12 @@ def lookup(context: dict[str, Any], path: str) -> Any:
     walked: list[str] = []
     for key in path.split("."):
         walked.append(key)
+        if is_ref(value):
+            where = ".".join(walked[:-1])
+            raise TemplateError(
+                f"${{{path}}}: {where} is a value of {value['size']} bytes kept in the object store;"
+                " a template can pass it on whole, not read into it"
+            )
         if isinstance(value, dict) and key in value:
             value = value[key]
         elif isinstance(value, list) and key.isascii() and key.isdigit() and int(key) < len(value):
@@ -100,4 +108,8 @@ def lookup(context: dict[str, Any], path: str) -> Any:
 
 
 def _as_text(value: Any) -> str:
+    if refs_in(value):
+        raise TemplateError(
+            "a value kept in the object store cannot be interpolated into text; pass it on whole"
+        )
     return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))

@@ -42,7 +42,7 @@ class Engine:
         self._deliveries = DeliveryTracker()
         self._queues: RunQueues[Job] = RunQueues(self._work)
         self._cache = SnapshotCache(store, lambda run_id: self._queues.push(run_id, None))
-        self._recorder = Recorder(store, self._deliveries, store.dispatch)
+        self._recorder = Recorder(store, self._deliveries, store.dispatch, values=store)
         self._effects = Effects(store)
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -18,11 +18,21 @@ import msgspec
 from dagnats.core.actions import Action, AppendEvent, DispatchTask
 from dagnats.core.decide import IllegalEvent, chain, decide, too_large
 from dagnats.core.effects import still_due
-from dagnats.core.events import Event
+from dagnats.core.events import Event, encode_event, event_type
 from dagnats.core.plan import next_event
 from dagnats.core.state import RunState
 from dagnats.nats.store import decode_recorded
-from dagnats.ports import MAX_EVENT_BYTES, BatchUnsupported, Conflict, Delivery, EventLog, TooLarge
+from dagnats.ports import (
+    MAX_EVENT_BYTES,
+    BatchUnsupported,
+    Conflict,
+    Delivery,
+    EventLog,
+    TooLarge,
+    Values,
+    ValueTooLarge,
+    offload_event,
+)
 
 from .delivery import DeliveryTracker
 
@@ -97,8 +107,10 @@ class Recorder:
         events: EventLog,
         deliveries: DeliveryTracker,
         dispatch: Callable[[DispatchTask], Awaitable[None]] | None = None,
+        values: Values | None = None,
     ) -> None:
         self.events = events
+        self.values = values  # where an event too big for a message puts its input or output
         self.deliveries = deliveries
         self.dispatch = dispatch  # tasks go out together with their step.queued, if given
         self.batching = events.atomic_batches  # append a pass's chain of events in one batch
@@ -208,11 +220,25 @@ class Recorder:
             return [await self.events.append(run_id, events[0], expected_last=last)]
         return await self.events.append_batch(run_id, events, expected_last=last)
 
+    async def _shrunk(self, event: Event, size: int) -> Event:
+        """What to record instead of an event of `size` bytes that does not fit in a message:
+        the event with its input or output in the object store (written first, awaited), or,
+        when that is not enough or not possible, the failure it causes (`too_large`)."""
+        if self.values is not None:
+            what = f"{event_type(event)} {getattr(event, 'step_id', '')}".rstrip()
+            try:
+                smaller = await offload_event(self.values, event, f"{what}: value")
+            except ValueTooLarge as exc:
+                return too_large(event, exc.size, str(exc))
+            if len(encode_event(smaller)) <= MAX_EVENT_BYTES:
+                return smaller
+        return too_large(event, size)
+
     async def _append_one(self, run_id: str, pass_: Pass, event: Event) -> None:
         try:
             seq = await self.events.append(run_id, event, expected_last=pass_.last)
         except TooLarge as exc:
-            event = too_large(event, exc.size)
+            event = await self._shrunk(event, exc.size)
             seq = await self.events.append(run_id, event, expected_last=pass_.last)  # small by construction
         except Conflict:
             await self.fold_tail(run_id, pass_)

@@ -59,6 +59,9 @@ WORKER_PUBLISH = [
     "$JS.API.DIRECT.GET.DAGNATS_HISTORY",
     "$JS.API.DIRECT.GET.KV_dagnats_runs.>",
     "$JS.API.STREAM.MSG.GET.KV_dagnats_runs",
+    # values too big for an event (nats/objects.py): write chunks and meta, read by direct get
+    f"$O.{names.VALUES_BUCKET}.>",
+    f"$JS.API.DIRECT.GET.{names.VALUES_STREAM}",
     names.heartbeat_subject("worker", ">"),  # its own heartbeat; engines write under engine.
 ]
 

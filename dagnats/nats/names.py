@@ -12,6 +12,10 @@ WORKFLOWS_BUCKET = "dagnats_workflows"
 RUNS_BUCKET = "dagnats_runs"
 HEARTBEATS_BUCKET = "dagnats_heartbeats"
 LIVE_PREFIX = "dagnats.live"
+# Values too big for an event (nats/objects.py): a JetStream object store, objects named by
+# the sha256 of their content. Its stream is OBJ_<bucket>, subjects $O.<bucket>.C.* / .M.*.
+VALUES_BUCKET = "dagnats_values"
+VALUES_STREAM = f"OBJ_{VALUES_BUCKET}"
 # The index of unfinished runs: one message per run (the last kept), removed when it ends.
 ACTIVE_STREAM = "DAGNATS_ACTIVE"
 ACTIVE_PREFIX = "dagnats.active"

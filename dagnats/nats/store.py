@@ -50,8 +50,9 @@ from dagnats.ports import (  # re-exported: callers import them from here too
     current_of,
 )
 
-from . import feed, listing, names, upgrade
+from . import feed, listing, names, objects, upgrade
 from .heartbeat import ALIVE, Beat
+from .objects import ObjectValues
 from .replies import Replies
 
 __all__ = [
@@ -92,6 +93,7 @@ class Store:
         self.replicas = replicas
         self.js = nc.jetstream()
         self.replies = Replies(nc)  # the hot path's publishes and reads
+        self.values = ObjectValues(nc, self.replies)  # values too big for an event
         self._runs: Any = None
         self._workflows: Any = None
         self._wf_cache: dict[tuple[str, int], WorkflowVersion] = {}
@@ -107,6 +109,7 @@ class Store:
                 await _create_stream(self.js, replace(stream, num_replicas=self.replicas))
             for bucket in _BUCKETS:
                 await _create_bucket(self.js, replace(bucket, replicas=self.replicas))
+            await objects.ensure_bucket(self.js, replicas=self.replicas)  # values too big for an event
         except APIError as exc:
             raise replicas_refused(self.nc, self.replicas, exc) from None
         await upgrade.run(self)
@@ -238,6 +241,14 @@ class Store:
                 raise APIError(code=int(status), description=headers.get("Description", ""))
             return 0
         return int(headers["Nats-Sequence"])
+
+    # --- values too big for an event (nats/objects.py) ----------------------------------------
+
+    async def put_value(self, name: str, data: bytes) -> None:
+        await self.values.put_value(name, data)
+
+    async def get_value(self, name: str) -> bytes:
+        return await self.values.get_value(name)
 
     # --- snapshots ---------------------------------------------------------------------------
 

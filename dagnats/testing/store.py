@@ -71,6 +71,7 @@ class _Data:
     consumers: dict[str, Consumer] = field(default_factory=dict)
     beats: dict[str, tuple[Heartbeat, Callable[[], int]]] = field(default_factory=dict)
     live: list[tuple[str, str, bytes]] = field(default_factory=list)  # (run, step, chunk)
+    values: dict[str, bytes] = field(default_factory=dict)  # values too big for an event, by name
 
 
 class MemoryStore:
@@ -147,6 +148,15 @@ class MemoryStore:
         return self._data.consumers[name]
 
     # --- snapshots ---------------------------------------------------------------------------
+
+    async def put_value(self, name: str, data: bytes) -> None:
+        self._data.values.setdefault(name, bytes(data))
+
+    async def get_value(self, name: str) -> bytes:
+        found = self._data.values.get(name)
+        if found is None:
+            raise NotFound(f"value {name} is not stored")
+        return found
 
     async def load_snapshot(self, run_id: str) -> tuple[Snapshot | None, int]:
         found = self._data.snapshots.get(run_id)

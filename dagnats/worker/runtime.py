@@ -25,7 +25,7 @@ from dagnats.core.decide import fold
 from dagnats.core.events import StepCompleted, StepFailed, StepStarted
 from dagnats.core.state import RUN_TERMINAL, RunState, attempt_superseded
 from dagnats.nats.store import MAX_EVENT_BYTES, Store, decode_task
-from dagnats.ports import Delivery, Feed
+from dagnats.ports import Delivery, Feed, ValueTooLarge, load_values, offload_event
 
 from .sdk import SUSPEND, Handler, NonRetryable, TaskContext, TaskFailed, Worker
 
@@ -297,7 +297,7 @@ class Runtime:
     async def _run_task(self, msg: Delivery, task: DispatchTask) -> None:
         started = _StepStarted(self.store, task, self.worker.name)
         ctx = TaskContext(
-            input=task.input,
+            input=await load_values(self.store, task.input),  # referenced values, read back
             config=task.config,
             run_id=task.run_id,
             step_id=task.step_id,
@@ -379,11 +379,22 @@ class Runtime:
         """Record the attempt's result; `started_at` when no step.started was recorded for it."""
         ok, value, retryable = outcome
         base = f"{task.run_id}:%s:{task.step_id}:{task.attempt}"
-        event = _result(task, value) if ok else _failure(task, str(value)[:4000], retryable)
+        event = await self._result(task, value) if ok else _failure(task, str(value)[:4000], retryable)
         if started_at is not None:
             event = msgspec.structs.replace(event, started_at=started_at, worker=self.worker.name)
         kind = "completed" if isinstance(event, StepCompleted) else "failed"
         await self.store.append(task.run_id, event, msg_id=base % kind)
+
+    async def _result(self, task: DispatchTask, output: Any) -> StepCompleted | StepFailed:
+        """The attempt's completion, its output in the object store first if the event would
+        not fit in a message (awaited: the event never names a value not stored)."""
+        event = _result(task, output)
+        if not isinstance(event, _Oversized):
+            return event
+        try:
+            return await offload_event(self.store, event.event, f"step {task.step_id}: output")
+        except ValueTooLarge as exc:
+            return _failure(task, str(exc), False)
 
     async def _stale(self, task: DispatchTask) -> bool:
         """True if the run ended or this attempt already has a result or a successor: skip it
@@ -433,13 +444,20 @@ def _failure(task: DispatchTask, error: str, retryable: bool) -> StepFailed:
     )
 
 
-def _result(task: DispatchTask, output: Any) -> StepCompleted | StepFailed:
-    """The attempt's completion, or the failure an output that cannot be recorded causes."""
+class _Oversized(msgspec.Struct, frozen=True):
+    """A completion too big for one message: its output goes to the object store."""
+
+    event: StepCompleted
+
+
+def _result(task: DispatchTask, output: Any) -> StepCompleted | StepFailed | _Oversized:
+    """The attempt's completion, the failure an output that cannot be recorded causes, or an
+    `_Oversized` completion."""
     event = StepCompleted(at=time.time(), step_id=task.step_id, attempt=task.attempt, output=output)
     try:
         size = len(msgspec.json.encode(event))
     except (TypeError, msgspec.EncodeError) as exc:
         return _failure(task, f"output is not JSON-serializable: {exc}", False)
     if size > MAX_EVENT_BYTES:
-        return _failure(task, f"output of {size} bytes exceeds the {MAX_EVENT_BYTES}-byte limit", False)
+        return _Oversized(event)
     return event
