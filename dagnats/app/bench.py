@@ -94,6 +94,7 @@ class Bench:
         *,
         engine: str = "process",
         first_screen: FirstScreen | None = None,
+        replicas: int = 1,
     ) -> None:
         if engine not in ENGINES:
             raise UserError(f"bench: --engine {engine!r} is not one of {', '.join(ENGINES)}")
@@ -102,12 +103,18 @@ class Bench:
                 f"bench: --fsync applies to the bench's own server only; the NATS at {nats_url} syncs "
                 "as its config says (`jetstream { sync_interval: always }`): drop --fsync or --nats"
             )
+        if replicas > 1 and not nats_url:
+            raise UserError(
+                f"bench: --replicas {replicas} needs a NATS cluster (--nats URL[,URL...]); "
+                "the bench's own server is a single node"
+            )
         self.console = console
         self.first_screen = first_screen
         self.engine = engine
         self.sizes = sizes
         self.fsync = fsync
         self.nats_url = nats_url  # a URL, or a comma-separated list of a cluster's URLs
+        self.replicas = replicas  # copies of the streams it creates (a cluster's --nats)
         self.say = say
         self.tmp = Path(tempfile.mkdtemp(prefix="dagnats-bench-"))
         self.server: EmbeddedServer | None = None
@@ -146,6 +153,7 @@ class Bench:
             "w1_wait": "Client.wait",
             "w2_wait": "Client.wait_many",
             "nats": "external: " + self.endpoint.url if self.server is None else "embedded nats-server",
+            "replicas": self.replicas,
         }
 
     def _start_server(self) -> None:
@@ -172,7 +180,12 @@ class Bench:
         nc = await connect(self.endpoint)
         js = nc.jetstream()
         stream = f"BENCH_CEILING_{os.getpid()}"
-        await js.add_stream(name=stream, subjects=[f"bench.{os.getpid()}.>"], storage=api.StorageType.FILE)
+        await js.add_stream(
+            name=stream,
+            subjects=[f"bench.{os.getpid()}.>"],
+            storage=api.StorageType.FILE,
+            num_replicas=self.replicas,
+        )
         try:
             n = self.sizes.ceiling_awaited
             t0 = time.perf_counter()
@@ -201,7 +214,8 @@ class Bench:
         """The bench's worker process and the engine (in a process of its own, or in this one),
         with a client of this process; yields the client and the engine's pid."""
         nc = await connect(self.endpoint)
-        await Store(nc).ensure()  # the streams, before a worker (which may not create them) starts
+        # the streams, before a worker (which may not create them) starts
+        await Store(nc, replicas=self.replicas).ensure()
         client = Client(nc)
         self._spawn("tasks", "worker", TASKS, "--concurrency", "64")
         try:
@@ -217,7 +231,14 @@ class Bench:
             await client.close()
 
     def _serve_args(self) -> list[str]:
-        return ["serve", "--no-workers", "--data-dir", str(self.tmp / "engine")]
+        return [
+            "serve",
+            "--no-workers",
+            "--data-dir",
+            str(self.tmp / "engine"),
+            "--replicas",
+            str(self.replicas),
+        ]
 
     def _spawn(
         self, name: str, *args: str, extra_env: dict[str, str] | None = None
@@ -861,9 +882,12 @@ async def run(
     *,
     engine: str = "process",
     first_screen: FirstScreen | None = None,
+    replicas: int = 1,
 ) -> dict[str, Any]:
     sizes = TINY if tiny else QUICK if quick else FULL
-    bench = Bench(sizes, fsync, nats_url, say, console, engine=engine, first_screen=first_screen)
+    bench = Bench(
+        sizes, fsync, nats_url, say, console, engine=engine, first_screen=first_screen, replicas=replicas
+    )
     return await bench.run()
 
 

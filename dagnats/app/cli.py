@@ -213,7 +213,18 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("bench", parents=[js], help="measure the engine through the public paths")
     x.add_argument("--quick", action="store_true", help="smaller workloads: under 3 minutes on 2 cores")
     x.add_argument("--fsync", action="store_true", help="run the server with sync_interval: always")
-    x.add_argument("--nats", metavar="URL", help="measure against this NATS instead of a fresh embedded one")
+    x.add_argument(
+        "--nats",
+        metavar="URL[,URL...]",
+        help="measure against this NATS (or cluster) instead of a fresh embedded one",
+    )
+    x.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        metavar="N",
+        help="copies of the streams the bench creates (with --nats on a cluster; default 1)",
+    )
     x.add_argument(
         "--engine",
         choices=["process", "inline"],
@@ -738,6 +749,7 @@ async def cmd_bench(args: argparse.Namespace) -> int:
         console=console_bench.measure,
         engine=args.engine,
         first_screen=console_bench.first_screen,  # scale.console_first_screen_ms
+        replicas=args.replicas,
     )
     if args.json:
         _print_json(result)
