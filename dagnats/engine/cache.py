@@ -140,6 +140,17 @@ class SnapshotCache:
         elif snap.state is not None:
             await self.store.save_active(ActiveRun.of(snap.applied, snap.state))
 
+    async def reindex(self, run_id: str, entry: Cached) -> None:
+        """Write the run's index entry as its loaded state says, for a pass with nothing to fold
+        (messages handed out again that the snapshot covers): the engine that saved that
+        snapshot may have died before its index entry was written or dropped."""
+        if entry.state is None:
+            return
+        if entry.state.terminal:
+            await self.store.drop_active(run_id)
+        else:
+            await self.store.save_active(ActiveRun.of(entry.applied, entry.state))
+
     async def repair(self, run_id: str, listed: ActiveRun) -> None:
         """After the start-up sweep's pass over a run the index lists: make its entry say what
         the run's state says (a crash or a race may have left it stale), or remove it if the

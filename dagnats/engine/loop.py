@@ -134,8 +134,11 @@ class Engine:
         """Bring one run up to date (only ever on its job). Other engines race through
         optimistic appends and compare-and-set snapshots. `epoch`: the delivery epoch all of
         `msgs` came in, if they did (-1 otherwise)."""
+        loaded = self._cache.peek(run_id) is None
         cached = await self._start(run_id, msgs, epoch)
         if cached.applied >= seen_seq > 0:
+            if loaded:  # handed out again: a crash may have come between snapshot and index
+                await self._cache.reindex(run_id, cached)
             return
         pass_ = Pass(cached.state, cached.applied, cached.epoch)
         complete = cached.epoch == self._deliveries.epoch
