@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from nats.js.errors import APIError
 
-from dagnats.api.client import Client, WaitTimeout, _history_after
+from dagnats.api.client import Client, WaitTimeout, _history_after, _Waiter
 from dagnats.core.events import RunCompleted, SignalReceived, encode_event
 from dagnats.errors import NotFound, UserError
 from dagnats.nats import names
@@ -267,3 +267,39 @@ async def test_the_waits_history_read_matches_the_stores_across_batches(stack):
     for after in (0, theirs[100][0], theirs[-1][0]):
         ours = await _history_after(stack.client.nc, run_id, after)
         assert [decode_recorded(s, d) for s, d in ours] == [e for seq, e in theirs if seq > after]
+
+
+async def test_a_wait_that_heard_an_end_just_before_the_connection_went_lets_it_come_back(stack):
+    """A hint heard just before the connection drops is read once it is back: the wait must
+    not spin on it meanwhile (a loop that never awaits starves the client's reconnect, and the
+    wait hangs until its timeout)."""
+    await stack.start()
+    await stack.register(ECHO)
+    run_id = await stack.client.start("quick", {"x": 1})
+    await stack.client.wait(run_id, timeout=20)
+    client = await Client.connect(endpoint=stack.endpoint)
+    client.nc.options["max_reconnect_attempts"] = 100
+    client.nc.options["reconnect_time_wait"] = 0.2
+    try:
+        waiter = _Waiter(client, [run_id], timeout=30)
+        stack.server.stop()
+        for _ in range(500):
+            if not client.nc.is_connected:
+                break
+            await asyncio.sleep(0.01)
+        assert not client.nc.is_connected
+        waiter.hinted.add(run_id)  # the run's end, heard as the connection went
+
+        async def waiting() -> dict:
+            while waiter.waiting:  # Waiter.run's loop, after its first look
+                await waiter.sleep()
+                await waiter.step()
+            return waiter.done
+
+        task = asyncio.create_task(waiting())
+        await asyncio.sleep(0.05)  # the wait loops while the server is away
+        stack.server.start()
+        done = await task
+        assert done[run_id].status == "completed"
+    finally:
+        await client.close()

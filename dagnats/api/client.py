@@ -599,7 +599,7 @@ class _Waiter:
                 f"run {missing[0]}{more} had not ended within the {self.timeout:g}s timeout; "
                 f"see `dagnats run show {missing[0]}`"
             )
-        if self.hinted:  # REVERTED
+        if self.hinted and self.client.nc.is_connected:  # else wait a tick: let it reconnect
             return
         until = min([now + _TICK, *(when for when, _ in self.recheck.values())])
         if self.deadline is not None:
