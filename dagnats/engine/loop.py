@@ -135,12 +135,15 @@ class Engine:
         optimistic appends and compare-and-set snapshots. `epoch`: the delivery epoch all of
         `msgs` came in, if they did (-1 otherwise)."""
         loaded = self._cache.peek(run_id) is None
-        cached = await self._start(run_id, msgs, epoch)
+        fresh = loaded and epoch == self._deliveries.epoch and starts_run(msgs)
+        cached = await self._start(run_id, fresh)
         if cached.applied >= seen_seq > 0:
             if loaded:  # handed out again: a crash may have come between snapshot and index
                 await self._cache.reindex(run_id, cached)
             return
-        pass_ = Pass(cached.state, cached.applied, cached.epoch)
+        # A pass that starts from the stored state (a restart, an eviction, another engine's
+        # run) cannot know which tasks an earlier pass sent before its step.queued was recorded.
+        pass_ = Pass(cached.state, cached.applied, cached.epoch, recheck=loaded and not fresh)
         complete = cached.epoch == self._deliveries.epoch
         try:
             await self._recorder.advance(
@@ -155,10 +158,10 @@ class Engine:
             return
         await self._cache.save(run_id, cached, pass_.state, pass_.last, pass_.epoch)
 
-    async def _start(self, run_id: str, msgs: list[Delivery], epoch: int) -> Cached:
-        """What the run's pass starts from."""
-        if self._cache.peek(run_id) is None and epoch == self._deliveries.epoch and starts_run(msgs):
-            # A new run whose run.started (always its first event) came in this epoch: every
-            # event it has is in hand or on its way here. No snapshot to load, no tail to read.
-            return Cached(state=None, applied=0, revision=0, epoch=epoch)
+    async def _start(self, run_id: str, fresh: bool) -> Cached:
+        """What the run's pass starts from. `fresh`: a new run whose run.started (always its
+        first event) came in this epoch: every event it has is in hand or on its way here, so
+        there is no snapshot to load and no tail to read."""
+        if fresh:
+            return Cached(state=None, applied=0, revision=0, epoch=self._deliveries.epoch)
         return await self._cache.load(run_id)

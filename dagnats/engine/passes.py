@@ -45,7 +45,7 @@ BATCH_BYTES = 1_000_000  # and their encoded size
 class Pass:
     """One run's pass: its state so far, the events to record next, and effects not yet done."""
 
-    def __init__(self, state: RunState | None, last: int, epoch: int) -> None:
+    def __init__(self, state: RunState | None, last: int, epoch: int, *, recheck: bool = False) -> None:
         self.state = state
         self.last = last  # last history sequence folded into `state`
         self.epoch = epoch  # see Cached.epoch
@@ -56,6 +56,9 @@ class Pass:
         # (step, attempt) of tasks sent with a step.queued whose append lost its race: sent
         # again, they are checked by their worker (the first copy may have run already)
         self.sent_unrecorded: set[tuple[str, int]] = set()
+        # every task this pass sends is checked by its worker: the pass started from the stored
+        # state, and an earlier pass (of an engine that died) may have sent it already
+        self.recheck = recheck
 
     def apply(self, event: Event, seq: int, *, ours: bool = False) -> None:
         """Fold one event; queue its effects (done together, before the pass acknowledges).
@@ -92,7 +95,7 @@ class Pass:
             if not still_due(self.state, action):
                 continue
             if isinstance(action, DispatchTask) and (
-                not ours or (action.step_id, action.attempt) in self.sent_unrecorded
+                not ours or self.recheck or (action.step_id, action.attempt) in self.sent_unrecorded
             ):
                 action = msgspec.structs.replace(action, recheck=True)
             out.append((state, action))
@@ -167,7 +170,7 @@ class Recorder:
         events = [event for event, _, _ in links]
         sends = self._sends(pass_, links)
         try:
-            seqs, sent = await self._append_sending(run_id, events, pass_.last, sends)
+            seqs, sent = await self._append_sending(run_id, events, pass_.last, sends, pass_.recheck)
         except Conflict:
             pass_.sent_unrecorded.update((a.step_id, a.attempt) for a in sends)
             await self.fold_tail(run_id, pass_)
@@ -193,7 +196,7 @@ class Recorder:
         ]
 
     async def _append_sending(
-        self, run_id: str, events: list[Event], last: int, sends: list[DispatchTask]
+        self, run_id: str, events: list[Event], last: int, sends: list[DispatchTask], recheck: bool = False
     ) -> tuple[list[int], set[int]]:
         """Append the events (optimistically, after `last`) and send the tasks at the same time:
         one round trip on the step's critical path instead of two. Returns the sequences and
@@ -207,7 +210,9 @@ class Recorder:
             return await self._append(run_id, events, last), set()
         assert self.dispatch is not None
         appended, *results = await asyncio.gather(
-            self._append(run_id, events, last), *(self.dispatch(a) for a in sends), return_exceptions=True
+            self._append(run_id, events, last),
+            *(self.dispatch(msgspec.structs.replace(a, recheck=True) if recheck else a) for a in sends),
+            return_exceptions=True,
         )
         if isinstance(appended, BaseException):
             raise appended

@@ -275,3 +275,15 @@ async def test_a_task_sent_again_after_its_step_queued_lost_a_race_is_checked_by
     again = [a for _, a in pass_.due() if isinstance(a, DispatchTask)]
     assert [(t.step_id, t.recheck) for t in sender.sent] == [("a", False)]
     assert [(t.step_id, t.recheck) for t in again] == [("a", True)]
+
+
+async def test_a_pass_from_the_stored_state_sends_its_tasks_to_be_checked():
+    """After a restart (or for a run this engine did not have in memory) an earlier pass may
+    have sent a task before its step.queued was recorded: the worker checks every copy."""
+    log = Log()
+    await log.append("r1", chain_started())
+    sender = Sender()
+    pass_ = Pass(None, 0, -1, recheck=True)
+    await Recorder(log, DeliveryTracker(), sender).advance("r1", pass_, None)
+    assert [(t.step_id, t.recheck) for t in sender.sent] == [("a", True)]
+    assert [a for _, a in pass_.due() if isinstance(a, DispatchTask)] == []
