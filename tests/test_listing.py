@@ -205,3 +205,24 @@ async def test_the_memory_store_lists_and_indexes_as_the_nats_store(limit):
     assert await store.active_runs() == [entry]
     await store.drop_active("r0")
     assert await store.active_runs() == []
+
+
+async def test_run_list_by_status_goes_by_the_history_when_an_index_entry_lags(stack):
+    """An index entry older than its run's history (an engine that raced another, or died
+    before it removed a finished run's entry) is not taken at its word by `run list --status`."""
+    await stack.start()
+    await stack.register(GATE)
+    client = stack.client
+    [waiting] = await waiting_runs(client, 1)
+    done = await client.start("gate")
+    await until(lambda: _has_approval(client, done), "the second run waiting")
+    await client.decide(done, "ok", approved=True)
+    await asyncio.wait_for(client.wait(done), 20)
+    store: Store = stack.store
+    finished = (await store.load_snapshot(done))[0]
+    before = (await store.load_snapshot(waiting))[0]
+    assert finished is not None and before is not None
+    await store.save_active(ActiveRun(finished.applied - 1, _with(finished.summary, status="running")))
+    await store.save_active(ActiveRun(before.applied - 1, _with(before.summary, status="running")))
+    assert [s.run_id for s in await client.runs(status="waiting")] == [waiting]
+    assert [s.run_id for s in await client.runs(status="running")] == []

@@ -193,17 +193,30 @@ class Client:
 
         found: Listing | None = None
         if status and status not in RUN_TERMINAL:
-            found = await self._active_listing(keep, limit)
+            found = await self._active_listing(keep, workflow, limit)
         if found is None:
             found = await self.store.newest_runs(limit, keep)
         fresh = await asyncio.gather(*(self._fresh(s) for s in found.summaries))
         return msgspec.structs.replace(found, summaries=[s for s in fresh if keep(s)])
 
-    async def _active_listing(self, keep: Callable[[RunSummary], bool], limit: int | None) -> Listing | None:
+    async def _active_listing(
+        self, keep: Callable[[RunSummary], bool], workflow: str | None, limit: int | None
+    ) -> Listing | None:
+        """Unfinished runs from the index, filtered on their status as of their history: an
+        entry may lag its run (a change not saved yet, or an older entry that landed last when
+        two engines raced), so one whose run has events after it is read again first."""
         active = await self.store.active_runs()
         if active is None:
             return None
-        ordered = sorted((a.summary for a in active if keep(a.summary)), key=_newest_first)
+        entries = [e for e in active if not e.finished and (not workflow or e.summary.workflow == workflow)]
+        lasts = await asyncio.gather(*(self.store.last_sequence(e.summary.run_id) for e in entries))
+        summaries = await asyncio.gather(
+            *(
+                self._fresh(e.summary) if last > e.applied else _ready(e.summary)
+                for e, last in zip(entries, lasts, strict=True)
+            )
+        )
+        ordered = sorted((s for s in summaries if keep(s)), key=_newest_first)
         chosen = ordered[:limit] if limit else ordered
         return Listing(chosen, older=len(chosen) < len(ordered))
 
@@ -323,9 +336,9 @@ class Client:
         """The end states of all the runs, {run_id: state}, once every one has ended. One core
         subscription for the engine's and one for operators' history subjects of every run
         (workers cannot end a run), whatever the number of runs, filtered by the run id in
-        the subject; the runs
-        that ended already are found from the last event of each. Raises NotFound if any run
-        is unknown, WaitTimeout (a TimeoutError) after `timeout` seconds."""
+        the subject; the runs that ended already are found from the last event of each.
+        Raises NotFound if any run is unknown, WaitTimeout (a TimeoutError) after `timeout`
+        seconds."""
         ids = list(dict.fromkeys(run_ids))
         for run_id in ids:
             check_run_id(run_id)
@@ -471,6 +484,10 @@ class WaitTimeout(UserError, TimeoutError):
 # `run.cancel_requested` by an operator (`.o`). Workers (`.w`) can never end a run.
 _ENDING = frozenset({"run.completed", "run.failed", "run.continued", "run.cancel_requested"})
 _ENDING_SOURCES = frozenset({names.SOURCE_ENGINE, names.SOURCE_OPERATOR})
+
+
+async def _ready(summary: RunSummary) -> RunSummary:
+    return summary
 
 
 def _ending_subjects(run: str) -> list[str]:
