@@ -166,6 +166,12 @@ async def test_the_engine_offloads_an_input_too_big_for_its_step_queued(stack):
     followed = [e async for _, e in stack.client.follow(state.run_id)]  # what the console folds
     queued = next(e for e in followed if isinstance(e, StepQueued) and e.step_id == "both")
     assert queued.input == {"a": blob(600_000), "b": blob(600_000)}
+    await stack.register(
+        {"name": "leaves", "steps": [{"id": "a", "task": "part"}, {"id": "b", "task": "part"}]}
+    )
+    leaves = await stack.run_to_end("leaves", timeout=60)  # run.completed of two 600 kB leaves
+    assert leaves.status == "completed" and leaves.output == {"a": blob(600_000), "b": blob(600_000)}
+    assert is_ref((await stack.client.run(leaves.run_id, values=False)).output)
 
 
 async def test_a_template_cannot_read_into_a_referenced_value(stack):
