@@ -221,14 +221,17 @@ def test_two_of_three_nodes_down_says_unavailable_not_no_data(tmp_path: Path) ->
         env = env_for(c, tmp_path / "cli")
         try:
             assert dagnats("workflow", "register", str(flow), "--nats", c.url, env=env).returncode == 0
-            assert dagnats("run", "start", "noop", "--nats", c.url, env=env).returncode == 0
+            started = dagnats("run", "start", "noop", "--nats", c.url, env=env)
+            assert started.returncode == 0, started.stderr
         finally:
             serve.stop()
         survivor, *down = c.nodes
         for node in down:
             node.kill()
         # Without quorum, commands say the stream is unavailable, never "no data".
-        for args in (("run", "list"), ("workflow", "list"), ("status",)):
+        run_id = started.stdout.split()[-1]
+        commands = [("run", "list"), ("run", "show", run_id), ("run", "start", "noop"), ("workflow", "list")]
+        for args in [*commands, ("status",)]:
             line = one_line_error(dagnats(*args, "--nats", survivor.url, env=env, timeout=60))
             assert "no dagnats data" not in line, (args, line)
             assert "is unavailable: it has no leader" in line and "try again" in line, (args, line)

@@ -280,6 +280,14 @@ async def _with_client(args: argparse.Namespace, fn: Callable[[Any], Awaitable[i
     client = await Client.connect(args.nats, args.data_dir)
     try:
         return int(await fn(client) or 0)
+    except nats_errors.TimeoutError:
+        if not client.nc._server_info.get("cluster"):
+            raise
+        # On a cluster a request nobody answers is, nearly always, one for a stream (or the
+        # meta leader) without a leader right now.
+        from dagnats.nats.store import Unavailable
+
+        raise Unavailable() from None
     finally:
         await client.close()
 

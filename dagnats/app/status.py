@@ -20,14 +20,18 @@ PREFIXES = ("DAGNATS_", "KV_dagnats_", "OBJ_dagnats_")
 
 
 async def collect(client: Client) -> dict[str, Any]:
+    try:
+        return await _collect(client)
+    except UNAVAILABLE_ERRORS:  # the cluster's meta leader, or a stream's leader, is gone
+        raise Unavailable() from None
+
+
+async def _collect(client: Client) -> dict[str, Any]:
     store = client.store
     server = store.server()
     # A lone server leads every stream; a cluster names each stream's leader.
     lone = None if server["cluster"] else server["name"] or server["id"]
-    try:
-        streams = await _streams(store, lone)
-    except UNAVAILABLE_ERRORS:  # the cluster's meta leader is gone: no stream can be listed
-        raise Unavailable() from None
+    streams = await _streams(store, lone)
     if not any(s["name"] == names.TASKS_STREAM for s in streams):
         raise UserError(NO_DATA)
     beats = await store.heartbeats()

@@ -6,6 +6,7 @@ history sequence they include; anything can be rebuilt from the history alone.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import time
@@ -140,12 +141,30 @@ class Store:
             return
         try:
             workflows = await self.js.key_value(names.WORKFLOWS_BUCKET)
-            self._runs = await self.js.key_value(names.RUNS_BUCKET)
+            runs = await self.js.key_value(names.RUNS_BUCKET)
         except UNAVAILABLE_ERRORS:  # there, but without a leader (a cluster short of quorum)
             raise Unavailable(f"KV_{names.WORKFLOWS_BUCKET}") from None
         except Exception:  # missing, or not readable with these permissions
             raise UserError(NO_DATA) from None
-        self._workflows = workflows
+        await self._has_leader(f"KV_{names.RUNS_BUCKET}")
+        self._workflows, self._runs = workflows, runs
+
+    async def _has_leader(self, stream: str, wait: float | None = None) -> None:
+        """Return once `stream` has a leader; raise Unavailable after `wait` seconds without.
+        A replica without quorum still answers reads (maybe stale) and stream infos, so a
+        clustered stream with no leader is reported, not read from. Just after `serve` raised
+        its replicas, or a node died, the election takes a moment: this waits for it."""
+        deadline = time.monotonic() + (LEADER_WAIT if wait is None else wait)
+        while True:
+            try:
+                cluster = (await self.js.stream_info(stream)).cluster
+                if cluster is None or not cluster.name or cluster.leader:
+                    return  # a lone server's stream, or a led one
+            except UNAVAILABLE_ERRORS:
+                pass
+            if time.monotonic() >= deadline:
+                raise Unavailable(stream)
+            await asyncio.sleep(0.25)
 
     # --- history -----------------------------------------------------------------------------
 
@@ -574,6 +593,7 @@ class ToolRequests:
 
 
 NO_DATA = "this NATS has no dagnats data yet: start `dagnats serve` against it first"
+LEADER_WAIT = 5.0  # seconds a command waits for a stream without a leader before it says so
 
 # What nats-py raises when a stream exists but cannot answer: JetStream's 503 (10008 "JetStream
 # system temporarily unavailable": the meta leader or the stream's leader is gone), no

@@ -52,6 +52,9 @@ async def replicas(store: Store) -> None:
             await store.js.update_stream(replace(info.config, num_replicas=store.replicas))
         except Exception as exc:  # noqa: BLE001 - the server's reason goes into the message
             raise replicas_refused(store.nc, store.replicas, exc, info.config.name) from None
+        # The raised stream elects a leader of its new group: wait for it before the rest of
+        # the start-up reads and writes it.
+        await store._has_leader(info.config.name or "", wait=30.0)
 
 
 async def atomic_history(store: Store) -> None:
