@@ -147,7 +147,7 @@ class Engine:
         complete = cached.epoch == self._deliveries.epoch
         try:
             await self._recorder.advance(
-                run_id, pass_, delivered_tail(msgs, cached.applied, complete=complete)
+                run_id, pass_, delivered_tail(msgs, cached.applied, complete=complete), seen=seen_seq
             )
             if pass_.state is not None:
                 await self._effects.perform_all(pass_.due())

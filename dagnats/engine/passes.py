@@ -38,6 +38,13 @@ from .delivery import DeliveryTracker
 
 log = logging.getLogger("dagnats.engine.passes")
 MAX_APPENDS_PER_PASS = 10_000
+STALE_READ_RETRIES = (0.01, 0.05, 0.2, 0.5)  # seconds between reads of a tail behind its delivery
+
+
+class StaleRead(Exception):
+    """A history read that did not reach an event already delivered (a lagging replica)."""
+
+
 BATCH_EVENTS = 100  # events of one run appended in one atomic batch, at most
 BATCH_BYTES = 1_000_000  # and their encoded size
 
@@ -118,17 +125,35 @@ class Recorder:
         self.dispatch = dispatch  # tasks go out together with their step.queued, if given
         self.batching = events.atomic_batches  # append a pass's chain of events in one batch
 
-    async def advance(self, run_id: str, pass_: Pass, delivered: list[Delivery] | None) -> None:
+    async def advance(
+        self, run_id: str, pass_: Pass, delivered: list[Delivery] | None, *, seen: int = 0
+    ) -> None:
         """Fold the run's new events (`delivered`, or read from the history if None) and record
-        what they call for, until the run needs nothing more."""
+        what they call for, until the run needs nothing more. `seen`: the newest sequence
+        delivered for the run, which a read tail must reach (see `_fold_up_to`)."""
         if delivered is None:
-            await self.fold_tail(run_id, pass_)
+            await self._fold_up_to(run_id, pass_, seen)
         else:  # the messages in hand are the whole tail: no need to read it again
             for msg in delivered:
                 pass_.apply(decode_recorded(msg.subject, msg.data), msg.seq)
         for _ in range(MAX_APPENDS_PER_PASS):
             if not await self._record_next(run_id, pass_):
                 break
+
+    async def _fold_up_to(self, run_id: str, pass_: Pass, seen: int) -> None:
+        """Read and fold the tail until it holds the delivered sequence `seen`. On a cluster a
+        replica that lags the stream's leader may answer the read (direct gets are served by
+        every replica): folding only what it had, the pass would find nothing to do and the
+        delivery would be acknowledged with the run left waiting for good. Read again a few
+        times, then give up so the delivery is handed out again."""
+        await self.fold_tail(run_id, pass_)
+        for delay in STALE_READ_RETRIES:
+            if pass_.last >= seen:
+                return
+            await asyncio.sleep(delay)
+            await self.fold_tail(run_id, pass_)
+        if pass_.last < seen:
+            raise StaleRead(f"run {run_id}: the history read ends at #{pass_.last}, before #{seen} delivered")
 
     async def fold_tail(self, run_id: str, pass_: Pass) -> None:
         epoch = self.deliveries.reading()
