@@ -27,8 +27,8 @@ import msgspec
 from dagnats.core.actions import DispatchTask, StartTimer
 from dagnats.core.decide import fold
 from dagnats.core.definition import WorkflowDef
-from dagnats.core.events import Event
-from dagnats.core.state import RUN_TERMINAL, Approval, RunState, StepState
+from dagnats.core.events import Event, encode_event
+from dagnats.core.state import RUN_TERMINAL, Approval, RunState, StepState, Turn
 from dagnats.core.values import (
     MAX_VALUE_BYTES,
     MAX_VALUE_TEXT,
@@ -340,31 +340,70 @@ class ValueTooLarge(UserError):
         self.size = size
 
 
-OFFLOADED = ("input", "output")  # the event fields a value is offloaded from
+OFFLOADED = ("input", "output")  # the step and run fields a value is offloaded from
+# the event fields: those, an agent turn's text and a tool's result; a turn's tool calls
+# have each call's "arguments" offloaded (the core reads a call's id and name only)
+EVENT_FIELDS = (*OFFLOADED, "text", "result")
 _OFFLOAD_FROM = 1024  # a field smaller than this stays in its event whatever the event's size
 
 
 _E = TypeVar("_E", bound=Event)
 
 
+async def _offloaded(values: Values, value: Any, what: str) -> Any:
+    """A reference to `value`, written to `values` first; None when it stays where it is."""
+    if value is None or is_ref(value):
+        return None
+    data = _enc.encode(value)
+    if len(data) < _OFFLOAD_FROM:
+        return None
+    if len(data) > MAX_VALUE_BYTES:
+        raise ValueTooLarge(what, len(data))
+    ref = ref_of(data)
+    await values.put_value(ref[REF_KEY], data)
+    return ref
+
+
+async def _offloaded_calls(
+    values: Values, calls: list[dict[str, Any]], what: str
+) -> list[dict[str, Any]] | None:
+    """The tool calls with their large arguments referenced; None when none is large."""
+    out, changed = [], False
+    for call in calls:
+        ref = await _offloaded(values, call.get("arguments"), f"{what}: arguments of {call.get('name')}")
+        out.append(call if ref is None else {**call, "arguments": ref})
+        changed = changed or ref is not None
+    return out if changed else None
+
+
 async def offload_event(values: Values, event: _E, what: str = "") -> _E:
-    """`event` with its large `input`/`output` written to `values` first (awaited: §9, a
-    reference never names a value not stored) and referenced: for an event too big for one
-    message. `what` names the event in a ValueTooLarge (raised when a field is over 64 MB)."""
+    """`event` with its large `input`/`output` (an agent turn's `text` and tool calls'
+    arguments, a tool's `result`) written to `values` first (awaited: §9, a reference never
+    names a value not stored) and referenced: for an event too big for one message. `what`
+    names the event in a ValueTooLarge (raised when a field is over 64 MB)."""
     changes: dict[str, Any] = {}
-    for field in OFFLOADED:
-        value = getattr(event, field, None)
-        if value is None or is_ref(value):
-            continue
-        data = _enc.encode(value)
-        if len(data) < _OFFLOAD_FROM:
-            continue
-        if len(data) > MAX_VALUE_BYTES:
-            raise ValueTooLarge(what or field, len(data))
-        ref = ref_of(data)
-        await values.put_value(ref[REF_KEY], data)
-        changes[field] = ref
+    for field in EVENT_FIELDS:
+        ref = await _offloaded(values, getattr(event, field, None), what or field)
+        if ref is not None:
+            changes[field] = ref
+    calls = getattr(event, "tool_calls", None)
+    if calls:
+        offloaded = await _offloaded_calls(values, calls, what or "tool_calls")
+        if offloaded is not None:
+            changes["tool_calls"] = offloaded
     return msgspec.structs.replace(event, **changes) if changes else event
+
+
+async def fit_event(values: Values, event: _E, what: str) -> _E:
+    """`event` as it can be appended: itself if it fits in one message, else `offload_event`
+    of it. TooLarge if even that does not fit, ValueTooLarge for a value over 64 MB."""
+    if len(encode_event(event)) <= MAX_EVENT_BYTES:
+        return event
+    smaller = await offload_event(values, event, what)
+    size = len(encode_event(smaller))
+    if size > MAX_EVENT_BYTES:
+        raise TooLarge(size)
+    return smaller
 
 
 async def load_values(values: Values, value: Any, cache: dict[str, Any] | None = None) -> Any:
@@ -383,7 +422,7 @@ async def load_values(values: Values, value: Any, cache: dict[str, Any] | None =
 async def resolve_event(values: Values, event: _E, cache: dict[str, Any] | None = None) -> _E:
     """The event as it was before its values were offloaded."""
     changes: dict[str, Any] = {}
-    for field in OFFLOADED:
+    for field in (*EVENT_FIELDS, "tool_calls"):
         value = getattr(event, field, None)
         loaded = await load_values(values, value, cache)
         if loaded is not value:
@@ -391,21 +430,48 @@ async def resolve_event(values: Values, event: _E, cache: dict[str, Any] | None 
     return msgspec.structs.replace(event, **changes) if changes else event
 
 
+async def resolve_turns(values: Values, turns: list[Turn], cache: dict[str, Any] | None = None) -> list[Turn]:
+    """An agent's transcript with its referenced texts, arguments and results read back
+    (`turns` itself when it holds no reference)."""
+    if not refs_in(msgspec.to_builtins(turns)):
+        return turns
+    found = {} if cache is None else cache
+    out = []
+    for turn in turns:
+        results = {
+            cid: msgspec.structs.replace(r, result=await load_values(values, r.result, found))
+            for cid, r in turn.results.items()
+        }
+        text = await load_values(values, turn.text, found)
+        calls = await load_values(values, turn.tool_calls, found)
+        out.append(msgspec.structs.replace(turn, text=text, tool_calls=calls, results=results))
+    return out
+
+
+async def _resolve_step(values: Values, step: StepState, cache: dict[str, Any]) -> StepState:
+    changes = {}
+    for field in OFFLOADED:
+        value = getattr(step, field)
+        loaded = await load_values(values, value, cache)
+        if loaded is not value:
+            changes[field] = loaded
+    turns = await resolve_turns(values, step.turns, cache)
+    if turns is not step.turns:
+        changes["turns"] = turns
+    return msgspec.structs.replace(step, **changes) if changes else step
+
+
 async def resolve_state(values: Values, state: RunState) -> RunState:
     """The run's state with every referenced value read back: the run's input and output,
-    each step's input and output (what readers show; the core keeps the references)."""
+    each step's input and output and its agent transcript (what readers show; the core keeps
+    the references)."""
     cache: dict[str, Any] = {}
     steps: dict[str, StepState] | None = None
     for sid, step in state.steps.items():
-        changes = {}
-        for field in OFFLOADED:
-            value = getattr(step, field)
-            loaded = await load_values(values, value, cache)
-            if loaded is not value:
-                changes[field] = loaded
-        if changes:
+        loaded_step = await _resolve_step(values, step, cache)
+        if loaded_step is not step:
             steps = dict(state.steps) if steps is None else steps
-            steps[sid] = msgspec.structs.replace(step, **changes)
+            steps[sid] = loaded_step
     run = {}
     for field in OFFLOADED:
         value = getattr(state, field)

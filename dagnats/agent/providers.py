@@ -80,6 +80,7 @@ class _ScriptCall(msgspec.Struct, forbid_unknown_fields=True):
 class _ScriptTurn(msgspec.Struct, forbid_unknown_fields=True):
     text: str = ""
     tool_calls: list[_ScriptCall] = []
+    repeat: Annotated[int, msgspec.Meta(ge=1, le=64_000_000)] = 1  # the text, this many times over
 
 
 async def complete(
@@ -140,6 +141,8 @@ async def _scripted(
     if not 0 <= turn < len(script):
         raise ProviderError(f"scripted: the script has only {len(script)} turns", retryable=False)
     entry = script[turn]
+    if entry.repeat > 1:  # a long answer without a long script (the definition must fit in a message)
+        entry = msgspec.structs.replace(entry, text=entry.text * entry.repeat, repeat=1)
     if on_text is not None and entry.text:
         await on_text(entry.text)
     calls = [ToolCall(f"call_{turn}_{i}", c.name, c.arguments) for i, c in enumerate(entry.tool_calls)]

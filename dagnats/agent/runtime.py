@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -20,10 +20,14 @@ from dagnats.core.durations import format_duration, parse_duration
 from dagnats.core.events import AgentContinuing, AgentTurnRecorded, ApprovalRequested, ToolResultRecorded
 from dagnats.core.state import RunState, Turn
 from dagnats.nats.store import Store
+from dagnats.ports import TooLarge, ValueTooLarge, fit_event, resolve_turns
 from dagnats.worker import SUSPEND, NonRetryable, TaskContext, TaskFailed, Worker
 
 from .providers import Message, ProviderError, ToolCall, ToolSpec, complete
 from .tools import Toolbox
+
+_LIVE_CHARS = 32_768  # characters of streamed text per live message (at most 128 kB of UTF-8)
+_Recorded = TypeVar("_Recorded", AgentTurnRecorded, ToolResultRecorded)
 
 
 def agent_worker(workspace_root: Path) -> Worker:
@@ -109,7 +113,8 @@ class AgentLoop:
     async def run(self) -> Any:
         state = await self.store.current_state(self.ctx.run_id)
         assert state is not None
-        turns = list(state.steps[self.ctx.step_id].turns)
+        # big texts, arguments and results are references in the state: the model sees them whole
+        turns = list(await resolve_turns(self.store, state.steps[self.ctx.step_id].turns))
         toolbox = Toolbox(
             self.cfg.tools,
             self._workdir(),
@@ -174,7 +179,8 @@ class AgentLoop:
         ctx, cfg = self.ctx, self.cfg
 
         async def on_text(chunk: str) -> None:  # for the console; nothing waits for it
-            await self.store.publish_live(ctx.run_id, ctx.step_id, chunk.encode())
+            for at in range(0, len(chunk), _LIVE_CHARS):  # a long text in pieces that fit a message
+                await self.store.publish_live(ctx.run_id, ctx.step_id, chunk[at : at + _LIVE_CHARS].encode())
 
         try:
             answer = await complete(
@@ -200,6 +206,7 @@ class AgentLoop:
             usage=usage,
             stop_reason=answer.stop_reason,
         )
+        event = await self._fitted(event, f"step {ctx.step_id}: turn {len(turns)}")
         await self.store.append(ctx.run_id, event, msg_id=f"{ctx.run_id}:turn:{ctx.step_id}:{len(turns)}")
         return Turn(
             text=answer.text, tool_calls=calls, usage=usage, stop_reason=answer.stop_reason, at=event.at
@@ -268,6 +275,7 @@ class AgentLoop:
             result=result,
             is_error=is_error,
         )
+        event = await self._fitted(event, f"step {ctx.step_id}: result of {call['name']}")
         await self.store.append(
             ctx.run_id, event, msg_id=f"{ctx.run_id}:tool:{ctx.step_id}:{index}:{call['id']}"
         )
@@ -278,6 +286,16 @@ class AgentLoop:
             call["id"]: ToolResult(name=call["name"], result=result, is_error=is_error),
         }
         return msgspec.structs.replace(turn, results=results)
+
+    async def _fitted(self, event: _Recorded, what: str) -> _Recorded:
+        """The event with its values over the message limit in the object store (written
+        first); a turn or result that cannot be recorded ends the step."""
+        try:
+            return await fit_event(self.store, event, what)
+        except ValueTooLarge as exc:
+            raise NonRetryable(str(exc)) from None
+        except TooLarge as exc:
+            raise NonRetryable(f"{what}: {exc}") from None
 
     def _messages(self, turns: list[Turn]) -> list[Message]:
         """The conversation so far, rebuilt from the recorded turns."""
@@ -298,13 +316,17 @@ class AgentLoop:
                 ToolCall(id=c["id"], name=c["name"], arguments=c.get("arguments") or {})
                 for c in turn.tool_calls
             ]
-            messages.append(Message(role="assistant", text=turn.text, tool_calls=calls))
+            messages.append(Message(role="assistant", text=_str(turn.text), tool_calls=calls))
             for c in turn.tool_calls:
                 r = turn.results[c["id"]]
                 messages.append(
-                    Message(role="tool", text=r.result, tool_call_id=c["id"], is_error=r.is_error)
+                    Message(role="tool", text=_str(r.result), tool_call_id=c["id"], is_error=r.is_error)
                 )
         return messages
+
+
+def _str(value: str | dict[str, Any]) -> str:
+    return value if isinstance(value, str) else json.dumps(value)  # read back: always a str
 
 
 def _with_model(config: dict[str, Any], provider: str) -> dict[str, Any]:

@@ -165,7 +165,7 @@ class AgentTurnRecorded(_Event, tag="agent.turn", frozen=True):
     step_id: str
     attempt: int
     turn: int  # 0-based; turns are append-only across attempts
-    text: str = ""
+    text: str | dict[str, Any] = ""  # a reference (core/values.py) when too big for the event
     tool_calls: list[dict[str, Any]] = []  # {"id", "name", "arguments"}
     usage: dict[str, int] = {}
     stop_reason: str = ""
@@ -185,7 +185,7 @@ class ToolResultRecorded(_Event, tag="agent.tool_result", frozen=True):
     turn: int
     call_id: str
     name: str
-    result: str = ""
+    result: str | dict[str, Any] = ""  # a reference (core/values.py) when too big for the event
     is_error: bool = False
 
 

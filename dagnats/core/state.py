@@ -65,15 +65,15 @@ SLOT_PHASES = frozenset({StepPhase.QUEUED, StepPhase.RUNNING, StepPhase.WAITING}
 
 class ToolResult(msgspec.Struct, frozen=True, omit_defaults=True):
     name: str
-    result: str = ""
+    result: Any = ""  # a str; a reference (core/values.py) to a result too big for its event
     is_error: bool = False
 
 
 class Turn(msgspec.Struct, frozen=True, omit_defaults=True):
     """One turn of an agent transcript: the model's message and the results of its tool calls."""
 
-    text: str = ""
-    tool_calls: list[dict[str, Any]] = []
+    text: Any = ""  # a str; a reference (core/values.py) to a text too big for its event, as are big
+    tool_calls: list[dict[str, Any]] = []  # calls' "arguments" (the core reads ids and names only)
     usage: dict[str, int] = {}
     stop_reason: str = ""
     at: float = 0.0
