@@ -17,7 +17,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import pytest
 from cluster import CLUSTER_NAME, Cluster
 
 from dagnats.api.client import Client
@@ -27,12 +26,7 @@ from dagnats.core.definition import parse_definition
 from dagnats.nats import names
 from dagnats.nats.connection import Endpoint
 
-from conftest import ROOT, ServeProcess, cli_env, dagnats, wait_until
-
-# Until `serve --replicas` lands (issue 13, engineer F), these tests cannot run.
-pytestmark = pytest.mark.skipif(
-    "--replicas" not in (ROOT / "dagnats" / "app" / "cli.py").read_text(), reason="serve --replicas not yet"
-)
+from conftest import ServeProcess, cli_env, dagnats, wait_until
 
 T = TypeVar("T")
 ACK_WAIT = "2"  # seconds before a task held by a lost consumer is handed out again
