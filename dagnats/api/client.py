@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.errors import TimeoutError as NatsTimeout
+from nats.js.errors import NotFoundError
 
 from dagnats.core import schema
 from dagnats.core.decide import fold
@@ -590,11 +591,26 @@ class _Waiter:
         """Which runs have ended already, from the last event of each (one direct get per
         run, all at once), reading the whole state only of those whose last event ends them."""
         lasts = await _gather_chunked(self.last_event, sorted(self.waiting))
+        if any(data is None for _, data in lasts):  # a replica behind its leader may not have it yet
+            lasts = [(r, data) if data is not None else await self.leader_last_event(r) for r, data in lasts]
         unknown = [r for r, data in lasts if data is None]
         if unknown:
             raise NotFound(f"unknown run {unknown[0]!r}: see `dagnats run list`")
         self.hinted.update(r for r, data in lasts if data is not None and ends_run(data))
         await self.read_due()
+
+    async def leader_last_event(self, run_id: str) -> tuple[str, bytes | None]:
+        """The run's last event as the history stream's leader has it. A direct get may be
+        answered by any replica of a replicated stream, one that has not yet stored the
+        run.started a client wrote a moment ago among them; a STREAM.MSG.GET only by the
+        leader (docs/cluster.md). Asked only when a direct get found no run."""
+        try:
+            msg = await self.client.nc.jetstream().get_msg(
+                names.HISTORY_STREAM, subject=names.history_filter(run_id)
+            )
+        except NotFoundError:
+            return run_id, None
+        return run_id, msg.data
 
     async def last_event(self, run_id: str) -> tuple[str, bytes | None]:
         req = json.dumps({"last_by_subj": names.history_filter(run_id)}).encode()
