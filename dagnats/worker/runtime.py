@@ -282,17 +282,34 @@ class Runtime:
             await msg.term()
             return
         key = (task.run_id, task.step_id, task.attempt)
-        if key in self.running:  # redelivered while we still work on it: keep it, do not run it twice
+        if key in self.running:  # redelivered while we still check or run it: keep it, do not run it twice
             await msg.in_progress()
             return
-        if _needs_check(msg, task, self._connected_at()) and await self._stale(task):
-            await msg.ack()
-            return
+        # Claimed before the check: a check can outlast the ack wait (a node died, its reads
+        # hang), and the copies handed out meanwhile must wait for it, not run beside it.
         self.running.add(key)
         try:
+            if _needs_check(msg, task, self._connected_at()) and await self._settled_by_check(msg, task):
+                return
             await self._run_task(msg, task)
         finally:
             self.running.discard(key)
+
+    async def _settled_by_check(self, msg: Delivery, task: DispatchTask) -> bool:
+        """Check the task (`_stale`); True if that settled its message: acked as stale, or
+        handed back because the check took so long that the server may have handed the task
+        to another worker meanwhile (its ack wait ran out), which runs it after its own check."""
+        began = time.monotonic()
+        if await self._stale(task):
+            await msg.ack()
+            return True
+        if time.monotonic() - began > self.ack_waits.get(task.task, self.ack_wait) / 3:
+            log.info(
+                "task %s/%s: its check was slow; handed back to be checked again", task.run_id, task.step_id
+            )
+            await msg.nak()
+            return True
+        return False
 
     async def _run_task(self, msg: Delivery, task: DispatchTask) -> None:
         started = _StepStarted(self.store, task, self.worker.name)
