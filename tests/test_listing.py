@@ -16,7 +16,6 @@ from dagnats.app import bench_scale
 from dagnats.core.state import RUN_TERMINAL
 from dagnats.engine.loop import Engine
 from dagnats.nats import listing, names
-from dagnats.nats.store import Store
 from dagnats.ports import ActiveRun
 from dagnats.testing import MemoryStore
 
@@ -55,6 +54,19 @@ async def waiting_runs(client: Client, count: int) -> list[str]:
 
     await until(all_waiting, "the runs waiting at their approval")
     return ids
+
+
+async def one_waiting_one_done(stack: Any) -> tuple[str, str]:
+    """Two runs of GATE: one waiting at its approval, one approved and finished."""
+    await stack.start()
+    await stack.register(GATE)
+    client = stack.client
+    [waiting] = await waiting_runs(client, 1)
+    done = await client.start("gate")
+    await until(lambda: _has_approval(client, done), "the second run waiting")
+    await client.decide(done, "ok", approved=True)
+    await asyncio.wait_for(client.wait(done), 20)
+    return waiting, done
 
 
 async def test_run_list_is_newest_first_with_limits_and_filters_across_windows(stack, monkeypatch):
@@ -122,15 +134,8 @@ async def test_the_index_holds_unfinished_runs_and_their_approvals_only(stack):
 
 
 async def test_the_start_up_sweep_repairs_stale_index_entries(stack):
-    await stack.start()
-    await stack.register(GATE)
-    client = stack.client
-    [waiting] = await waiting_runs(client, 1)
-    done = await client.start("gate")
-    await until(lambda: _has_approval(client, done), "the second run waiting")
-    await client.decide(done, "ok", approved=True)
-    await asyncio.wait_for(client.wait(done), 20)
-    store: Store = stack.store
+    waiting, done = await one_waiting_one_done(stack)
+    client, store = stack.client, stack.store
     finished, _ = await store.load_snapshot(done)
     assert finished is not None and finished.state is not None
     # As a crash could leave them: a finished run still listed, an unfinished one listed wrong.
@@ -210,15 +215,8 @@ async def test_the_memory_store_lists_and_indexes_as_the_nats_store(limit):
 async def test_run_list_by_status_goes_by_the_history_when_an_index_entry_lags(stack):
     """An index entry older than its run's history (an engine that raced another, or died
     before it removed a finished run's entry) is not taken at its word by `run list --status`."""
-    await stack.start()
-    await stack.register(GATE)
-    client = stack.client
-    [waiting] = await waiting_runs(client, 1)
-    done = await client.start("gate")
-    await until(lambda: _has_approval(client, done), "the second run waiting")
-    await client.decide(done, "ok", approved=True)
-    await asyncio.wait_for(client.wait(done), 20)
-    store: Store = stack.store
+    waiting, done = await one_waiting_one_done(stack)
+    client, store = stack.client, stack.store
     finished = (await store.load_snapshot(done))[0]
     before = (await store.load_snapshot(waiting))[0]
     assert finished is not None and before is not None
