@@ -159,8 +159,22 @@ class Client:
         check_run_id(run_id)
         state = await self.store.current_state(run_id)
         if state is None:
-            raise NotFound(f"unknown run {run_id!r}: see `dagnats run list`")
+            state = await self._caught_up(run_id)
         return await resolve_state(self.store, state) if values else state
+
+    async def _caught_up(self, run_id: str) -> RunState:
+        """A run no direct get found: unknown, unless the history stream's leader has it (a
+        replica behind its leader answered, as on a cluster right after `run start`); then
+        read again while that replica catches up."""
+        if await leader_last_event(self.nc, run_id) is None:
+            raise NotFound(f"unknown run {run_id!r}: see `dagnats run list`")
+        for delay in (0.01, 0.05, 0.2, 0.5, 1.0):
+            await asyncio.sleep(delay)
+            if (state := await self.store.current_state(run_id)) is not None:
+                return state
+        raise UserError(
+            f"run {run_id} is recorded, but the server answering has not caught up yet; try again"
+        )
 
     async def heartbeats(self) -> list[Heartbeat] | None:
         """The engines and workers heard from lately (None: this NATS keeps no heartbeats)."""
@@ -491,6 +505,18 @@ async def _ready(summary: RunSummary) -> RunSummary:
     return summary
 
 
+async def leader_last_event(nc: NATS, run_id: str) -> bytes | None:
+    """The run's last event as the history stream's leader has it (None: no such run). A
+    direct get may be answered by any replica of a replicated stream, one that has not yet
+    stored the run.started a client wrote a moment ago among them; a STREAM.MSG.GET only by
+    the leader (docs/cluster.md). Asked only when a direct get found no run."""
+    try:
+        msg = await nc.jetstream().get_msg(names.HISTORY_STREAM, subject=names.history_filter(run_id))
+    except NotFoundError:
+        return None
+    return msg.data
+
+
 def _ending_subjects(run: str) -> list[str]:
     """The history subjects of `run` (or `*`) whose writers can end a run: not the workers',
     which carry most of a run's events (a waiter for many runs need not parse them)."""
@@ -600,17 +626,7 @@ class _Waiter:
         await self.read_due()
 
     async def leader_last_event(self, run_id: str) -> tuple[str, bytes | None]:
-        """The run's last event as the history stream's leader has it. A direct get may be
-        answered by any replica of a replicated stream, one that has not yet stored the
-        run.started a client wrote a moment ago among them; a STREAM.MSG.GET only by the
-        leader (docs/cluster.md). Asked only when a direct get found no run."""
-        try:
-            msg = await self.client.nc.jetstream().get_msg(
-                names.HISTORY_STREAM, subject=names.history_filter(run_id)
-            )
-        except NotFoundError:
-            return run_id, None
-        return run_id, msg.data
+        return run_id, await leader_last_event(self.client.nc, run_id)
 
     async def last_event(self, run_id: str) -> tuple[str, bytes | None]:
         req = json.dumps({"last_by_subj": names.history_filter(run_id)}).encode()
