@@ -5,8 +5,10 @@ older data dir gets it). Behaviour only; `dagnats bench` measures the cost."""
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -187,6 +189,17 @@ async def _has_approval(client: Client, run_id: str) -> bool:
     return bool(await client.approvals_of(run_id))
 
 
+def _console_data() -> Any:
+    """tests/console/console_data.py, by its path (tests/ is not a package, and the checkout
+    is not on sys.path when dagnats is installed from it, as CI does)."""
+    path = Path(__file__).parent / "console" / "console_data.py"
+    spec = importlib.util.spec_from_file_location("console_data", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _with(summary: RunSummary, **changes: Any) -> RunSummary:
     import msgspec
 
@@ -195,7 +208,7 @@ def _with(summary: RunSummary, **changes: Any) -> RunSummary:
 
 @pytest.mark.parametrize("limit", [None, 2])
 async def test_the_memory_store_lists_and_indexes_as_the_nats_store(limit):
-    from tests.console.console_data import Sim
+    Sim = _console_data().Sim
 
     store = MemoryStore()
     sims = [Sim(GATE, f"r{i}", at=1000.0 + i) for i in range(4)]
