@@ -244,6 +244,10 @@ class EventLog(Protocol):
     async def last_sequence(self, run_id: str) -> int:
         """The sequence of the run's last event (0: it has none): one read, whatever its length."""
 
+    async def leader_last_sequence(self, run_id: str) -> int:
+        """`last_sequence` as the history's leader has it: other reads may be answered by a
+        replica behind its leader (a cluster), which may not have a result just recorded."""
+
     async def engine_feed(self) -> Feed:
         """Every recorded event of every run, in order, shared among all engines."""
 

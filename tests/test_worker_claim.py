@@ -17,6 +17,9 @@ from typing import Any
 import msgspec
 
 from dagnats.core.actions import DispatchTask
+from dagnats.core.decide import fold
+from dagnats.core.definition import parse_definition
+from dagnats.core.events import RunStarted, StepCompleted, StepQueued
 from dagnats.core.state import RunState
 from dagnats.testing.store import MemoryStore
 from dagnats.worker.runtime import Runtime
@@ -70,7 +73,7 @@ class HangingReads(MemoryStore):
         return None, 0  # nothing recorded says the task is done
 
 
-def _runtime(store: HangingReads, ack_wait: float) -> tuple[Runtime, list[int]]:
+def _runtime(store: MemoryStore, ack_wait: float) -> tuple[Runtime, list[int]]:
     worker = Worker("w")
     ran: list[int] = []
 
@@ -108,3 +111,45 @@ async def test_a_check_that_outlasts_a_third_of_the_ack_wait_hands_the_task_back
     await asyncio.wait_for(runtime._execute(msg), 10)
     assert ran == []
     assert msg.settled == ["nak"]
+
+
+class LaggingReplica(MemoryStore):
+    """A store whose reads come from a replica behind its leader: for the first `behind`
+    reads it has not yet got the run's last event (its result), which the leader has."""
+
+    reconnects = 0
+
+    def __init__(self, behind: int) -> None:
+        super().__init__()
+        self.behind = behind
+
+    async def current(self, run_id: str) -> tuple[RunState | None, int]:
+        events = await super().read_history(run_id)
+        if self.behind > 0:
+            self.behind -= 1
+            events = events[:-1]
+        state = None
+        for _, event in events:
+            state = fold(state, event)
+        return state, events[-1][0] if events else 0
+
+    async def read_history(self, run_id: str, after: int = 0) -> list[tuple[int, Any]]:
+        if self.behind > 0:
+            self.behind -= 1
+            return []
+        return await super().read_history(run_id, after)
+
+
+async def test_a_check_read_from_a_replica_behind_its_leader_waits_for_the_result_the_leader_has():
+    """A redelivered task whose result is recorded must not run again because the replica
+    that answered the check had not got that result yet (a cluster's direct gets)."""
+    store = LaggingReplica(behind=3)
+    wf = parse_definition({"name": "one", "steps": [{"id": "s", "task": "count"}]})
+    await store.append("r1", RunStarted(at=1.0, run_id="r1", workflow="one", version=1, definition=wf))
+    await store.append("r1", StepQueued(at=2.0, step_id="s", attempt=1))
+    await store.append("r1", StepCompleted(at=3.0, step_id="s", attempt=1, output=1))
+    runtime, ran = _runtime(store, ack_wait=30.0)
+    msg = Message(2)
+    await asyncio.wait_for(runtime._execute(msg), 10)
+    assert ran == []
+    assert msg.settled == ["ack"]

@@ -166,15 +166,18 @@ class Client:
         """A run no direct get found: unknown, unless the history stream's leader has it (a
         replica behind its leader answered, as on a cluster right after `run start`); then
         read again while that replica catches up."""
-        if await leader_last_event(self.nc, run_id) is None:
-            raise NotFound(f"unknown run {run_id!r}: see `dagnats run list`")
+        leader_seq = await self.store.leader_last_sequence(run_id)
         for delay in (0.01, 0.05, 0.2, 0.5, 1.0):
+            if leader_seq <= await self.store.last_sequence(run_id):
+                break  # the reads are not behind: nothing here is a run (or only refused events)
             await asyncio.sleep(delay)
             if (state := await self.store.current_state(run_id)) is not None:
                 return state
-        raise UserError(
-            f"run {run_id} is recorded, but the server answering has not caught up yet; try again"
-        )
+        else:
+            raise UserError(
+                f"run {run_id} is recorded, but the server answering has not caught up yet; try again"
+            )
+        raise NotFound(f"unknown run {run_id!r}: see `dagnats run list`")
 
     async def heartbeats(self) -> list[Heartbeat] | None:
         """The engines and workers heard from lately (None: this NATS keeps no heartbeats)."""

@@ -57,6 +57,7 @@ WORKER_PUBLISH = [
     "$JS.API.CONSUMER.MSG.NEXT.DAGNATS_TASKS.>",
     "$JS.ACK.DAGNATS_TASKS.>",
     "$JS.API.DIRECT.GET.DAGNATS_HISTORY",
+    "$JS.API.STREAM.MSG.GET.DAGNATS_HISTORY",  # a run's last sequence as the leader knows it
     "$JS.API.DIRECT.GET.KV_dagnats_runs.>",
     "$JS.API.STREAM.MSG.GET.KV_dagnats_runs",
     # values too big for an event (nats/objects.py): write chunks and meta, read by direct get

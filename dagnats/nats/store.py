@@ -250,6 +250,16 @@ class Store:
         finally:
             await sub.unsubscribe()
 
+    async def leader_last_sequence(self, run_id: str) -> int:
+        """The run's last history sequence (0 if none) as the stream's leader knows it: a
+        STREAM.MSG.GET, answered by the leader only, where a direct get may come from a
+        replica that lags it (a cluster). One request with the event in it; for checks."""
+        try:
+            msg = await self.js.get_msg(names.HISTORY_STREAM, subject=names.history_filter(run_id))
+        except NotFoundError:
+            return 0
+        return int(msg.seq or 0)
+
     async def last_sequence(self, run_id: str) -> int:
         req = _enc.encode({"last_by_subj": names.history_filter(run_id)})
         msg = await self.replies.request(f"$JS.API.DIRECT.GET.{names.HISTORY_STREAM}", req)

@@ -136,6 +136,9 @@ class MemoryStore:
         seqs = self._data.run_seqs.get(run_id)
         return seqs[-1] if seqs else 0
 
+    async def leader_last_sequence(self, run_id: str) -> int:
+        return await self.last_sequence(run_id)  # one copy: never behind
+
     async def engine_feed(self) -> Feed:
         return ConsumerFeed(self._consumer("engine", self._data.history, lambda s: True, ENGINE_ACK_WAIT))
 

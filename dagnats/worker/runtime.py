@@ -63,6 +63,7 @@ def _needs_check(msg: Delivery, task: DispatchTask, connected_at: float) -> bool
 
 
 FRESH_SECONDS = 1.0
+STALE_READ_DELAYS = (0.01, 0.05, 0.2, 0.5)  # seconds between reads of a history behind its leader
 FETCH_MAX = 32  # tasks asked for in one fetch, at most
 
 
@@ -136,12 +137,23 @@ class _KnownRuns:
 
     async def _read(self, run_id: str) -> RunState | None:
         known = self.runs.pop(run_id, None)
+        # Where the leader says the history ends: the reads below are direct gets, which a
+        # replica behind the leader may answer (a cluster), without a result just recorded.
+        end = await self.store.leader_last_sequence(run_id)
         if known is None:
             state, last = await self.store.current(run_id)
         else:
             state, last = known
             for seq, event in await self.store.read_history(run_id, after=last):
                 state, last = fold(state, event), seq
+        for delay in STALE_READ_DELAYS:
+            if last >= end:
+                break
+            await asyncio.sleep(delay)
+            for seq, event in await self.store.read_history(run_id, after=last):
+                state, last = fold(state, event), seq
+        if last < end:  # the task fails to be processed and is handed out again
+            raise RuntimeError(f"run {run_id}: its history read ends at #{last}, before #{end}")
         self.runs[run_id] = (state, last)
         while len(self.runs) > self.HELD:
             gone, _ = self.runs.popitem(last=False)
