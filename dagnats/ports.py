@@ -452,13 +452,19 @@ async def resolve_turns(values: Values, turns: list[Turn], cache: dict[str, Any]
     return out
 
 
-async def _resolve_step(values: Values, step: StepState, cache: dict[str, Any]) -> StepState:
+async def _loaded_fields(values: Values, holder: Any, cache: dict[str, Any]) -> dict[str, Any]:
+    """The OFFLOADED fields of a step or a run whose referenced values were read back."""
     changes = {}
     for field in OFFLOADED:
-        value = getattr(step, field)
+        value = getattr(holder, field)
         loaded = await load_values(values, value, cache)
         if loaded is not value:
             changes[field] = loaded
+    return changes
+
+
+async def _resolve_step(values: Values, step: StepState, cache: dict[str, Any]) -> StepState:
+    changes = await _loaded_fields(values, step, cache)
     turns = await resolve_turns(values, step.turns, cache)
     if turns is not step.turns:
         changes["turns"] = turns
@@ -476,12 +482,7 @@ async def resolve_state(values: Values, state: RunState) -> RunState:
         if loaded_step is not step:
             steps = dict(state.steps) if steps is None else steps
             steps[sid] = loaded_step
-    run = {}
-    for field in OFFLOADED:
-        value = getattr(state, field)
-        loaded = await load_values(values, value, cache)
-        if loaded is not value:
-            run[field] = loaded
+    run = await _loaded_fields(values, state, cache)
     if steps is not None:
         run["steps"] = steps
     return msgspec.structs.replace(state, **run) if run else state

@@ -163,14 +163,8 @@ async def test_the_start_up_sweep_repairs_stale_index_entries(stack):
 
 
 async def test_an_old_data_dir_without_the_index_keeps_working_and_gets_it(stack):
-    await stack.start()
-    await stack.register(GATE)
+    waiting, done = await one_waiting_one_done(stack)
     client = stack.client
-    [waiting] = await waiting_runs(client, 1)
-    done = await client.start("gate")
-    await until(lambda: _has_approval(client, done), "the second run waiting")
-    await client.decide(done, "ok", approved=True)
-    await asyncio.wait_for(client.wait(done), 20)
     await stack.store.js.delete_stream(names.ACTIVE_STREAM)  # as a data dir from before the index
 
     assert await client.store.active_runs() is None
